@@ -1,0 +1,465 @@
+//! The engine: one forward and one backward pass, per-example norms, clip weights, the
+//! clipped sum, and noise.
+
+use crate::clipping::{ClipFactors, ClipStrategy, LayerSqNorms};
+use crate::error::{CoreError, Result};
+use crate::layer::{GradMode, Layer};
+use crate::loss::Loss;
+use crate::model::Model;
+use crate::noise::GaussianNoise;
+use candle_core::{Device, Tensor};
+use std::collections::HashMap;
+
+/// What to do when an example's gradient is NaN or infinite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum NonFinitePolicy {
+    /// Refuse the step with [`CoreError::NonFiniteGradient`] (default): nothing poisoned is
+    /// released, and the caller learns which examples misbehaved.
+    #[default]
+    Error,
+    /// Give those examples weight 0 (JAX Privacy's `nan_safe`): the step proceeds with
+    /// the other examples, noise is still added, and the statistics count them.
+    ZeroOut,
+}
+
+/// Options of [`clipped_gradient`].
+#[derive(Debug, Clone, Default)]
+pub struct GradOptions {
+    /// Mode for every private layer without an override.
+    pub mode: GradMode,
+    /// Per-layer overrides, keyed by the index of the private layer (parameterised
+    /// layers only, in model order).
+    pub layer_modes: HashMap<usize, GradMode>,
+    /// NaN/Inf handling.
+    pub non_finite: NonFinitePolicy,
+}
+
+impl GradOptions {
+    /// Options with the given default mode.
+    pub fn with_mode(mode: GradMode) -> Self {
+        Self {
+            mode,
+            ..Self::default()
+        }
+    }
+}
+
+/// Summary statistics of a batch's per-example gradient norms.
+///
+/// These are computed from private data and are **not** differentially private: use them
+/// for analysis, or privatise what you use (as adaptive clipping does with its noisy count).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ClipStats {
+    /// Each example's flat gradient norm `‖g_i‖` before clipping (NaN for non-finite ones).
+    pub norms: Vec<f32>,
+    /// The strategy's threshold (`C` for flat clipping).
+    pub threshold: f64,
+    /// Examples with `‖g_i‖ > threshold`.
+    pub num_clipped: usize,
+    /// `num_clipped / B` (0 for an empty batch).
+    pub fraction_clipped: f64,
+    /// Examples dropped for non-finite gradients under [`NonFinitePolicy::ZeroOut`].
+    pub num_non_finite: usize,
+}
+
+impl ClipStats {
+    fn new(norms: Vec<f32>, threshold: f64, num_non_finite: usize) -> Self {
+        let num_clipped = norms.iter().filter(|n| (**n as f64) > threshold).count();
+        let b = norms.len();
+        Self {
+            fraction_clipped: if b == 0 { 0.0 } else { num_clipped as f64 / b as f64 },
+            norms,
+            threshold,
+            num_clipped,
+            num_non_finite,
+        }
+    }
+
+    /// The `p`-quantile (`0 ≤ p ≤ 1`, linear interpolation) of the finite norms, or `None`
+    /// for an empty batch.
+    pub fn quantile(&self, p: f64) -> Option<f64> {
+        let mut v: Vec<f64> = self
+            .norms
+            .iter()
+            .filter(|n| n.is_finite())
+            .map(|&n| n as f64)
+            .collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(|a, b| a.total_cmp(b));
+        let pos = p.clamp(0.0, 1.0) * (v.len() - 1) as f64;
+        let lo = pos.floor() as usize;
+        let hi = pos.ceil() as usize;
+        Some(v[lo] + (v[hi] - v[lo]) * (pos - lo as f64))
+    }
+
+    /// The median norm.
+    pub fn median(&self) -> Option<f64> {
+        self.quantile(0.5)
+    }
+}
+
+/// The clipped gradient sum of one (physical or logical) batch and its sensitivity.
+///
+/// `sum` is `Σ_i c_i g_i`, aligned with [`Model::param_tensors`]. It is a **sum**, never a
+/// mean: divide only by a public constant (the expected batch size) after noise.
+#[derive(Debug, Clone)]
+pub struct ClippedBatch {
+    /// Clipped gradient sum, one tensor per parameter.
+    pub sum: Vec<Tensor>,
+    /// L2 sensitivity of `sum` under add/remove-one.
+    pub sensitivity: f64,
+    /// Per-example norm statistics (not private).
+    pub stats: ClipStats,
+    /// Sum of the per-example losses (not private).
+    pub loss_sum: f64,
+    /// Realised number of examples (private: do not divide by it).
+    pub examples: usize,
+}
+
+impl ClippedBatch {
+    /// An empty batch (zero sum): what an empty Poisson draw contributes.
+    pub fn empty<M: Model + ?Sized>(model: &M, sensitivity: f64, threshold: f64) -> Result<Self> {
+        let sum = model
+            .param_tensors()
+            .iter()
+            .map(|t| t.zeros_like())
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Self {
+            sum,
+            sensitivity,
+            stats: ClipStats::new(Vec::new(), threshold, 0),
+            loss_sum: 0.0,
+            examples: 0,
+        })
+    }
+
+    /// Adds another physical batch of the same logical batch (same strategy).
+    pub fn accumulate(&mut self, other: ClippedBatch) -> Result<()> {
+        if self.sum.len() != other.sum.len() {
+            return Err(CoreError::InvalidArgument(
+                "accumulating clipped sums of different models".into(),
+            ));
+        }
+        if (self.sensitivity - other.sensitivity).abs() > 1e-12 * self.sensitivity.abs().max(1.0)
+            && !(self.sensitivity.is_infinite() && other.sensitivity.is_infinite())
+        {
+            return Err(CoreError::InvalidArgument(format!(
+                "accumulating sums with different sensitivities ({} vs {})",
+                self.sensitivity, other.sensitivity
+            )));
+        }
+        for (a, b) in self.sum.iter_mut().zip(&other.sum) {
+            *a = (&*a + b)?;
+        }
+        let mut norms = std::mem::take(&mut self.stats.norms);
+        norms.extend_from_slice(&other.stats.norms);
+        self.stats = ClipStats::new(
+            norms,
+            self.stats.threshold,
+            self.stats.num_non_finite + other.stats.num_non_finite,
+        );
+        self.loss_sum += other.loss_sum;
+        self.examples += other.examples;
+        Ok(())
+    }
+
+    /// The un-noised sum, for non-private or clip-only baselines (releases raw data).
+    pub fn into_non_private(self) -> Vec<Tensor> {
+        self.sum
+    }
+}
+
+/// A privatised gradient sum: `Σ_i c_i g_i + N(0, σ²S²)`.
+#[derive(Debug, Clone)]
+pub struct NoisyGradient {
+    /// The noisy sum, one tensor per parameter.
+    pub sum: Vec<Tensor>,
+    /// Standard deviation of the added noise, `σ·S`.
+    pub noise_std: f64,
+    /// The noise multiplier `σ`.
+    pub noise_multiplier: f64,
+    /// The sum's sensitivity `S`.
+    pub sensitivity: f64,
+    /// Statistics of the batch (not private).
+    pub stats: ClipStats,
+    /// Sum of per-example losses (not private).
+    pub loss_sum: f64,
+}
+
+impl NoisyGradient {
+    /// The noisy sum divided by a **public** constant, normally the expected batch size
+    /// `q·N` (never the realised batch size, which is private: Opacus #571).
+    pub fn normalized(&self, expected_batch_size: f64) -> Result<Vec<Tensor>> {
+        if !(expected_batch_size.is_finite() && expected_batch_size > 0.0) {
+            return Err(CoreError::InvalidArgument(format!(
+                "expected batch size {expected_batch_size} must be finite and > 0"
+            )));
+        }
+        Ok(self
+            .sum
+            .iter()
+            .map(|t| t / expected_batch_size)
+            .collect::<candle_core::Result<Vec<_>>>()?)
+    }
+}
+
+/// Adds `N(0, (σ·S)²)` once to a clipped sum of sensitivity `S` (Abadi et al. 2016, Alg. 1
+/// line "Add noise"). `σ` must be finite and > 0.
+///
+/// ```
+/// use dp_core::{privatize, ClippedBatch, GaussianNoise, Sequential, layers::Linear, Init};
+/// use candle_core::Device;
+/// let dev = Device::Cpu;
+/// let model = Sequential::new(&dev).push(Linear::new(3, 2, true, &mut Init::seeded(0), &dev).unwrap());
+/// let empty = ClippedBatch::empty(&model, 1.0, 1.0).unwrap();
+/// let noisy = privatize(empty, 1.1, &mut GaussianNoise::seeded(0)).unwrap();
+/// assert!((noisy.noise_std - 1.1).abs() < 1e-12);
+/// ```
+pub fn privatize(
+    batch: ClippedBatch,
+    noise_multiplier: f64,
+    noise: &mut GaussianNoise,
+) -> Result<NoisyGradient> {
+    if !(noise_multiplier.is_finite() && noise_multiplier > 0.0) {
+        return Err(CoreError::InvalidNoise(noise_multiplier));
+    }
+    if !(batch.sensitivity.is_finite() && batch.sensitivity > 0.0) {
+        return Err(CoreError::InvalidArgument(format!(
+            "cannot privatise a sum of sensitivity {} (unclipped?)",
+            batch.sensitivity
+        )));
+    }
+    let std = noise_multiplier * batch.sensitivity;
+    let sum = noise.add_noise(&batch.sum, std)?;
+    Ok(NoisyGradient {
+        sum,
+        noise_std: std,
+        noise_multiplier,
+        sensitivity: batch.sensitivity,
+        stats: batch.stats,
+        loss_sum: batch.loss_sum,
+    })
+}
+
+fn private_layers<'a, M: Model + ?Sized>(model: &'a mut M) -> Result<Vec<&'a mut dyn Layer>> {
+    let mut out = Vec::new();
+    for layer in model.layers_mut() {
+        if layer.params().is_empty() {
+            continue;
+        }
+        if layer.per_sample().is_none() {
+            return Err(CoreError::UnsupportedLayer { layer: layer.name() });
+        }
+        out.push(layer);
+    }
+    Ok(out)
+}
+
+fn forward_backward<M: Model + ?Sized>(
+    model: &mut M,
+    x: &Tensor,
+    targets: &Tensor,
+    loss: &dyn Loss,
+) -> Result<f64> {
+    let out = model.forward(x, true)?;
+    let (per_example, grad) = loss.loss_and_grad(&out, targets)?;
+    model.backward(&grad)?;
+    let l = per_example.to_dtype(candle_core::DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+    Ok(l)
+}
+
+/// The clipped gradient sum of a batch, from **one** forward and **one** backward pass.
+///
+/// Steps: forward (layers record activations) → per-example loss gradient → backward
+/// (layers record output gradients) → each private layer's per-example squared norms
+/// (ghost or materialised, per [`GradOptions`]) → the strategy's weights → the engine
+/// checks every example's weighted norm against the stated sensitivity → each layer
+/// forms `Σ_i c_i g_i` (book-keeping, Bu et al. 2022). An empty batch gives a zero sum.
+///
+/// ```
+/// use dp_core::{clipped_gradient, CrossEntropy, GradOptions, Init, Sequential, Model};
+/// use dp_core::clipping::FlatClip;
+/// use dp_core::layers::Linear;
+/// use candle_core::{Device, Tensor};
+/// let dev = Device::Cpu;
+/// let mut m = Sequential::new(&dev).push(Linear::new(4, 3, true, &mut Init::seeded(1), &dev).unwrap());
+/// let x = Tensor::randn(0f32, 10., (8, 4), &dev).unwrap();
+/// let y = Tensor::new(&[0u32, 1, 2, 0, 1, 2, 0, 1], &dev).unwrap();
+/// let mut clip = FlatClip::new(0.5).unwrap();
+/// let out = clipped_gradient(&mut m, &x, &y, &CrossEntropy, &mut clip, &GradOptions::default()).unwrap();
+/// assert_eq!(out.sensitivity, 0.5);
+/// assert_eq!(out.examples, 8);
+/// assert_eq!(out.sum.len(), 2);
+/// ```
+pub fn clipped_gradient<M: Model + ?Sized>(
+    model: &mut M,
+    x: &Tensor,
+    targets: &Tensor,
+    loss: &dyn Loss,
+    clip: &mut dyn ClipStrategy,
+    opts: &GradOptions,
+) -> Result<ClippedBatch> {
+    let sensitivity = clip.sensitivity();
+    let threshold = clip.threshold();
+    let b = x.dim(0)?;
+    if b == 0 {
+        return ClippedBatch::empty(model, sensitivity, threshold);
+    }
+    let loss_sum = forward_backward(model, x, targets, loss)?;
+    let device: Device = x.device().clone();
+    let mut layers = private_layers(model)?;
+
+    // 1. Per-layer per-example squared norms (one small [L, B] transfer to the host).
+    let mut sq = Vec::with_capacity(layers.len());
+    for (k, layer) in layers.iter_mut().enumerate() {
+        let mode = opts.layer_modes.get(&k).copied().unwrap_or(opts.mode);
+        let rule = layer.per_sample().ok_or_else(|| CoreError::UnsupportedLayer {
+            layer: "unknown".into(),
+        })?;
+        sq.push(rule.sq_norms(mode)?.to_dtype(candle_core::DType::F32)?);
+    }
+    let per_layer: Vec<Vec<f32>> = if sq.is_empty() {
+        Vec::new()
+    } else {
+        Tensor::stack(&sq, 0)?.to_vec2::<f32>()?
+    };
+    let mut sq = LayerSqNorms { per_layer };
+
+    // 2. Non-finite examples.
+    let totals = sq.total_norms();
+    let bad: Vec<usize> = (0..b).filter(|&i| !totals[i].is_finite()).collect();
+    if !bad.is_empty() && opts.non_finite == NonFinitePolicy::Error {
+        model.clear();
+        return Err(CoreError::NonFiniteGradient { examples: bad });
+    }
+    for &i in &bad {
+        for l in sq.per_layer.iter_mut() {
+            l[i] = 0.0;
+        }
+    }
+
+    // 3. Weights, then enforce the stated sensitivity example by example.
+    let factors = clip.factors(&sq)?;
+    let n_layers = sq.per_layer.len();
+    let mut weights: Vec<Vec<f32>> = (0..n_layers)
+        .map(|l| (0..b).map(|i| factors.get(l, i)).collect())
+        .collect();
+    if sensitivity.is_finite() {
+        for i in 0..b {
+            let contrib: f64 = (0..n_layers)
+                .map(|l| (weights[l][i] as f64).powi(2) * sq.per_layer[l][i] as f64)
+                .sum::<f64>()
+                .sqrt();
+            if contrib > sensitivity {
+                // Rounding (or a strategy bug) pushed the example past the bound.
+                let s = (sensitivity / contrib * (1.0 - 1e-6)) as f32;
+                for w in weights.iter_mut() {
+                    w[i] *= s;
+                }
+            }
+        }
+    }
+    for &i in &bad {
+        for w in weights.iter_mut() {
+            w[i] = 0.0;
+        }
+    }
+
+    // 4. Weighted sums, layer by layer.
+    let flat = matches!(factors, ClipFactors::Flat(_)) && n_layers > 0;
+    let shared = if flat {
+        Some(Tensor::from_vec(weights[0].clone(), b, &device)?)
+    } else {
+        None
+    };
+    let mut sum = Vec::new();
+    for (l, layer) in layers.iter_mut().enumerate() {
+        let rule = layer.per_sample().ok_or_else(|| CoreError::UnsupportedLayer {
+            layer: "unknown".into(),
+        })?;
+        let w = match &shared {
+            Some(w) if weights.iter().all(|v| v == &weights[0]) => w.clone(),
+            _ => Tensor::from_vec(weights[l].clone(), b, &device)?,
+        };
+        sum.extend(rule.weighted_sum(&w)?);
+    }
+    drop(layers);
+    model.clear();
+
+    let norms: Vec<f32> = totals.iter().map(|&n| n as f32).collect();
+    Ok(ClippedBatch {
+        sum,
+        sensitivity,
+        stats: ClipStats::new(norms, threshold, bad.len()),
+        loss_sum,
+        examples: b,
+    })
+}
+
+/// Every example's full gradient, flattened and concatenated over parameters in model
+/// order: a `[B, d]` tensor. For analysis (dp-metrics) and tests; memory is `B·d`.
+///
+/// ```
+/// use dp_core::{per_example_gradients, CrossEntropy, Init, Sequential};
+/// use dp_core::layers::Linear;
+/// use candle_core::{Device, Tensor};
+/// let dev = Device::Cpu;
+/// let mut m = Sequential::new(&dev).push(Linear::new(4, 3, true, &mut Init::seeded(1), &dev).unwrap());
+/// let x = Tensor::ones((2, 4), candle_core::DType::F32, &dev).unwrap();
+/// let y = Tensor::new(&[0u32, 1], &dev).unwrap();
+/// assert_eq!(per_example_gradients(&mut m, &x, &y, &CrossEntropy).unwrap().dims(), &[2, 15]);
+/// ```
+pub fn per_example_gradients<M: Model + ?Sized>(
+    model: &mut M,
+    x: &Tensor,
+    targets: &Tensor,
+    loss: &dyn Loss,
+) -> Result<Tensor> {
+    let b = x.dim(0)?;
+    forward_backward(model, x, targets, loss)?;
+    let mut parts = Vec::new();
+    for layer in private_layers(model)? {
+        if let Some(rule) = layer.per_sample() {
+            for g in rule.per_sample_grads()? {
+                parts.push(g.reshape((b, ()))?);
+            }
+        }
+    }
+    model.clear();
+    Ok(Tensor::cat(&parts, 1)?)
+}
+
+/// The ordinary (non-private) gradient of the **summed** loss and the loss sum: one
+/// forward and one backward pass with all weights 1.
+///
+/// ```
+/// use dp_core::{batch_gradient, CrossEntropy, Init, Sequential};
+/// use dp_core::layers::Linear;
+/// use candle_core::{Device, Tensor};
+/// let dev = Device::Cpu;
+/// let mut m = Sequential::new(&dev).push(Linear::new(4, 3, true, &mut Init::seeded(1), &dev).unwrap());
+/// let x = Tensor::ones((2, 4), candle_core::DType::F32, &dev).unwrap();
+/// let y = Tensor::new(&[0u32, 1], &dev).unwrap();
+/// let (g, _loss) = batch_gradient(&mut m, &x, &y, &CrossEntropy).unwrap();
+/// assert_eq!(g[0].dims(), &[3, 4]);
+/// ```
+pub fn batch_gradient<M: Model + ?Sized>(
+    model: &mut M,
+    x: &Tensor,
+    targets: &Tensor,
+    loss: &dyn Loss,
+) -> Result<(Vec<Tensor>, f64)> {
+    let b = x.dim(0)?;
+    let loss_sum = forward_backward(model, x, targets, loss)?;
+    let ones = Tensor::ones(b, candle_core::DType::F32, x.device())?;
+    let mut sum = Vec::new();
+    for layer in private_layers(model)? {
+        if let Some(rule) = layer.per_sample() {
+            sum.extend(rule.weighted_sum(&ones)?);
+        }
+    }
+    model.clear();
+    Ok((sum, loss_sum))
+}

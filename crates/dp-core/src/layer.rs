@@ -1,0 +1,101 @@
+//! The two small traits every layer implements.
+//!
+//! dp-core does not use candle's autograd for training: each layer writes its own forward
+//! and backward pass. That gives three things candle's tape cannot: the gradient of every
+//! layer's *output* (needed by per-sample rules; candle keeps gradients for leaves only),
+//! correct gradients where candle's are wrong or missing (`max_pool2d`, `layer_norm`), and
+//! a hot path with no tape overhead.
+
+use crate::error::Result;
+use candle_core::Tensor;
+
+/// A named trainable tensor.
+///
+/// Parameters are plain tensors (not `Var`s): optimisers replace `value` with the updated
+/// tensor. The order in which a model lists its parameters is the order of every gradient
+/// vector dp-core returns.
+#[derive(Debug, Clone)]
+pub struct Param {
+    /// A name unique within the model, e.g. `"2.weight"`.
+    pub name: String,
+    /// The current value.
+    pub value: Tensor,
+}
+
+impl Param {
+    /// A parameter with the given name and value.
+    pub fn new(name: impl Into<String>, value: Tensor) -> Self {
+        Self {
+            name: name.into(),
+            value,
+        }
+    }
+}
+
+/// How a layer obtains its per-example gradient norms and its clipped sum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum GradMode {
+    /// Let the layer pick the cheaper of the two below (Bu et al. 2022's mixed rule:
+    /// ghost when `2T² < p·r`).
+    #[default]
+    Auto,
+    /// Ghost norms (Li et al. 2021) and book-keeping (Bu et al. 2022): norms from
+    /// activations and output gradients without materialising per-example gradients,
+    /// then `Σ_i c_i g_i` as one weighted product.
+    Ghost,
+    /// Materialise per-example gradients, take their norms, and sum the clipped ones.
+    Materialize,
+}
+
+/// A layer: a forward pass that records what its backward needs, and a backward pass.
+///
+/// Implement this (and, if the layer has parameters, [`PerSampleGrad`]) to add a layer
+/// type; nothing else in dp-core has to change.
+pub trait Layer: Send {
+    /// A short human-readable name (used in errors and parameter names).
+    fn name(&self) -> String;
+
+    /// Computes the output. With `train = true` the layer records the activations its
+    /// backward pass and per-sample rule need; with `train = false` it records nothing.
+    fn forward(&mut self, x: &Tensor, train: bool) -> Result<Tensor>;
+
+    /// Receives dL/d(output) for the *summed* per-example loss and returns dL/d(input)
+    /// (or `None` when `need_input_grad` is false, e.g. for the first layer). Layers with
+    /// parameters keep `grad_out` for their per-sample rule.
+    fn backward(&mut self, grad_out: &Tensor, need_input_grad: bool) -> Result<Option<Tensor>>;
+
+    /// The layer's parameters (empty for activations, pooling, ...).
+    fn params(&self) -> Vec<&Param> {
+        Vec::new()
+    }
+
+    /// Mutable access to the parameters, in the same order as [`Layer::params`].
+    fn params_mut(&mut self) -> Vec<&mut Param> {
+        Vec::new()
+    }
+
+    /// The layer's per-sample gradient rule, if it has parameters.
+    fn per_sample(&mut self) -> Option<&mut dyn PerSampleGrad> {
+        None
+    }
+
+    /// Drops recorded activations and gradients (frees memory between steps).
+    fn clear(&mut self) {}
+}
+
+/// A layer's per-sample gradient rule (Opacus's "grad sampler", one per layer type).
+///
+/// All three methods work from the record of the last `forward(train=true)` + `backward`.
+/// Gradients are those of each example's own loss `ℓ_i` (the backward pass ran on `Σ_i ℓ_i`).
+pub trait PerSampleGrad {
+    /// Squared norm of each example's gradient over this layer's parameters, shape `[B]`.
+    fn sq_norms(&mut self, mode: GradMode) -> Result<Tensor>;
+
+    /// Materialised per-example gradients, one tensor `[B, ..param shape]` per parameter.
+    fn per_sample_grads(&mut self) -> Result<Vec<Tensor>>;
+
+    /// `Σ_i w_i g_i` for the given per-example weights `w` (shape `[B]`), one tensor per
+    /// parameter with the parameter's shape. Book-keeping: no per-example tensor is formed
+    /// unless the layer already materialised them in [`PerSampleGrad::sq_norms`].
+    fn weighted_sum(&mut self, weights: &Tensor) -> Result<Vec<Tensor>>;
+}

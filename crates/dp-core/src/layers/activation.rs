@@ -1,0 +1,120 @@
+//! Elementwise activations (no parameters, so no per-sample rule).
+
+use crate::error::{CoreError, Result};
+use crate::layer::Layer;
+use candle_core::Tensor;
+
+fn missing(layer: &str) -> CoreError {
+    CoreError::MissingRecord {
+        layer: layer.into(),
+        what: "backward before forward(train=true)".into(),
+    }
+}
+
+/// `max(x, 0)`.
+///
+/// ```
+/// use dp_core::{layers::Relu, Layer};
+/// use candle_core::{Device, Tensor};
+/// let y = Relu::default().forward(&Tensor::new(&[-1f32, 2.], &Device::Cpu).unwrap(), false).unwrap();
+/// assert_eq!(y.to_vec1::<f32>().unwrap(), vec![0., 2.]);
+/// ```
+#[derive(Default)]
+pub struct Relu {
+    mask: Option<Tensor>,
+}
+
+impl Layer for Relu {
+    fn name(&self) -> String {
+        "ReLU".into()
+    }
+    fn forward(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let y = x.relu()?;
+        if train {
+            self.mask = Some(x.gt(0f64)?.to_dtype(x.dtype())?);
+        }
+        Ok(y)
+    }
+    fn backward(&mut self, g: &Tensor, need: bool) -> Result<Option<Tensor>> {
+        let m = self.mask.as_ref().ok_or_else(|| missing("ReLU"))?;
+        Ok(if need { Some((g * m)?) } else { None })
+    }
+    fn clear(&mut self) {
+        self.mask = None;
+    }
+}
+
+/// `tanh(x)` (the activation of Papernot et al. 2021 / Tramèr & Boneh 2021 DP CNNs).
+///
+/// ```
+/// use dp_core::{layers::Tanh, Layer};
+/// use candle_core::{Device, Tensor};
+/// let y = Tanh::default().forward(&Tensor::new(&[0f32], &Device::Cpu).unwrap(), false).unwrap();
+/// assert_eq!(y.to_vec1::<f32>().unwrap(), vec![0.]);
+/// ```
+#[derive(Default)]
+pub struct Tanh {
+    y: Option<Tensor>,
+}
+
+impl Layer for Tanh {
+    fn name(&self) -> String {
+        "Tanh".into()
+    }
+    fn forward(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let y = x.tanh()?;
+        if train {
+            self.y = Some(y.clone());
+        }
+        Ok(y)
+    }
+    fn backward(&mut self, g: &Tensor, need: bool) -> Result<Option<Tensor>> {
+        let y = self.y.as_ref().ok_or_else(|| missing("Tanh"))?;
+        if !need {
+            return Ok(None);
+        }
+        // d tanh = 1 − y²
+        let d = y.sqr()?.affine(-1.0, 1.0)?;
+        Ok(Some((g * d)?))
+    }
+    fn clear(&mut self) {
+        self.y = None;
+    }
+}
+
+/// The logistic function `1/(1 + e^{−x})`.
+///
+/// ```
+/// use dp_core::{layers::Sigmoid, Layer};
+/// use candle_core::{Device, Tensor};
+/// let y = Sigmoid::default().forward(&Tensor::new(&[0f32], &Device::Cpu).unwrap(), false).unwrap();
+/// assert_eq!(y.to_vec1::<f32>().unwrap(), vec![0.5]);
+/// ```
+#[derive(Default)]
+pub struct Sigmoid {
+    y: Option<Tensor>,
+}
+
+impl Layer for Sigmoid {
+    fn name(&self) -> String {
+        "Sigmoid".into()
+    }
+    fn forward(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let y = (x.neg()?.exp()? + 1.0)?.recip()?;
+        if train {
+            self.y = Some(y.clone());
+        }
+        Ok(y)
+    }
+    fn backward(&mut self, g: &Tensor, need: bool) -> Result<Option<Tensor>> {
+        let y = self.y.as_ref().ok_or_else(|| missing("Sigmoid"))?;
+        if !need {
+            return Ok(None);
+        }
+        let d = (y * y.affine(-1.0, 1.0)?)?;
+        Ok(Some((g * d)?))
+    }
+    fn clear(&mut self) {
+        self.y = None;
+    }
+}

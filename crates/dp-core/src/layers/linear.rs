@@ -1,0 +1,158 @@
+//! Fully connected layer with a per-sample rule (ghost norm or materialised).
+
+use crate::error::{shape_err, Result};
+use crate::init::Init;
+use crate::layer::{GradMode, Layer, Param, PerSampleGrad};
+use crate::seq_linear::{self, SeqLinearRecord};
+use candle_core::{Device, Tensor};
+
+/// `y = x Wᵀ + b` on inputs `[B, in]` or `[B, T, in]` (a sequence of `T` positions per
+/// example; the per-example gradient sums over positions).
+///
+/// ```
+/// use dp_core::layers::Linear;
+/// use dp_core::{Init, Layer};
+/// use candle_core::{Device, Tensor};
+/// let mut init = Init::seeded(0);
+/// let mut lin = Linear::new(3, 2, true, &mut init, &Device::Cpu).unwrap();
+/// let x = Tensor::ones((4, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
+/// let y = lin.forward(&x, false).unwrap();
+/// assert_eq!(y.dims(), &[4, 2]);
+/// ```
+pub struct Linear {
+    weight: Param,
+    bias: Option<Param>,
+    rec: SeqLinearRecord,
+    input_rank: usize,
+}
+
+impl Linear {
+    /// A layer with PyTorch's default initialisation `U(±1/√in)`.
+    pub fn new(
+        in_features: usize,
+        out_features: usize,
+        bias: bool,
+        init: &mut Init,
+        device: &Device,
+    ) -> Result<Self> {
+        let bound = 1.0 / (in_features as f64).sqrt();
+        let w = init.uniform(&[out_features, in_features], bound, device)?;
+        let b = if bias {
+            Some(init.uniform(&[out_features], bound, device)?)
+        } else {
+            None
+        };
+        Self::from_tensors(w, b)
+    }
+
+    /// A layer with the given weight `[out, in]` and optional bias `[out]`.
+    pub fn from_tensors(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        let (out, _) = weight.dims2()?;
+        if let Some(b) = &bias {
+            if b.dims() != [out] {
+                return Err(shape_err("Linear bias", &format!("[{out}]"), b.dims()));
+            }
+        }
+        Ok(Self {
+            weight: Param::new("weight", weight),
+            bias: bias.map(|b| Param::new("bias", b)),
+            rec: SeqLinearRecord::default(),
+            input_rank: 2,
+        })
+    }
+
+    fn in_features(&self) -> usize {
+        self.weight.value.dims()[1]
+    }
+}
+
+impl Layer for Linear {
+    fn name(&self) -> String {
+        let d = self.weight.value.dims();
+        format!("Linear({}→{})", d[1], d[0])
+    }
+
+    fn forward(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let p = self.in_features();
+        let (b, t) = match x.dims() {
+            [b, i] if *i == p => (*b, 1),
+            [b, t, i] if *i == p => (*b, *t),
+            d => return Err(shape_err(&self.name(), &format!("[B, {p}] or [B, T, {p}]"), d)),
+        };
+        self.input_rank = x.rank();
+        let x3 = x.reshape((b, t, p))?;
+        let x2 = x3.reshape((b * t, p))?;
+        let mut y = x2.matmul(&self.weight.value.t()?)?;
+        if let Some(bias) = &self.bias {
+            y = y.broadcast_add(&bias.value)?;
+        }
+        if train {
+            self.rec.clear();
+            self.rec.a = Some(x3);
+        }
+        let r = self.weight.value.dims()[0];
+        Ok(if self.input_rank == 2 {
+            y
+        } else {
+            y.reshape((b, t, r))?
+        })
+    }
+
+    fn backward(&mut self, grad_out: &Tensor, need_input_grad: bool) -> Result<Option<Tensor>> {
+        let a = self.rec.a.as_ref().ok_or_else(|| crate::CoreError::MissingRecord {
+            layer: self.name(),
+            what: "backward before forward(train=true)".into(),
+        })?;
+        let (b, t, p) = a.dims3()?;
+        let r = self.weight.value.dims()[0];
+        let g3 = grad_out.reshape((b, t, r))?;
+        self.rec.g = Some(g3.clone());
+        self.rec.materialized = None;
+        if !need_input_grad {
+            return Ok(None);
+        }
+        let dx = g3.reshape((b * t, r))?.matmul(&self.weight.value)?;
+        Ok(Some(if self.input_rank == 2 {
+            dx
+        } else {
+            dx.reshape((b, t, p))?
+        }))
+    }
+
+    fn params(&self) -> Vec<&Param> {
+        let mut v = vec![&self.weight];
+        v.extend(self.bias.as_ref());
+        v
+    }
+
+    fn params_mut(&mut self) -> Vec<&mut Param> {
+        let mut v = vec![&mut self.weight];
+        v.extend(self.bias.as_mut());
+        v
+    }
+
+    fn per_sample(&mut self) -> Option<&mut dyn PerSampleGrad> {
+        Some(self)
+    }
+
+    fn clear(&mut self) {
+        self.rec.clear();
+    }
+}
+
+impl PerSampleGrad for Linear {
+    fn sq_norms(&mut self, mode: GradMode) -> Result<Tensor> {
+        let name = self.name();
+        seq_linear::rule_sq_norms(&mut self.rec, &name, mode, self.bias.is_some())
+    }
+
+    fn per_sample_grads(&mut self) -> Result<Vec<Tensor>> {
+        let name = self.name();
+        seq_linear::rule_per_sample(&mut self.rec, &name, self.bias.is_some())
+    }
+
+    fn weighted_sum(&mut self, weights: &Tensor) -> Result<Vec<Tensor>> {
+        let name = self.name();
+        seq_linear::rule_weighted_sum(&mut self.rec, &name, weights, self.bias.is_some())
+    }
+}

@@ -1,0 +1,179 @@
+//! Models: a trait over "layers plus a forward/backward order", and `Sequential`.
+
+use crate::error::{shape_err, CoreError, Result};
+use crate::layer::{Layer, Param};
+use candle_core::{Device, Tensor};
+
+/// A network built from dp-core layers.
+///
+/// [`Sequential`] covers chains of layers. For other architectures (residual blocks,
+/// two-tower models, ...) implement this trait: `forward` calls the layers' `forward` in
+/// any order, `backward` calls their `backward` in reverse and routes gradients (e.g. adds
+/// the two branch gradients of a residual connection), and `layers`/`layers_mut` list
+/// every layer once, which fixes the parameter order.
+pub trait Model {
+    /// Forward pass; `train = true` records what the backward and per-sample rules need.
+    fn forward(&mut self, x: &Tensor, train: bool) -> Result<Tensor>;
+    /// Backward pass of the summed per-example loss, given dL/d(output).
+    fn backward(&mut self, grad_output: &Tensor) -> Result<()>;
+    /// Every layer, once, in parameter order.
+    fn layers(&self) -> Vec<&dyn Layer>;
+    /// Mutable access to every layer, in the same order as [`Model::layers`].
+    fn layers_mut(&mut self) -> Vec<&mut dyn Layer>;
+
+    /// All parameters, in order, with model-unique names (`"{layer}.{param}"`).
+    fn named_params(&self) -> Vec<(String, &Param)> {
+        self.layers()
+            .into_iter()
+            .enumerate()
+            .flat_map(|(i, l)| {
+                l.params()
+                    .into_iter()
+                    .map(move |p| (format!("{i}.{}", p.name), p))
+            })
+            .collect()
+    }
+
+    /// Current parameter values, in order (cheap: tensors are reference counted).
+    fn param_tensors(&self) -> Vec<Tensor> {
+        self.layers()
+            .into_iter()
+            .flat_map(|l| l.params().into_iter().map(|p| p.value.clone()))
+            .collect()
+    }
+
+    /// Replaces the parameter values (same order and shapes as [`Model::param_tensors`]).
+    fn set_param_tensors(&mut self, values: &[Tensor]) -> Result<()> {
+        let mut it = values.iter();
+        let mut n = 0;
+        for layer in self.layers_mut() {
+            for p in layer.params_mut() {
+                let v = it.next().ok_or_else(|| {
+                    CoreError::InvalidArgument("too few tensors for the model's parameters".into())
+                })?;
+                if v.dims() != p.value.dims() {
+                    return Err(shape_err(&p.name, &format!("{:?}", p.value.dims()), v.dims()));
+                }
+                p.value = v.clone();
+                n += 1;
+            }
+        }
+        if it.next().is_some() {
+            return Err(CoreError::InvalidArgument(format!(
+                "too many tensors: the model has {n} parameters"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Total number of scalar parameters `d`.
+    fn num_params(&self) -> usize {
+        self.param_tensors().iter().map(|t| t.elem_count()).sum()
+    }
+
+    /// Drops every layer's recorded activations and gradients.
+    fn clear(&mut self) {
+        for l in self.layers_mut() {
+            l.clear();
+        }
+    }
+}
+
+/// A chain of layers applied in order.
+///
+/// ```
+/// use dp_core::layers::{Linear, Relu};
+/// use dp_core::{Init, Model, Sequential};
+/// use candle_core::{DType, Device, Tensor};
+/// let dev = Device::Cpu;
+/// let mut init = Init::seeded(0);
+/// let mut m = Sequential::new(&dev)
+///     .push(Linear::new(4, 8, true, &mut init, &dev).unwrap())
+///     .push(Relu::default())
+///     .push(Linear::new(8, 2, true, &mut init, &dev).unwrap());
+/// let x = Tensor::zeros((3, 4), DType::F32, &dev).unwrap();
+/// assert_eq!(m.forward(&x, false).unwrap().dims(), &[3, 2]);
+/// assert_eq!(m.num_params(), 4 * 8 + 8 + 8 * 2 + 2);
+/// ```
+pub struct Sequential {
+    layers: Vec<Box<dyn Layer>>,
+    device: Device,
+}
+
+impl Sequential {
+    /// An empty chain whose parameters live on `device`.
+    pub fn new(device: &Device) -> Self {
+        Self {
+            layers: Vec::new(),
+            device: device.clone(),
+        }
+    }
+
+    /// Appends a layer (builder style).
+    pub fn push(mut self, layer: impl Layer + 'static) -> Self {
+        self.layers.push(Box::new(layer));
+        self
+    }
+
+    /// Appends a boxed layer.
+    pub fn add(&mut self, layer: Box<dyn Layer>) {
+        self.layers.push(layer);
+    }
+
+    /// The device of the model's parameters.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Number of layers.
+    pub fn len(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Whether there are no layers.
+    pub fn is_empty(&self) -> bool {
+        self.layers.is_empty()
+    }
+}
+
+impl Model for Sequential {
+    fn forward(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let mut h = x.clone();
+        for l in self.layers.iter_mut() {
+            h = l.forward(&h, train)?;
+        }
+        Ok(h)
+    }
+
+    fn backward(&mut self, grad_output: &Tensor) -> Result<()> {
+        let mut g = grad_output.clone();
+        let n = self.layers.len();
+        for (k, l) in self.layers.iter_mut().enumerate().rev() {
+            // No layer before the first needs dL/dx: skip that product.
+            let need = k > 0;
+            match l.backward(&g, need)? {
+                Some(dx) => g = dx,
+                None if need => {
+                    // A layer with a non-differentiable input (e.g. Embedding) in the
+                    // middle of a chain: nothing before it can be trained.
+                    return Err(CoreError::InvalidArgument(format!(
+                        "layer {k} of {n} returned no input gradient but is not the first layer"
+                    )));
+                }
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn layers(&self) -> Vec<&dyn Layer> {
+        self.layers.iter().map(|l| l.as_ref() as &dyn Layer).collect()
+    }
+
+    fn layers_mut(&mut self) -> Vec<&mut dyn Layer> {
+        self.layers
+            .iter_mut()
+            .map(|l| l.as_mut() as &mut dyn Layer)
+            .collect()
+    }
+}

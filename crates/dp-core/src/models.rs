@@ -1,0 +1,88 @@
+//! The reference architectures of the DP literature, ready to train.
+
+use crate::error::{CoreError, Result};
+use crate::init::Init;
+use crate::layers::{
+    AvgPool2d, ChannelsLast, Conv2d, Conv2dConfig, Flatten, GlobalAvgPool, GroupNorm, Linear,
+    MaxPool2d, Relu, Reshape, Tanh,
+};
+use crate::model::Sequential;
+use candle_core::Device;
+
+/// A ReLU multi-layer perceptron with layer widths `dims` (e.g. `[784, 256, 256, 10]`).
+/// Inputs of any shape with `dims[0]` values per example are flattened first.
+///
+/// ```
+/// use dp_core::{models, Model};
+/// let m = models::mlp(&[784, 256, 256, 10], &candle_core::Device::Cpu, 0).unwrap();
+/// assert_eq!(m.num_params(), 784 * 256 + 256 + 256 * 256 + 256 + 256 * 10 + 10);
+/// ```
+pub fn mlp(dims: &[usize], device: &Device, seed: u64) -> Result<Sequential> {
+    if dims.len() < 2 {
+        return Err(CoreError::InvalidArgument("an MLP needs at least two widths".into()));
+    }
+    let mut init = Init::seeded(seed);
+    let mut m = Sequential::new(device).push(Reshape::new(&[dims[0]]));
+    for (k, w) in dims.windows(2).enumerate() {
+        m = m.push(Linear::new(w[0], w[1], true, &mut init, device)?);
+        if k + 2 < dims.len() {
+            m = m.push(Relu::default());
+        }
+    }
+    Ok(m)
+}
+
+/// The end-to-end tanh CNN of the DP literature for 28×28 grey images (Papernot et al.
+/// 2021; Tramèr & Boneh 2021, Table 9; Opacus's MNIST example):
+/// Conv(1→16, 8×8, stride 2, pad 3) – tanh – MaxPool(2, stride 1) – Conv(16→32, 4×4,
+/// stride 2) – tanh – MaxPool(2, stride 1) – Linear(512→32) – tanh – Linear(32→10);
+/// 26,010 parameters. Inputs `[B, 784]`, `[B, 1, 28, 28]` or `[B, 28, 28, 1]`.
+///
+/// ```
+/// use dp_core::{models, Model};
+/// let m = models::mnist_cnn(&candle_core::Device::Cpu, 0).unwrap();
+/// assert_eq!(m.num_params(), 26_010);
+/// ```
+pub fn mnist_cnn(device: &Device, seed: u64) -> Result<Sequential> {
+    let mut init = Init::seeded(seed);
+    Ok(Sequential::new(device)
+        .push(Reshape::new(&[28, 28, 1]))
+        .push(Conv2d::new(Conv2dConfig::new(1, 16, 8).stride(2).padding(3), &mut init, device)?)
+        .push(Tanh::default())
+        .push(MaxPool2d::new(2, 1))
+        .push(Conv2d::new(Conv2dConfig::new(16, 32, 4).stride(2), &mut init, device)?)
+        .push(Tanh::default())
+        .push(MaxPool2d::new(2, 1))
+        .push(Flatten::default())
+        .push(Linear::new(512, 32, true, &mut init, device)?)
+        .push(Tanh::default())
+        .push(Linear::new(32, 10, true, &mut init, device)?))
+}
+
+/// The small CIFAR-10 convnet of Opacus's examples: four 3×3 convs (32, 64, 64, 128
+/// channels, pad 1) with ReLU and 2×2 average pooling after the first three, global
+/// average pooling, Linear(128→10). With `group_norm`, a GroupNorm (8 groups) follows each
+/// conv. Inputs `[B, 3, 32, 32]` (PyTorch layout, converted to channels-last inside).
+///
+/// ```
+/// use dp_core::{models, Model};
+/// let m = models::cifar_cnn(&candle_core::Device::Cpu, 0, false).unwrap();
+/// assert_eq!(m.num_params(), 896 + 18_496 + 36_928 + 73_856 + 1_290);
+/// ```
+pub fn cifar_cnn(device: &Device, seed: u64, group_norm: bool) -> Result<Sequential> {
+    let mut init = Init::seeded(seed);
+    let mut m = Sequential::new(device).push(ChannelsLast);
+    let chans = [(3, 32), (32, 64), (64, 64), (64, 128)];
+    for (k, &(cin, cout)) in chans.iter().enumerate() {
+        m = m.push(Conv2d::new(Conv2dConfig::new(cin, cout, 3).padding(1), &mut init, device)?);
+        if group_norm {
+            m = m.push(GroupNorm::new(8, cout, 1e-5, device)?);
+        }
+        m = m.push(Relu::default());
+        if k < 3 {
+            m = m.push(AvgPool2d::new(2, 2));
+        }
+    }
+    Ok(m.push(GlobalAvgPool::default())
+        .push(Linear::new(128, 10, true, &mut init, device)?))
+}

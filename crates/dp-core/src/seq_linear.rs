@@ -1,0 +1,179 @@
+//! The per-sample rule shared by `Linear` and `Conv2d` (a convolution is a linear layer
+//! over the unfolded patches, with the output positions as a sequence axis).
+//!
+//! Notation: activations `A` of shape `[B, T, p]`, output gradients `G` of shape
+//! `[B, T, r]`; the weight is `[r, p]`. The per-example weight gradient is `G_iᵀ A_i` and
+//! the bias gradient `Σ_t G_{i,t}` (Opacus's Linear grad sampler).
+
+use crate::error::Result;
+use crate::layer::GradMode;
+use candle_core::{Tensor, D};
+
+/// Record kept by a linear-type layer between forward and per-sample rule.
+#[derive(Debug, Default)]
+pub(crate) struct SeqLinearRecord {
+    /// `[B, T, p]`
+    pub a: Option<Tensor>,
+    /// `[B, T, r]`
+    pub g: Option<Tensor>,
+    /// Materialised per-example gradients (weight `[B, r, p]`, bias `[B, r]`) if computed.
+    pub materialized: Option<(Tensor, Option<Tensor>)>,
+}
+
+impl SeqLinearRecord {
+    pub fn clear(&mut self) {
+        self.a = None;
+        self.g = None;
+        self.materialized = None;
+    }
+}
+
+/// Bu et al. 2022's mixed rule: the ghost norm costs `O(B·T²·(p+r))`, materialising
+/// `O(B·T·p·r)`; use the ghost norm when `2T² < p·r`.
+pub(crate) fn prefer_ghost(t: usize, p: usize, r: usize) -> bool {
+    2 * t * t < p * r
+}
+
+/// Per-example squared norm of the weight (and bias) gradient by the ghost-norm identity
+/// `‖G_iᵀA_i‖²_F = ⟨A_iA_iᵀ, G_iG_iᵀ⟩_F` (Li et al. 2021, §4), which for `T = 1` reduces to
+/// `‖a_i‖²‖g_i‖²`; the bias part is `‖Σ_t G_{i,t}‖²`.
+pub(crate) fn ghost_sq_norms(a: &Tensor, g: &Tensor, bias: bool) -> Result<Tensor> {
+    let (_b, t, _p) = a.dims3()?;
+    let w = if t == 1 {
+        let a2 = a.sqr()?.sum(D::Minus1)?.sum(1)?;
+        let g2 = g.sqr()?.sum(D::Minus1)?.sum(1)?;
+        (a2 * g2)?
+    } else {
+        let ga = a.matmul(&a.t()?)?; // [B, T, T]
+        let gg = g.matmul(&g.t()?)?;
+        (ga * gg)?.sum((1, 2))?
+    };
+    if bias {
+        let gb = g.sum(1)?.sqr()?.sum(1)?;
+        Ok((w + gb)?)
+    } else {
+        Ok(w)
+    }
+}
+
+/// Materialised per-example gradients: weight `[B, r, p]`, bias `[B, r]`.
+pub(crate) fn per_sample(a: &Tensor, g: &Tensor, bias: bool) -> Result<(Tensor, Option<Tensor>)> {
+    let w = g.t()?.matmul(a)?; // [B, r, T] x [B, T, p]
+    let b = if bias { Some(g.sum(1)?) } else { None };
+    Ok((w, b))
+}
+
+/// Squared norms of materialised per-example gradients.
+pub(crate) fn materialized_sq_norms(w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let n = w.sqr()?.flatten_from(1)?.sum(1)?;
+    match b {
+        Some(b) => Ok((n + b.sqr()?.sum(1)?)?),
+        None => Ok(n),
+    }
+}
+
+/// `Σ_i w_i G_iᵀ A_i` and `Σ_i w_i Σ_t G_{i,t}` as two matrix products over the flattened
+/// batch (book-keeping, Bu et al. 2022): the weights scale the rows of `G`, and the
+/// batch reduction is a GEMM (candle's `sum(0)` over a large leading axis is slow).
+pub(crate) fn weighted_sum(
+    a: &Tensor,
+    g: &Tensor,
+    weights: &Tensor,
+    bias: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let (b, t, p) = a.dims3()?;
+    let r = g.dim(2)?;
+    let gw = g.broadcast_mul(&weights.reshape((b, 1, 1))?)?; // [B, T, r]
+    let gw2 = gw.reshape((b * t, r))?;
+    let a2 = a.reshape((b * t, p))?;
+    let dw = gw2.t()?.matmul(&a2)?; // [r, p]
+    let db = if bias {
+        let ones = Tensor::ones((1, b * t), gw2.dtype(), gw2.device())?;
+        Some(ones.matmul(&gw2)?.reshape(r)?)
+    } else {
+        None
+    };
+    Ok((dw, db))
+}
+
+/// `Σ_i w_i X_i` for materialised per-example tensors `X` of shape `[B, ...]`.
+pub(crate) fn weighted_sum_materialized(x: &Tensor, weights: &Tensor) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let b = dims[0];
+    let flat = x.reshape((b, ()))?;
+    let w = weights.reshape((1, b))?.to_dtype(flat.dtype())?;
+    Ok(w.matmul(&flat)?.reshape(&dims[1..])?)
+}
+
+/// Shared implementation of [`crate::PerSampleGrad`] for linear-type layers.
+pub(crate) fn rule_sq_norms(
+    rec: &mut SeqLinearRecord,
+    layer: &str,
+    mode: GradMode,
+    bias: bool,
+) -> Result<Tensor> {
+    let (a, g) = record(rec, layer)?;
+    let (_, t, p) = a.dims3()?;
+    let r = g.dim(2)?;
+    let ghost = match mode {
+        GradMode::Ghost => true,
+        GradMode::Materialize => false,
+        GradMode::Auto => prefer_ghost(t, p, r),
+    };
+    if ghost {
+        rec.materialized = None;
+        ghost_sq_norms(&a, &g, bias)
+    } else {
+        let (w, b) = per_sample(&a, &g, bias)?;
+        let n = materialized_sq_norms(&w, b.as_ref())?;
+        rec.materialized = Some((w, b));
+        Ok(n)
+    }
+}
+
+pub(crate) fn rule_per_sample(
+    rec: &mut SeqLinearRecord,
+    layer: &str,
+    bias: bool,
+) -> Result<Vec<Tensor>> {
+    if let Some((w, b)) = &rec.materialized {
+        let mut v = vec![w.clone()];
+        v.extend(b.clone());
+        return Ok(v);
+    }
+    let (a, g) = record(rec, layer)?;
+    let (w, b) = per_sample(&a, &g, bias)?;
+    let mut v = vec![w];
+    v.extend(b);
+    Ok(v)
+}
+
+pub(crate) fn rule_weighted_sum(
+    rec: &mut SeqLinearRecord,
+    layer: &str,
+    weights: &Tensor,
+    bias: bool,
+) -> Result<Vec<Tensor>> {
+    if let Some((w, b)) = &rec.materialized {
+        let mut v = vec![weighted_sum_materialized(w, weights)?];
+        if let Some(b) = b {
+            v.push(weighted_sum_materialized(b, weights)?);
+        }
+        return Ok(v);
+    }
+    let (a, g) = record(rec, layer)?;
+    let (dw, db) = weighted_sum(&a, &g, weights, bias)?;
+    let mut v = vec![dw];
+    v.extend(db);
+    Ok(v)
+}
+
+fn record(rec: &SeqLinearRecord, layer: &str) -> Result<(Tensor, Tensor)> {
+    let missing = |what: &str| crate::CoreError::MissingRecord {
+        layer: layer.to_string(),
+        what: what.to_string(),
+    };
+    let a = rec.a.clone().ok_or_else(|| missing("no recorded input activations"))?;
+    let g = rec.g.clone().ok_or_else(|| missing("no recorded output gradient"))?;
+    Ok((a, g))
+}
