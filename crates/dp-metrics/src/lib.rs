@@ -1,1 +1,68 @@
-//! dp-metrics
+//! # dp-metrics
+//!
+//! Quantitative metrics for analysing *why* DP-SGD loses accuracy and how adaptive methods
+//! change optimisation, computed the same way for every training method (algorithms.md §14):
+//!
+//! * **Loss-landscape geometry** — filter-normalised 1-D/2-D slices ([`random_slice_1d`],
+//!   [`random_slice_2d`]), interpolation and barrier height ([`interpolate`]), total variation
+//!   and roughness ([`tv_summary_1d`], [`tv_summary_2d`], [`rof_roughness`]), sharpness and
+//!   flatness ([`random_direction_sharpness`], [`flatness_width_1d`]), Hessian spectrum
+//!   ([`top_eigenvalue`], [`min_eigenvalue`], [`hutchinson_trace`]). Models plug in through
+//!   the small [`LossSurface`] trait.
+//! * **Optimisation metrics** from per-example gradients `[n, d]` — clipping statistics,
+//!   clipping bias, dispersion and signal-to-noise ([`clipping_stats`]), gradient
+//!   misalignment per group ([`gradient_misalignment`]).
+//! * **Models and representations** — sparsity, Hoyer sparsity, pruning masks and their
+//!   Jaccard overlap ([`sparsity_report`], [`magnitude_pruning_mask`]), linear CKA
+//!   ([`linear_cka`]), per-group accuracy and the disparate-impact gap ([`accuracy_by_group`],
+//!   [`disparate_impact`]).
+//! * **Empirical privacy** — a loss-threshold membership-inference attack
+//!   ([`loss_threshold_attack`]) with AUC and TPR at low FPR.
+//! * **Output** — every metric returns plain serde structs; [`MetricsLogger`] appends them to a
+//!   JSONL file, and [`plot`] writes CSV/JSON and PNG/SVG heatmaps, contours and line plots.
+//!
+//! ## Contract: analysis only
+//!
+//! These metrics are **analysis, not part of training**. They are computed on a fixed probe
+//! set, without noise, and are never released. They cost no privacy budget *only because they
+//! are not released and do not influence the trained model*: nothing computed or logged here
+//! may feed back into training (no clip-norm tuning, early stopping, learning-rate schedules or
+//! model selection driven by these values on private data). Doing so would make them part of
+//! the mechanism, and the accountant's ε would no longer cover the release. The membership
+//! inference attack is an empirical sanity check *beside* the accountant's ε, never a
+//! replacement for it.
+//!
+//! All accumulation is in `f64`. Random directions and probes are drawn from seeded
+//! `rand_chacha` (candle's CPU RNG cannot be seeded), so results are reproducible. Library
+//! functions never panic on bad input; they return [`MetricsError`].
+
+pub mod directions;
+pub mod error;
+pub mod hessian;
+pub mod landscape;
+pub mod sharpness;
+pub mod surface;
+pub mod total_variation;
+
+pub use directions::{
+    filter_normalize, filter_normalized_direction, random_direction, BiasHandling,
+};
+pub use error::{MetricsError, Result};
+pub use hessian::{
+    hessian_vector_product, hutchinson_trace, min_eigenvalue, top_eigenvalue, EigenEstimate,
+    HutchinsonConfig, PowerIterationConfig, TraceEstimate,
+};
+pub use landscape::{
+    barrier_height, interpolate, linspace, mean_sd, random_slice_1d, random_slice_2d, slice_1d,
+    slice_2d, Grid2d, Interpolation, MeanSd, Slice1d, Slice2d,
+};
+pub use sharpness::{
+    flatness_area_2d, flatness_width_1d, random_direction_sharpness, FlatnessArea, Kappa,
+    RadiusSharpness, SharpnessConfig, SharpnessReport,
+};
+pub use surface::{flatten_params, LossSurface, ParamLayout, QuadraticSurface};
+pub use total_variation::{
+    rof_denoise, rof_roughness, roughness_1d, temporal_tv, tv_1d, tv_2d_anisotropic,
+    tv_2d_isotropic, tv_summary_1d, tv_summary_2d, RofConfig, RofRoughness, RofSolution,
+    TvSummary1d, TvSummary2d,
+};
