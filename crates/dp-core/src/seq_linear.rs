@@ -83,7 +83,7 @@ pub(crate) fn weighted_sum(
 ) -> Result<(Tensor, Option<Tensor>)> {
     let (b, t, p) = a.dims3()?;
     let r = g.dim(2)?;
-    let gw = g.broadcast_mul(&weights.reshape((b, 1, 1))?)?; // [B, T, r]
+    let gw = g.broadcast_mul(&weights.to_dtype(g.dtype())?.reshape((b, 1, 1))?)?; // [B, T, r]
     let gw2 = gw.reshape((b * t, r))?;
     let a2 = a.reshape((b * t, p))?;
     let dw = gw2.t()?.matmul(&a2)?; // [r, p]

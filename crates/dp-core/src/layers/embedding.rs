@@ -173,7 +173,8 @@ impl PerSampleGrad for Embedding {
         let (ids, g) = self.record()?;
         let (b, t) = ids.dims2()?;
         let (v, dim) = self.weight.value.dims2()?;
-        let gw = g.broadcast_mul(&weights.reshape((b, 1, 1))?)?.reshape((b * t, dim))?;
+        let gw = g
+            .broadcast_mul(&weights.to_dtype(g.dtype())?.reshape((b, 1, 1))?)?.reshape((b * t, dim))?;
         let acc = Tensor::zeros((v, dim), g.dtype(), g.device())?;
         Ok(vec![acc.index_add(&ids.flatten_all()?, &gw, 0)?])
     }
