@@ -325,7 +325,7 @@ pub fn clipped_gradient<M: Model + ?Sized>(
     } else {
         Tensor::stack(&sq, 0)?.to_vec2::<f32>()?
     };
-    let mut sq = LayerSqNorms { per_layer };
+    let sq = LayerSqNorms { per_layer };
 
     // 2. Non-finite examples.
     let totals = sq.total_norms();
@@ -334,10 +334,24 @@ pub fn clipped_gradient<M: Model + ?Sized>(
         model.clear();
         return Err(CoreError::NonFiniteGradient { examples: bad });
     }
-    for &i in &bad {
-        for l in sq.per_layer.iter_mut() {
-            l[i] = 0.0;
-        }
+    if !bad.is_empty() {
+        // ZeroOut. A weight of 0 would not help (0·NaN = NaN inside the weighted sums), so
+        // the finite examples are recomputed on their own; the rare bad step pays twice.
+        drop(layers);
+        model.clear();
+        let good: Vec<u32> = (0..b as u32).filter(|i| !bad.contains(&(*i as usize))).collect();
+        let idx = Tensor::from_vec(good, b - bad.len(), &device)?;
+        let mut out = clipped_gradient(
+            model,
+            &x.index_select(&idx, 0)?,
+            &targets.index_select(&idx, 0)?,
+            loss,
+            clip,
+            opts,
+        )?;
+        let norms: Vec<f32> = totals.iter().map(|&n| n as f32).collect();
+        out.stats = ClipStats::new(norms, threshold, bad.len());
+        return Ok(out);
     }
 
     // 3. Weights, then enforce the stated sensitivity example by example.
@@ -359,11 +373,6 @@ pub fn clipped_gradient<M: Model + ?Sized>(
                     w[i] *= s;
                 }
             }
-        }
-    }
-    for &i in &bad {
-        for w in weights.iter_mut() {
-            w[i] = 0.0;
         }
     }
 
@@ -392,7 +401,7 @@ pub fn clipped_gradient<M: Model + ?Sized>(
     Ok(ClippedBatch {
         sum,
         sensitivity,
-        stats: ClipStats::new(norms, threshold, bad.len()),
+        stats: ClipStats::new(norms, threshold, 0),
         loss_sum,
         examples: b,
     })

@@ -44,7 +44,7 @@ impl LayerSqNorms {
                     .iter()
                     .map(|l| l[i] as f64)
                     .sum::<f64>()
-                    .max(0.0)
+                    // not `.max(0.0)`: it would turn a NaN norm into 0
                     .sqrt()
             })
             .collect()
