@@ -69,7 +69,7 @@ fn crop_and_flip_are_exact() {
         }
     }
     // Binomial(400, 1/2): sd 10, bound z = 5.
-    assert!((flips as i32 - 200).abs() < 50 && flips + keeps == 400);
+    assert!((flips - 200i32).abs() < 50 && flips + keeps == 400);
 
     // Every padded crop is a shifted copy with pad_value outside; all 25 offsets occur.
     let crop = Augmentation {
