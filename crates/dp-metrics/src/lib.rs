@@ -36,13 +36,44 @@
 //! `rand_chacha` (candle's CPU RNG cannot be seeded), so results are reproducible. Library
 //! functions never panic on bad input; they return [`MetricsError`].
 
+pub mod cka;
+pub mod clipping;
 pub mod directions;
 pub mod error;
+pub mod group_accuracy;
 pub mod hessian;
 pub mod landscape;
+pub mod logger;
+pub mod membership;
+pub mod misalignment;
+pub mod plot;
 pub mod sharpness;
+pub mod sparsity;
 pub mod surface;
 pub mod total_variation;
+
+pub use cka::{cka_by_layer, linear_cka, linear_cka_features, linear_cka_gram, LayerCka};
+pub use clipping::{
+    bias_stats, clip_factors, clipping_bias_vector, clipping_stats, norm_quantiles,
+    per_example_norms, quantile, tracking_error, transform_bias_stats, BiasStats, ClippingStats,
+    LayerClipStats, NormQuantiles,
+};
+pub use group_accuracy::{
+    accuracy_by_class, accuracy_by_group, disparate_impact, predictions_from_logits,
+    AccuracyReport, DisparateImpact, GroupAccuracy, PrivacyCost,
+};
+pub use logger::{read_log, LogRecord, MetricsLogger};
+pub use membership::{
+    loss_threshold_attack, roc_curve, MembershipReport, TprAtFpr, DEFAULT_FPR_LEVELS,
+};
+pub use misalignment::{
+    gradient_misalignment, gradient_misalignment_with_factors, group_mean_gradients,
+    GroupGradientAccumulator, GroupMisalignment, MisalignmentReport,
+};
+pub use sparsity::{
+    hoyer_sparsity, magnitude_pruning_mask, mask_jaccard, name_params, random_pruning_mask,
+    sparsity_report, LayerMask, LayerSparsity, PruneScope, PruningMask, SparsityReport, Threshold,
+};
 
 pub use directions::{
     filter_normalize, filter_normalized_direction, random_direction, BiasHandling,
