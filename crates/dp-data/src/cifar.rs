@@ -101,6 +101,12 @@ pub fn load_cifar10(dir: &Path) -> Result<TrainTest, DataError> {
 
 /// Like [`load_cifar10`] but with a non-standard number of records per file (every file
 /// must hold exactly that many). Useful for test fixtures and reduced copies.
+///
+/// ```no_run
+/// let small = dp_data::load_cifar10_with_records(std::path::Path::new("cifar-small"), 100)?;
+/// assert_eq!(small.train.len(), 500);
+/// # Ok::<(), dp_data::DataError>(())
+/// ```
 pub fn load_cifar10_with_records(
     dir: &Path,
     records_per_file: usize,

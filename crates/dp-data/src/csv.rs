@@ -273,6 +273,13 @@ impl TabularEncoder {
     /// Fits the encoder on training rows (see the module docs for the rules).
     pub fn fit(rows: &[CsvRow], spec: &CsvSpec, path: &Path) -> Result<Self, DataError> {
         spec.validate()?;
+        if let Some(r) = rows.iter().find(|r| r.fields.len() != spec.columns.len()) {
+            return Err(DataError::Csv {
+                path: path.to_path_buf(),
+                line: r.line,
+                reason: format!("{} fields, expected {}", r.fields.len(), spec.columns.len()),
+            });
+        }
         let mut enc = TabularEncoder {
             spec: spec.clone(),
             columns: Vec::new(),
@@ -497,6 +504,23 @@ pub fn load_csv_split(
 
 /// Loads one CSV file and splits it (stratified by label, seeded) into train and test
 /// before fitting the encoder on the train part only.
+///
+/// ```
+/// # let dir = std::env::temp_dir().join(format!("dp-data-doc-csv1-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir).unwrap();
+/// # std::fs::write(dir.join("d.csv"), "1,a,0\n2,b,1\n3,a,0\n4,b,1\n").unwrap();
+/// use dp_data::{load_csv, ColumnKind::*, CsvSpec};
+/// let spec = CsvSpec {
+///     has_header: false, delimiter: ',', columns: vec![Numeric, Categorical, Ignore],
+///     column_names: None, label_column: 2, group_column: Some(1),
+///     missing_values: vec![], comment_prefix: None, strip_label_period: false,
+/// };
+/// let (data, _enc) = load_csv(&dir.join("d.csv"), &spec, 0.5, 0)?;
+/// assert_eq!((data.train.len(), data.test.len()), (2, 2));
+/// assert!(data.train.groups().is_some());
+/// # std::fs::remove_dir_all(&dir).ok();
+/// # Ok::<(), dp_data::DataError>(())
+/// ```
 pub fn load_csv(
     path: &Path,
     spec: &CsvSpec,

@@ -93,6 +93,13 @@ pub fn parse_idx(path: &Path, bytes: &[u8], expected_magic: u32) -> Result<IdxAr
 }
 
 /// Reads and parses an IDX file from disk (gzip or raw).
+///
+/// ```no_run
+/// use dp_data::idx::{read_idx, IDX_LABELS_MAGIC};
+/// let labels = read_idx(std::path::Path::new("mnist/t10k-labels-idx1-ubyte.gz"), IDX_LABELS_MAGIC)?;
+/// assert_eq!(labels.dims, vec![10_000]);
+/// # Ok::<(), dp_data::DataError>(())
+/// ```
 pub fn read_idx(path: &Path, expected_magic: u32) -> Result<IdxArray, DataError> {
     let bytes = read_maybe_gz(path)?;
     parse_idx(path, &bytes, expected_magic)
@@ -112,6 +119,17 @@ pub(crate) fn byte_to_unit_table() -> [f32; 256] {
 ///
 /// `expected_hw` pins the image size (28×28 for the MNIST family); labels must lie in
 /// `0..num_classes`.
+///
+/// ```no_run
+/// use std::path::Path;
+/// let test = dp_data::idx::load_idx_pair(
+///     Path::new("mnist/t10k-images-idx3-ubyte.gz"),
+///     Path::new("mnist/t10k-labels-idx1-ubyte.gz"),
+///     (28, 28), 10, "mnist/test",
+/// )?;
+/// assert_eq!(test.example_shape(), &[1, 28, 28]);
+/// # Ok::<(), dp_data::DataError>(())
+/// ```
 pub fn load_idx_pair(
     images_path: &Path,
     labels_path: &Path,

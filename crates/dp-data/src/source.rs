@@ -180,6 +180,14 @@ pub fn resolve(name: DatasetName, data_dir: Option<&Path>) -> Result<DataSource,
 
 /// [`resolve`] with the environment directory and system root passed in (for tests and
 /// for callers that manage their own configuration).
+///
+/// ```
+/// use dp_data::{source::resolve_with, DataSource, DatasetName};
+/// use std::path::Path;
+/// let src = resolve_with(DatasetName::Mnist, None, None, Path::new("/nonexistent"))?;
+/// assert!(matches!(src, DataSource::BundledFallback { .. }));
+/// # Ok::<(), dp_data::DataError>(())
+/// ```
 pub fn resolve_with(
     name: DatasetName,
     data_dir: Option<&Path>,
@@ -224,7 +232,14 @@ pub fn resolve_with(
     })
 }
 
-/// Loads `name` from the given source.
+/// Loads `name` from the given source (as returned by [`resolve`]).
+///
+/// ```
+/// use dp_data::{source::load_from, DataSource, DatasetName};
+/// let data = load_from(DatasetName::BundledMnist, &DataSource::Bundled)?;
+/// assert_eq!(data.test.len(), 1000);
+/// # Ok::<(), dp_data::DataError>(())
+/// ```
 pub fn load_from(name: DatasetName, source: &DataSource) -> Result<TrainTest, DataError> {
     match (source, name) {
         (DataSource::Bundled | DataSource::BundledFallback { .. }, _) => {

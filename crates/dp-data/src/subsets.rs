@@ -116,6 +116,13 @@ pub fn fixed_size_subset(ds: &Dataset, size: usize, seed: u64) -> Result<Dataset
 /// A stratified split: for each class, a uniformly random `test_per_class` examples go to
 /// the test side, the rest to the train side. Both index lists are sorted ascending.
 /// Errors if a class has fewer than `test_per_class` examples.
+///
+/// ```
+/// let labels = [0, 0, 0, 1, 1, 1];
+/// let (train, test) = dp_data::subsets::stratified_split_indices(&labels, 2, 1, 0)?;
+/// assert_eq!((train.len(), test.len()), (4, 2));
+/// # Ok::<(), dp_data::DataError>(())
+/// ```
 pub fn stratified_split_indices(
     labels: &[u32],
     num_classes: usize,

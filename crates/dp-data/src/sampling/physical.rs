@@ -55,6 +55,12 @@ pub fn physical_batches(indices: &[usize], max_physical: usize) -> PhysicalBatch
 }
 
 /// Number of chunks [`physical_batches`] yields for a logical batch of `len` indices.
+///
+/// ```
+/// assert_eq!(dp_data::num_physical_batches(10, 4), 3);
+/// assert_eq!(dp_data::num_physical_batches(0, 4), 0);
+/// assert_eq!(dp_data::num_physical_batches(10, 0), 1); // no cap
+/// ```
 pub fn num_physical_batches(len: usize, max_physical: usize) -> usize {
     if max_physical == 0 {
         usize::from(len > 0)
