@@ -30,22 +30,47 @@ pub fn epsilon_for(
     delta: f64,
     kind: AccountantKind,
 ) -> Result<f64, AccountingError> {
+    match kind {
+        AccountantKind::Rdp => epsilon_with(
+            &RdpAccountant::new(),
+            sampling_rate,
+            noise_multiplier,
+            steps,
+            delta,
+        ),
+        AccountantKind::Prv => epsilon_with(
+            &PrvAccountant::new(),
+            sampling_rate,
+            noise_multiplier,
+            steps,
+            delta,
+        ),
+    }
+}
+
+/// ε after composing `steps` subsampled Gaussian steps onto a copy of `prototype` (which may
+/// carry configuration such as orders, conversion or error budgets, and earlier events).
+///
+/// ```
+/// use dp_accounting::{calibration::epsilon_with, Conversion, RdpAccountant};
+/// let classic = RdpAccountant::new().with_conversion(Conversion::Classic);
+/// let e = epsilon_with(&classic, 512.0 / 60000.0, 1.23, 4687, 1e-5).unwrap();
+/// assert!((e - 2.995).abs() < 1e-3);
+/// ```
+pub fn epsilon_with<A: Accountant>(
+    prototype: &A,
+    sampling_rate: f64,
+    noise_multiplier: f64,
+    steps: u64,
+    delta: f64,
+) -> Result<f64, AccountingError> {
     if steps == 0 {
         return Err(AccountingError::InvalidSteps);
     }
     let event = DpEvent::poisson_gaussian(sampling_rate, noise_multiplier)?.repeated(steps);
-    match kind {
-        AccountantKind::Rdp => {
-            let mut a = RdpAccountant::new();
-            a.compose(&event)?;
-            a.epsilon(delta)
-        }
-        AccountantKind::Prv => {
-            let mut a = PrvAccountant::new();
-            a.compose(&event)?;
-            a.epsilon(delta)
-        }
-    }
+    let mut a = prototype.clone();
+    a.compose(&event)?;
+    a.epsilon(delta)
 }
 
 /// Number of steps for `epochs` passes at sampling rate q: ⌈epochs/q⌉ (rounded up so the
@@ -88,6 +113,41 @@ pub fn calibrate_noise_multiplier(
     steps: u64,
     kind: AccountantKind,
 ) -> Result<f64, AccountingError> {
+    match kind {
+        AccountantKind::Rdp => calibrate_noise_multiplier_with(
+            &RdpAccountant::new(),
+            target_epsilon,
+            delta,
+            sampling_rate,
+            steps,
+        ),
+        AccountantKind::Prv => calibrate_noise_multiplier_with(
+            &PrvAccountant::new(),
+            target_epsilon,
+            delta,
+            sampling_rate,
+            steps,
+        ),
+    }
+}
+
+/// [`calibrate_noise_multiplier`] for any accountant configuration: `prototype` is cloned for
+/// every probe (its configuration and any earlier events are kept).
+///
+/// ```
+/// use dp_accounting::{calibration::{calibrate_noise_multiplier_with, epsilon_with}, Conversion, RdpAccountant};
+/// let classic = RdpAccountant::new().with_conversion(Conversion::Classic);
+/// let s = calibrate_noise_multiplier_with(&classic, 2.0, 1e-5, 0.01, 1000).unwrap();
+/// assert!(epsilon_with(&classic, 0.01, s, 1000, 1e-5).unwrap() <= 2.0);
+/// ```
+pub fn calibrate_noise_multiplier_with<A: Accountant>(
+    prototype: &A,
+    target_epsilon: f64,
+    delta: f64,
+    sampling_rate: f64,
+    steps: u64,
+) -> Result<f64, AccountingError> {
+    let kind = prototype.kind();
     if !(target_epsilon.is_finite() && target_epsilon > 0.0) {
         return Err(AccountingError::InvalidEpsilon(target_epsilon));
     }
@@ -96,7 +156,7 @@ pub fn calibrate_noise_multiplier(
     if steps == 0 {
         return Err(AccountingError::InvalidSteps);
     }
-    let eps = |s: f64| epsilon_for(sampling_rate, s, steps, delta, kind);
+    let eps = |s: f64| epsilon_with(prototype, sampling_rate, s, steps, delta);
     // Bracket: lo violates the target, hi meets it.
     let start = match kind {
         AccountantKind::Rdp => 1.0,
@@ -174,6 +234,41 @@ pub fn max_steps(
     noise_multiplier: f64,
     kind: AccountantKind,
 ) -> Result<u64, AccountingError> {
+    match kind {
+        AccountantKind::Rdp => max_steps_with(
+            &RdpAccountant::new(),
+            epsilon,
+            delta,
+            sampling_rate,
+            noise_multiplier,
+        ),
+        AccountantKind::Prv => max_steps_with(
+            &PrvAccountant::new(),
+            epsilon,
+            delta,
+            sampling_rate,
+            noise_multiplier,
+        ),
+    }
+}
+
+/// [`max_steps`] for any accountant configuration (see [`calibrate_noise_multiplier_with`]).
+///
+/// ```
+/// use dp_accounting::{calibration::max_steps_with, Conversion, RdpAccountant};
+/// let classic = RdpAccountant::new().with_conversion(Conversion::Classic);
+/// let balle = RdpAccountant::new();
+/// let (a, b) = (max_steps_with(&classic, 2.0, 1e-5, 0.01, 1.0).unwrap(), max_steps_with(&balle, 2.0, 1e-5, 0.01, 1.0).unwrap());
+/// assert!(0 < a && a < b);
+/// ```
+pub fn max_steps_with<A: Accountant>(
+    prototype: &A,
+    epsilon: f64,
+    delta: f64,
+    sampling_rate: f64,
+    noise_multiplier: f64,
+) -> Result<u64, AccountingError> {
+    let kind = prototype.kind();
     if !(epsilon.is_finite() && epsilon >= 0.0) {
         return Err(AccountingError::InvalidEpsilon(epsilon));
     }
@@ -182,7 +277,7 @@ pub fn max_steps(
     check_noise_multiplier(noise_multiplier)?;
     const LIMIT: u64 = 1 << 40;
     let ok = |t: u64| -> Result<bool, AccountingError> {
-        Ok(epsilon_for(sampling_rate, noise_multiplier, t, delta, kind)? <= epsilon)
+        Ok(epsilon_with(prototype, sampling_rate, noise_multiplier, t, delta)? <= epsilon)
     };
     // Start from the RDP answer for PRV (PRV allows at least about as many steps).
     let mut lo: u64 = match kind {
@@ -194,7 +289,8 @@ pub fn max_steps(
                 sampling_rate,
                 noise_multiplier,
                 AccountantKind::Rdp,
-            )?;
+            )
+            .unwrap_or(0);
             if r > 0 && ok(r)? {
                 r
             } else {
