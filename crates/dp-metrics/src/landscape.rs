@@ -140,7 +140,7 @@ impl Grid2d {
     }
 
     /// The grid with `f` applied to every value.
-    pub fn map(&self, f: impl Fn(f64) -> f64) -> Self {
+    pub fn map(&self, mut f: impl FnMut(f64) -> f64) -> Self {
         Self {
             rows: self.rows,
             cols: self.cols,
@@ -405,10 +405,12 @@ pub struct Interpolation {
 /// use dp_metrics::{interpolate, linspace, QuadraticSurface};
 /// let a = vec![Tensor::new(&[-1f64], &Device::Cpu)?];
 /// let b = vec![Tensor::new(&[1f64], &Device::Cpu)?];
-/// // L(θ) = ½θ², minimum halfway: the "barrier" is negative (a valley between the two).
+/// // L(θ) = ½θ² is convex: no barrier, the path dips to 0 halfway.
 /// let mut q = QuadraticSurface::diagonal(a.clone(), &[1.0])?;
 /// let it = interpolate(&mut q, &a, &b, &linspace(-0.5, 1.5, 9))?;
-/// assert!((it.barrier + 0.5).abs() < 1e-12);
+/// assert_eq!(it.barrier, 0.0);
+/// assert_eq!(it.losses[4], 0.0);  // λ = 0.5
+/// assert_eq!(it.losses[0], 2.0);  // λ = −0.5: θ = −2
 /// # Ok::<(), dp_metrics::MetricsError>(())
 /// ```
 pub fn interpolate<S: LossSurface + ?Sized>(

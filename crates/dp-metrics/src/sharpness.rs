@@ -173,11 +173,11 @@ pub struct FlatnessArea {
 /// ```
 /// use dp_metrics::{flatness_area_2d, linspace, Grid2d, Kappa, Slice2d};
 /// let a = linspace(-1.0, 1.0, 3);
-/// let losses = Grid2d::new(3, 3, vec![5., 0.1, 5., 0.1, 0., 0.1, 5., 5., 0.05])?;
+/// let losses = Grid2d::new(3, 3, vec![5., 0.1, 5., 0.1, 0., 5., 5., 5., 0.05])?;
 /// let s = Slice2d { alphas: a.clone(), betas: a, losses };
 /// let f = flatness_area_2d(&s, Kappa::Absolute(0.2))?;
-/// assert_eq!(f.fraction, 5.0 / 9.0);
-/// assert_eq!(f.connected_fraction, 4.0 / 9.0); // the corner (2,2) is cut off
+/// assert_eq!(f.fraction, 4.0 / 9.0);
+/// assert_eq!(f.connected_fraction, 3.0 / 9.0); // the corner (2,2) is cut off
 /// # Ok::<(), dp_metrics::MetricsError>(())
 /// ```
 pub fn flatness_area_2d(slice: &Slice2d, kappa: Kappa) -> Result<FlatnessArea> {
