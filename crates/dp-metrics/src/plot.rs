@@ -266,6 +266,24 @@ const PALETTE: [RGBColor; 8] = [
     RGBColor(127, 127, 127),
 ];
 
+/// Axis tick text: no "-0.0", trailing zeros trimmed, scientific notation for tiny/huge values.
+fn tick_label(v: &f64) -> String {
+    let v = *v;
+    if v.abs() < 1e-12 {
+        return "0".into();
+    }
+    if v.abs() >= 1e5 || v.abs() < 1e-3 {
+        return format!("{v:.2e}");
+    }
+    let s = format!("{v:.4}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s == "-0" {
+        "0".into()
+    } else {
+        s.to_string()
+    }
+}
+
 fn padded_range(lo: f64, hi: f64) -> (f64, f64) {
     if hi > lo {
         let pad = 0.05 * (hi - lo);
@@ -329,6 +347,8 @@ fn draw_lines<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, plot: &LinePlot
         .y_desc(&y_label)
         .label_style((FONT, 14))
         .axis_desc_style((FONT, 17))
+        .x_label_formatter(&tick_label)
+        .y_label_formatter(&tick_label)
         .light_line_style(RGBColor(235, 235, 235))
         .draw()
         .map_err(perr)?;
@@ -588,6 +608,8 @@ fn draw_surface<DB: DrawingBackend>(
         .y_desc(&opts.y_label)
         .label_style((FONT, 14))
         .axis_desc_style((FONT, 17))
+        .x_label_formatter(&tick_label)
+        .y_label_formatter(&tick_label)
         .draw()
         .map_err(perr)?;
     if opts.style != SurfaceStyle::Contour {
@@ -605,16 +627,16 @@ fn draw_surface<DB: DrawingBackend>(
     }
     if opts.style != SurfaceStyle::Heatmap {
         for &level in &levels {
-            let color = if opts.style == SurfaceStyle::Contour {
-                colormap(norm(level))
+            let (color, width) = if opts.style == SurfaceStyle::Contour {
+                (colormap(norm(level)), 2)
             } else {
-                BLACK
+                (BLACK, 1)
             };
             let segs = contour_segments(&grid, xs, ys, level);
             chart
                 .draw_series(
                     segs.into_iter()
-                        .map(|(p, q)| PathElement::new(vec![p, q], color.stroke_width(1))),
+                        .map(|(p, q)| PathElement::new(vec![p, q], color.stroke_width(width))),
                 )
                 .map_err(perr)?;
         }
@@ -652,6 +674,7 @@ fn draw_surface<DB: DrawingBackend>(
         .disable_mesh()
         .disable_x_axis()
         .label_style((FONT, 13))
+        .y_label_formatter(&tick_label)
         .draw()
         .map_err(perr)?;
     let steps = 128;

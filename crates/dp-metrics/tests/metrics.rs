@@ -88,7 +88,10 @@ fn tv_of_constant_grid_is_zero() -> R<()> {
 fn tv_matches_analytic_value_on_fine_grid() -> R<()> {
     // 1-D: TV of sin(2πx) on [0, 1] is 4.
     let x = linspace(0.0, 1.0, 2001);
-    let f: Vec<f64> = x.iter().map(|t| (std::f64::consts::TAU * t).sin()).collect();
+    let f: Vec<f64> = x
+        .iter()
+        .map(|t| (std::f64::consts::TAU * t).sin())
+        .collect();
     assert_relative_eq!(tv_1d(&f)?, 4.0, max_relative = 1e-5);
 
     // 2-D: f = x² + y on [0, 1]²:
@@ -103,7 +106,11 @@ fn tv_matches_analytic_value_on_fine_grid() -> R<()> {
     assert_relative_eq!(s.tv_anisotropic_integral, 2.0, max_relative = 5e-3);
     assert_relative_eq!(s.tv_isotropic_integral, iso, max_relative = 5e-3);
     // range-normalised: range = 2
-    assert_relative_eq!(s.tv_isotropic_normalized.unwrap(), s.tv_isotropic / 2.0, max_relative = 1e-12);
+    assert_relative_eq!(
+        s.tv_isotropic_normalized.unwrap(),
+        s.tv_isotropic / 2.0,
+        max_relative = 1e-12
+    );
     Ok(())
 }
 
@@ -115,7 +122,11 @@ fn roughness_is_one_on_unimodal_and_above_one_with_oscillation() -> R<()> {
     assert_relative_eq!(roughness_1d(&bowl)?, 1.0, epsilon = 1e-12);
     // monotone is unimodal too
     assert_relative_eq!(roughness_1d(&x)?, 1.0, epsilon = 1e-12);
-    let wiggly: Vec<f64> = x.iter().zip(&bowl).map(|(t, b)| b + 0.05 * (40.0 * t).sin()).collect();
+    let wiggly: Vec<f64> = x
+        .iter()
+        .zip(&bowl)
+        .map(|(t, b)| b + 0.05 * (40.0 * t).sin())
+        .collect();
     let r = roughness_1d(&wiggly)?;
     assert!(r > 1.2, "oscillation must raise roughness, got {r}");
     // log-f versions exist for positive curves
@@ -133,7 +144,13 @@ fn temporal_tv_is_one_for_monotone_curves() -> R<()> {
 }
 
 fn rof_energy(u: &Grid2d, f: &Grid2d, lambda: f64) -> f64 {
-    0.5 * u.values.iter().zip(&f.values).map(|(a, b)| (a - b).powi(2)).sum::<f64>() + lambda * tv_2d_isotropic(u).unwrap()
+    0.5 * u
+        .values
+        .iter()
+        .zip(&f.values)
+        .map(|(a, b)| (a - b).powi(2))
+        .sum::<f64>()
+        + lambda * tv_2d_isotropic(u).unwrap()
 }
 
 #[test]
@@ -150,7 +167,10 @@ fn rof_minimises_its_energy_and_scores_roughness() -> R<()> {
     assert!(e_star < rof_energy(&noisy, &noisy, lambda));
     for _ in 0..20 {
         let pert = sol.denoised.map(|v| v + 1e-3 * gauss(&mut rng));
-        assert!(e_star <= rof_energy(&pert, &noisy, lambda) + 1e-9, "u* is not a minimiser");
+        assert!(
+            e_star <= rof_energy(&pert, &noisy, lambda) + 1e-9,
+            "u* is not a minimiser"
+        );
     }
     let rs = rof_roughness(&smooth, &RofConfig::default())?;
     let rn = rof_roughness(&noisy, &RofConfig::default())?;
@@ -165,16 +185,27 @@ fn rof_minimises_its_energy_and_scores_roughness() -> R<()> {
 #[test]
 fn filter_normalisation_gives_each_filter_the_weight_filter_norm() -> R<()> {
     let mut rng = ChaCha8Rng::seed_from_u64(11);
-    let conv = Tensor::from_vec(randn(&mut rng, 8, 27), (8, 3, 3, 3), &cpu())?.to_dtype(DType::F32)?;
+    let conv =
+        Tensor::from_vec(randn(&mut rng, 8, 27), (8, 3, 3, 3), &cpu())?.to_dtype(DType::F32)?;
     let lin = Tensor::from_vec(randn(&mut rng, 10, 5), (10, 5), &cpu())?.to_dtype(DType::F32)?;
     let bias = Tensor::from_vec(randn(&mut rng, 1, 10), 10, &cpu())?.to_dtype(DType::F32)?;
     let params = vec![conv, lin, bias.clone()];
-    for (seed, mode) in [(0, BiasHandling::Zero), (1, BiasHandling::CopyWeights), (2, BiasHandling::Normalize)] {
+    for (seed, mode) in [
+        (0, BiasHandling::Zero),
+        (1, BiasHandling::CopyWeights),
+        (2, BiasHandling::Normalize),
+    ] {
         let d = filter_normalized_direction(&params, seed, mode)?;
         for (w, dir) in params.iter().zip(&d).take(2) {
             let rows = w.dim(0)?;
-            let wf = w.reshape((rows, ()))?.to_dtype(DType::F64)?.to_vec2::<f64>()?;
-            let df = dir.reshape((rows, ()))?.to_dtype(DType::F64)?.to_vec2::<f64>()?;
+            let wf = w
+                .reshape((rows, ()))?
+                .to_dtype(DType::F64)?
+                .to_vec2::<f64>()?;
+            let df = dir
+                .reshape((rows, ()))?
+                .to_dtype(DType::F64)?
+                .to_vec2::<f64>()?;
             for (a, b) in wf.iter().zip(&df) {
                 let na = a.iter().map(|v| v * v).sum::<f64>().sqrt();
                 let nb = b.iter().map(|v| v * v).sum::<f64>().sqrt();
@@ -197,9 +228,21 @@ fn filter_normalisation_gives_each_filter_the_weight_filter_norm() -> R<()> {
         assert_eq!(d[0].dtype(), DType::F32);
     }
     // seeds give different directions, the same seed the same one
-    let a = flatten_params(&filter_normalized_direction(&params, 3, BiasHandling::Zero)?)?;
-    let b = flatten_params(&filter_normalized_direction(&params, 3, BiasHandling::Zero)?)?;
-    let c = flatten_params(&filter_normalized_direction(&params, 4, BiasHandling::Zero)?)?;
+    let a = flatten_params(&filter_normalized_direction(
+        &params,
+        3,
+        BiasHandling::Zero,
+    )?)?;
+    let b = flatten_params(&filter_normalized_direction(
+        &params,
+        3,
+        BiasHandling::Zero,
+    )?)?;
+    let c = flatten_params(&filter_normalized_direction(
+        &params,
+        4,
+        BiasHandling::Zero,
+    )?)?;
     assert_eq!(a, b);
     assert_ne!(a, c);
     Ok(())
@@ -215,11 +258,18 @@ impl LossSurface for DoubleWell {
         self.p.clone()
     }
     fn loss_at(&mut self, params: &[Tensor]) -> R<f64> {
-        Ok(flatten_params(params)?.iter().map(|t| (t * t - 1.0).powi(2)).sum())
+        Ok(flatten_params(params)?
+            .iter()
+            .map(|t| (t * t - 1.0).powi(2))
+            .sum())
     }
     fn grad_at(&mut self, params: &[Tensor]) -> R<Vec<Tensor>> {
         let layout = ParamLayout::of(params);
-        let g: Vec<f64> = layout.flatten(params)?.iter().map(|t| 4.0 * t * (t * t - 1.0)).collect();
+        let g: Vec<f64> = layout
+            .flatten(params)?
+            .iter()
+            .map(|t| 4.0 * t * (t * t - 1.0))
+            .collect();
         layout.unflatten(&g)
     }
 }
@@ -257,16 +307,28 @@ fn slices_sharpness_and_flatness_on_a_quadratic() -> R<()> {
     let kappa = 0.1;
     let width = flatness_width_1d(&s, Kappa::Absolute(kappa))?;
     let exact = 2.0 * (2.0 * kappa / (c * w2)).sqrt();
-    assert!((width - exact).abs() <= 2.0 * (alphas[1] - alphas[0]), "{width} vs {exact}");
+    assert!(
+        (width - exact).abs() <= 2.0 * (alphas[1] - alphas[0]),
+        "{width} vs {exact}"
+    );
     let rel = flatness_width_1d(&s, Kappa::Relative(0.1))?;
     let exact_rel = 2.0 * (2.0 * 0.07 / (c * w2)).sqrt();
     assert!((rel - exact_rel).abs() <= 2.0 * (alphas[1] - alphas[0]));
 
-    let cfg = SharpnessConfig { radii: vec![0.05, 0.1, 0.25], num_directions: 5, seed: 0, bias: BiasHandling::Zero };
+    let cfg = SharpnessConfig {
+        radii: vec![0.05, 0.1, 0.25],
+        num_directions: 5,
+        seed: 0,
+        bias: BiasHandling::Zero,
+    };
     let sh = random_direction_sharpness(&mut q, &params, &cfg)?;
     assert_relative_eq!(sh.base_loss, 0.7, epsilon = 1e-12);
     for r in &sh.radii {
-        assert_relative_eq!(r.sharpness, 0.5 * c * r.rho * r.rho * w2, max_relative = 1e-9);
+        assert_relative_eq!(
+            r.sharpness,
+            0.5 * c * r.rho * r.rho * w2,
+            max_relative = 1e-9
+        );
         assert!(r.sd < 1e-9);
     }
 
@@ -290,17 +352,40 @@ fn slices_sharpness_and_flatness_on_a_quadratic() -> R<()> {
 #[test]
 fn power_iteration_recovers_lambda_max_and_min() -> R<()> {
     let mut rng = ChaCha8Rng::seed_from_u64(2);
-    let eigs: Vec<f64> = (0..15).map(|i| if i == 0 { 10.0 } else if i == 1 { -3.0 } else { 0.2 * i as f64 }).collect();
+    let eigs: Vec<f64> = (0..15)
+        .map(|i| {
+            if i == 0 {
+                10.0
+            } else if i == 1 {
+                -3.0
+            } else {
+                0.2 * i as f64
+            }
+        })
+        .collect();
     let h = hessian_with_spectrum(&mut rng, &eigs);
     for dtype in [DType::F64, DType::F32] {
         let params = small_params(dtype, 3)?;
         let mut q = QuadraticSurface::new(params.clone(), h.clone(), vec![0.1; 15], 0.0)?;
-        let cfg = PowerIterationConfig { max_iter: 200, tol: 1e-6, seed: 1, eps_scale: 1e-3 };
+        let cfg = PowerIterationConfig {
+            max_iter: 200,
+            tol: 1e-6,
+            seed: 1,
+            eps_scale: 1e-3,
+        };
         let top = top_eigenvalue(&mut q, &params, &cfg)?;
         let tol = if dtype == DType::F64 { 1e-5 } else { 2e-3 };
         assert_relative_eq!(top.eigenvalue, 10.0, max_relative = tol);
         assert!(top.converged && top.iterations < 200);
-        let low = min_eigenvalue(&mut q, &params, top.eigenvalue, &PowerIterationConfig { max_iter: 500, ..cfg })?;
+        let low = min_eigenvalue(
+            &mut q,
+            &params,
+            top.eigenvalue,
+            &PowerIterationConfig {
+                max_iter: 500,
+                ..cfg
+            },
+        )?;
         assert_relative_eq!(low.eigenvalue, -3.0, max_relative = 10.0 * tol);
     }
     Ok(())
@@ -314,17 +399,42 @@ fn hutchinson_converges_to_the_trace() -> R<()> {
     let h = hessian_with_spectrum(&mut rng, &eigs);
     let params = small_params(DType::F64, 3)?;
     let mut q = QuadraticSurface::new(params.clone(), h, vec![0.0; 15], 0.0)?;
-    let small = hutchinson_trace(&mut q, &params, &HutchinsonConfig { max_probes: 20, ..Default::default() })?;
-    let big = hutchinson_trace(&mut q, &params, &HutchinsonConfig { max_probes: 4000, seed: 9, ..Default::default() })?;
+    let small = hutchinson_trace(
+        &mut q,
+        &params,
+        &HutchinsonConfig {
+            max_probes: 20,
+            ..Default::default()
+        },
+    )?;
+    let big = hutchinson_trace(
+        &mut q,
+        &params,
+        &HutchinsonConfig {
+            max_probes: 4000,
+            seed: 9,
+            ..Default::default()
+        },
+    )?;
     assert_eq!(big.num_probes, 4000);
-    assert!((big.trace - trace).abs() < 4.0 * big.std_error + 1e-9, "{} vs {trace} ± {}", big.trace, big.std_error);
+    assert!(
+        (big.trace - trace).abs() < 4.0 * big.std_error + 1e-9,
+        "{} vs {trace} ± {}",
+        big.trace,
+        big.std_error
+    );
     assert!((big.trace - trace).abs() / trace < 0.02);
     assert!(big.std_error < small.std_error);
     // the stop rule fires
     let early = hutchinson_trace(
         &mut q,
         &params,
-        &HutchinsonConfig { max_probes: 100_000, rel_tol: 0.01, min_probes: 10, ..Default::default() },
+        &HutchinsonConfig {
+            max_probes: 100_000,
+            rel_tol: 0.01,
+            min_probes: 10,
+            ..Default::default()
+        },
     )?;
     assert!(early.converged && early.num_probes < 100_000);
     Ok(())
@@ -341,18 +451,31 @@ impl SoftmaxRegression {
     fn new(n: usize, p: usize, k: usize, seed: u64) -> R<Self> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let xs = randn(&mut rng, n, p);
-        let ys: Vec<u32> = (0..n).map(|i| ((xs[i * p] > 0.0) as u32 + (xs[i * p + 1] > 0.5) as u32) % k as u32).collect();
+        let ys: Vec<u32> = (0..n)
+            .map(|i| ((xs[i * p] > 0.0) as u32 + (xs[i * p + 1] > 0.5) as u32) % k as u32)
+            .collect();
         let x = Tensor::from_vec(xs, (n, p), &cpu())?.to_dtype(DType::F32)?;
         let y = Tensor::from_vec(ys, (n, 1), &cpu())?;
-        let w = Tensor::from_vec(randn(&mut rng, k, p), (k, p), &cpu())?.to_dtype(DType::F32)?.affine(0.1, 0.0)?;
+        let w = Tensor::from_vec(randn(&mut rng, k, p), (k, p), &cpu())?
+            .to_dtype(DType::F32)?
+            .affine(0.1, 0.0)?;
         let b = Tensor::zeros(k, DType::F32, &cpu())?;
-        Ok(Self { x, y, params: vec![w, b] })
+        Ok(Self {
+            x,
+            y,
+            params: vec![w, b],
+        })
     }
 
     fn loss_tensor(&self, w: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
         let logits = self.x.matmul(&w.t()?)?.broadcast_add(b)?;
         let m = logits.max_keepdim(1)?;
-        let lse = logits.broadcast_sub(&m)?.exp()?.sum_keepdim(1)?.log()?.add(&m)?;
+        let lse = logits
+            .broadcast_sub(&m)?
+            .exp()?
+            .sum_keepdim(1)?
+            .log()?
+            .add(&m)?;
         let picked = logits.gather(&self.y, 1)?;
         lse.sub(&picked)?.mean_all()
     }
@@ -363,15 +486,24 @@ impl LossSurface for SoftmaxRegression {
         self.params.clone()
     }
     fn loss_at(&mut self, params: &[Tensor]) -> R<f64> {
-        Ok(self.loss_tensor(&params[0], &params[1])?.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+        Ok(self
+            .loss_tensor(&params[0], &params[1])?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?)
     }
     fn grad_at(&mut self, params: &[Tensor]) -> R<Vec<Tensor>> {
         let w = Var::from_tensor(&params[0])?;
         let b = Var::from_tensor(&params[1])?;
         let l = self.loss_tensor(w.as_tensor(), b.as_tensor())?;
         let g = l.backward()?;
-        let gw = g.get(w.as_tensor()).ok_or_else(|| MetricsError::InvalidArgument("no grad".into()))?.clone();
-        let gb = g.get(b.as_tensor()).ok_or_else(|| MetricsError::InvalidArgument("no grad".into()))?.clone();
+        let gw = g
+            .get(w.as_tensor())
+            .ok_or_else(|| MetricsError::InvalidArgument("no grad".into()))?
+            .clone();
+        let gb = g
+            .get(b.as_tensor())
+            .ok_or_else(|| MetricsError::InvalidArgument("no grad".into()))?
+            .clone();
         Ok(vec![gw, gb])
     }
 }
@@ -395,25 +527,59 @@ fn softmax_regression_surface_hessian_and_landscape() -> R<()> {
     for i in 0..d {
         let mut e = vec![0.0; d];
         e[i] = 1.0;
-        let hv = flatten_params(&hessian_vector_product(&mut m, &center, &layout.unflatten(&e)?, 1e-2)?)?;
+        let hv = flatten_params(&hessian_vector_product(
+            &mut m,
+            &center,
+            &layout.unflatten(&e)?,
+            1e-2,
+        )?)?;
         diag.push(hv[i]);
         cols.push(hv);
     }
     // symmetric up to finite-difference error
     for i in 0..d {
         for j in 0..d {
-            assert!((cols[i][j] - cols[j][i]).abs() < 2e-3, "H not symmetric at {i},{j}");
+            assert!(
+                (cols[i][j] - cols[j][i]).abs() < 2e-3,
+                "H not symmetric at {i},{j}"
+            );
         }
     }
     let trace: f64 = diag.iter().sum();
-    let t = hutchinson_trace(&mut m, &center, &HutchinsonConfig { max_probes: 300, eps_scale: 1e-2, ..Default::default() })?;
-    assert!((t.trace - trace).abs() < 4.0 * t.std_error + 1e-3 * trace.abs(), "{} vs {trace}", t.trace);
-    let top = top_eigenvalue(&mut m, &center, &PowerIterationConfig { eps_scale: 1e-2, tol: 1e-5, ..Default::default() })?;
+    let t = hutchinson_trace(
+        &mut m,
+        &center,
+        &HutchinsonConfig {
+            max_probes: 300,
+            eps_scale: 1e-2,
+            ..Default::default()
+        },
+    )?;
+    assert!(
+        (t.trace - trace).abs() < 4.0 * t.std_error + 1e-3 * trace.abs(),
+        "{} vs {trace}",
+        t.trace
+    );
+    let top = top_eigenvalue(
+        &mut m,
+        &center,
+        &PowerIterationConfig {
+            eps_scale: 1e-2,
+            tol: 1e-5,
+            ..Default::default()
+        },
+    )?;
     let max_diag = diag.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     assert!(top.eigenvalue >= max_diag - 1e-3 && top.eigenvalue <= trace + 1e-3);
     // a cross-entropy Hessian is PSD: every diagonal ≥ 0 and the slice is convex-ish near 0
     assert!(diag.iter().all(|v| *v > -1e-3));
-    let s = random_slice_1d(&mut m, &center, 0, BiasHandling::Zero, &linspace(-1.0, 1.0, 21))?;
+    let s = random_slice_1d(
+        &mut m,
+        &center,
+        0,
+        BiasHandling::Zero,
+        &linspace(-1.0, 1.0, 21),
+    )?;
     assert!(s.curvature_at_center()? > 0.0);
     assert_relative_eq!(roughness_1d(&s.losses)?, 1.0, epsilon = 1e-6);
     Ok(())
@@ -430,7 +596,9 @@ fn grads_tensor(rows: &[Vec<f64>]) -> R<Tensor> {
 #[test]
 fn clipping_bias_is_zero_without_clipping() -> R<()> {
     let mut rng = ChaCha8Rng::seed_from_u64(6);
-    let rows: Vec<Vec<f64>> = (0..64).map(|_| (0..30).map(|_| gauss(&mut rng)).collect()).collect();
+    let rows: Vec<Vec<f64>> = (0..64)
+        .map(|_| (0..30).map(|_| gauss(&mut rng)).collect())
+        .collect();
     let g = grads_tensor(&rows)?;
     let max_norm = per_example_norms(&g)?.into_iter().fold(0.0, f64::max);
     let b = clipping_bias_vector(&g, max_norm * 1.01)?;
@@ -450,36 +618,79 @@ fn clipping_bias_is_zero_without_clipping() -> R<()> {
 fn clipping_stats_match_direct_computation() -> R<()> {
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let (n, d) = (40, 12);
-    let rows: Vec<Vec<f64>> =
-        (0..n).map(|i| (0..d).map(|_| gauss(&mut rng) * (1.0 + i as f64 / 10.0) + 0.3).collect()).collect();
+    let rows: Vec<Vec<f64>> = (0..n)
+        .map(|i| {
+            (0..d)
+                .map(|_| gauss(&mut rng) * (1.0 + i as f64 / 10.0) + 0.3)
+                .collect()
+        })
+        .collect();
     let g = grads_tensor(&rows)?;
     let rows: Vec<Vec<f64>> = g.to_dtype(DType::F64)?.to_vec2::<f64>()?; // f32-rounded values
     let (c, sigma) = (3.0, 0.8);
     let layers = vec![("a".to_string(), 0..5), ("b".to_string(), 5..12)];
     let s = clipping_stats(&g, c, Some(sigma), &layers)?;
-    let norms: Vec<f64> = rows.iter().map(|r| r.iter().map(|v| v * v).sum::<f64>().sqrt()).collect();
-    let mean: Vec<f64> = (0..d).map(|j| rows.iter().map(|r| r[j]).sum::<f64>() / n as f64).collect();
-    let clipped_sum: Vec<f64> =
-        (0..d).map(|j| rows.iter().zip(&norms).map(|(r, nn)| r[j] * (c / nn).min(1.0)).sum::<f64>()).collect();
+    let norms: Vec<f64> = rows
+        .iter()
+        .map(|r| r.iter().map(|v| v * v).sum::<f64>().sqrt())
+        .collect();
+    let mean: Vec<f64> = (0..d)
+        .map(|j| rows.iter().map(|r| r[j]).sum::<f64>() / n as f64)
+        .collect();
+    let clipped_sum: Vec<f64> = (0..d)
+        .map(|j| {
+            rows.iter()
+                .zip(&norms)
+                .map(|(r, nn)| r[j] * (c / nn).min(1.0))
+                .sum::<f64>()
+        })
+        .collect();
     let gc: Vec<f64> = clipped_sum.iter().map(|v| v / n as f64).collect();
     let l2 = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
     let bias: Vec<f64> = gc.iter().zip(&mean).map(|(a, b)| a - b).collect();
-    let disp = rows.iter().map(|r| r.iter().zip(&mean).map(|(a, b)| (a - b).powi(2)).sum::<f64>()).sum::<f64>() / n as f64;
-    assert_eq!(s.clipped_fraction, norms.iter().filter(|x| **x > c).count() as f64 / n as f64);
+    let disp = rows
+        .iter()
+        .map(|r| {
+            r.iter()
+                .zip(&mean)
+                .map(|(a, b)| (a - b).powi(2))
+                .sum::<f64>()
+        })
+        .sum::<f64>()
+        / n as f64;
+    assert_eq!(
+        s.clipped_fraction,
+        norms.iter().filter(|x| **x > c).count() as f64 / n as f64
+    );
     assert!(s.clipped_fraction > 0.2 && s.clipped_fraction < 1.0);
     assert_relative_eq!(s.bias.bias_norm, l2(&bias), max_relative = 1e-9);
     assert_relative_eq!(s.bias.mean_grad_norm, l2(&mean), max_relative = 1e-9);
     assert_relative_eq!(s.dispersion, disp, max_relative = 1e-9);
-    assert_relative_eq!(s.snr.unwrap(), l2(&clipped_sum) / (sigma * c * (d as f64).sqrt()), max_relative = 1e-9);
-    assert_relative_eq!(s.layers[1].snr.unwrap(), l2(&clipped_sum[5..]) / (sigma * c * 7f64.sqrt()), max_relative = 1e-9);
+    assert_relative_eq!(
+        s.snr.unwrap(),
+        l2(&clipped_sum) / (sigma * c * (d as f64).sqrt()),
+        max_relative = 1e-9
+    );
+    assert_relative_eq!(
+        s.layers[1].snr.unwrap(),
+        l2(&clipped_sum[5..]) / (sigma * c * 7f64.sqrt()),
+        max_relative = 1e-9
+    );
     let rho = l2(&gc) / l2(&mean);
     let dir: Vec<f64> = gc.iter().zip(&mean).map(|(a, b)| a - rho * b).collect();
-    assert_relative_eq!(s.bias.direction_bias.unwrap(), l2(&dir), max_relative = 1e-9);
+    assert_relative_eq!(
+        s.bias.direction_bias.unwrap(),
+        l2(&dir),
+        max_relative = 1e-9
+    );
     // quantiles
     let mut sorted = norms.clone();
     sorted.sort_by(f64::total_cmp);
     assert_relative_eq!(s.norm_quantiles.max, sorted[n - 1], max_relative = 1e-12);
-    assert!(s.norm_quantiles.p10 <= s.norm_quantiles.p50 && s.norm_quantiles.p50 <= s.norm_quantiles.p90);
+    assert!(
+        s.norm_quantiles.p10 <= s.norm_quantiles.p50
+            && s.norm_quantiles.p50 <= s.norm_quantiles.p90
+    );
     // bad layer ranges are rejected
     assert!(clipping_stats(&g, c, None, &[("x".into(), 10..20)]).is_err());
     assert!(clipping_stats(&g, -1.0, None, &[]).is_err());
@@ -499,7 +710,10 @@ fn misalignment_uses_group_means() -> R<()> {
     assert!(g0.misalignment.unwrap() < 0.0);
     // identity transform: no misalignment
     let id = gradient_misalignment_with_factors(&groups, &batch, &[1.0; 3])?;
-    assert!(id.groups.iter().all(|g| g.misalignment.unwrap().abs() < 1e-12));
+    assert!(id
+        .groups
+        .iter()
+        .all(|g| g.misalignment.unwrap().abs() < 1e-12));
     Ok(())
 }
 
@@ -524,10 +738,20 @@ fn cka_properties() -> R<()> {
     let c = linear_cka(&x, &z)?;
     assert!(c < 0.2, "unrelated CKA {c}");
     // a non-isotropic scaling is not an invariance
-    let s = tensor2((0..10).flat_map(|i| (0..10).map(move |j| if i == j { (i + 1) as f64 } else { 0.0 })).collect(), 10, 10)?;
+    let s = tensor2(
+        (0..10)
+            .flat_map(|i| (0..10).map(move |j| if i == j { (i + 1) as f64 } else { 0.0 }))
+            .collect(),
+        10,
+        10,
+    )?;
     assert!(linear_cka(&x, &x.matmul(&s)?)? < 0.95);
     // feature and Gram forms agree; p > n uses the Gram form
-    assert_relative_eq!(linear_cka_features(&x, &z)?, linear_cka_gram(&x, &z)?, max_relative = 1e-9);
+    assert_relative_eq!(
+        linear_cka_features(&x, &z)?,
+        linear_cka_gram(&x, &z)?,
+        max_relative = 1e-9
+    );
     let wide = tensor2(randn(&mut rng, 20, 50), 20, 50)?;
     let wide2 = tensor2(randn(&mut rng, 20, 30), 20, 30)?;
     let cw = linear_cka(&wide, &wide2)?;
@@ -553,12 +777,21 @@ fn sparsity_masks_and_jaccard() -> R<()> {
     let r = sparsity_report(&pruned, Threshold::Absolute(0.0))?;
     assert_eq!((r.num_active, r.global_sparsity), (50, 0.8));
     // kept weights are the largest ones
-    let all: Vec<f64> = p.iter().flat_map(|(_, t)| flatten_params(std::slice::from_ref(t)).unwrap()).collect();
+    let all: Vec<f64> = p
+        .iter()
+        .flat_map(|(_, t)| flatten_params(std::slice::from_ref(t)).unwrap())
+        .collect();
     let mut mags: Vec<f64> = all.iter().map(|v| v.abs()).collect();
     mags.sort_by(f64::total_cmp);
     let cut = mags[199];
-    let kept: Vec<f64> = pruned.iter().flat_map(|(_, t)| flatten_params(std::slice::from_ref(t)).unwrap()).collect();
-    assert!(kept.iter().filter(|v| **v != 0.0).all(|v| v.abs() > cut - 1e-7));
+    let kept: Vec<f64> = pruned
+        .iter()
+        .flat_map(|(_, t)| flatten_params(std::slice::from_ref(t)).unwrap())
+        .collect();
+    assert!(kept
+        .iter()
+        .filter(|v| **v != 0.0)
+        .all(|v| v.abs() > cut - 1e-7));
     assert!(r.layers.iter().all(|l| l.hoyer.unwrap() > 0.0));
     let per = magnitude_pruning_mask(&p, 0.5, PruneScope::PerLayer)?;
     assert_eq!(per.layers[0].keep.iter().filter(|k| **k).count(), 100);
@@ -581,7 +814,10 @@ fn sparsity_masks_and_jaccard() -> R<()> {
 
 #[test]
 fn group_accuracy_and_disparate_impact() -> R<()> {
-    let logits = Tensor::new(&[[2f32, 0.], [0., 1.], [3., 0.], [0., 5.], [1., 0.], [1., 0.]], &cpu())?;
+    let logits = Tensor::new(
+        &[[2f32, 0.], [0., 1.], [3., 0.], [0., 5.], [1., 0.], [1., 0.]],
+        &cpu(),
+    )?;
     let preds = predictions_from_logits(&logits)?;
     assert_eq!(preds, vec![0, 1, 0, 1, 0, 0]);
     let labels = [0, 1, 0, 1, 1, 1];
@@ -671,8 +907,15 @@ fn logger_round_trips_metric_structs() -> R<()> {
     assert_eq!(recs.len(), 3);
     // serde_json may differ in the last bit of an f64, so compare with a tolerance
     let back: ClippingStats = serde_json::from_value(recs[0].value.clone())?;
-    assert_eq!((back.n, back.d, back.clipped_fraction), (stats.n, stats.d, stats.clipped_fraction));
-    assert_relative_eq!(back.bias.bias_norm, stats.bias.bias_norm, max_relative = 1e-14);
+    assert_eq!(
+        (back.n, back.d, back.clipped_fraction),
+        (stats.n, stats.d, stats.clipped_fraction)
+    );
+    assert_relative_eq!(
+        back.bias.bias_norm,
+        stats.bias.bias_norm,
+        max_relative = 1e-14
+    );
     assert_relative_eq!(back.snr.unwrap(), stats.snr.unwrap(), max_relative = 1e-14);
     assert_eq!(recs[0].metric, "clipping");
     assert_eq!(recs[2].value.as_f64(), Some(0.6));
@@ -688,7 +931,11 @@ fn plots_and_tables_are_written() -> R<()> {
         let (x, y) = (a[i], a[j]);
         1.0 + x * x + 2.0 * y * y + 0.3 * (6.0 * x).sin() * (5.0 * y).cos()
     })?;
-    let s2 = Slice2d { alphas: a.clone(), betas: a.clone(), losses: grid };
+    let s2 = Slice2d {
+        alphas: a.clone(),
+        betas: a.clone(),
+        losses: grid,
+    };
     for (name, style) in [
         ("heatmap", SurfaceStyle::HeatmapWithContours),
         ("contour", SurfaceStyle::Contour),
@@ -696,37 +943,71 @@ fn plots_and_tables_are_written() -> R<()> {
     ] {
         for ext in ["png", "svg"] {
             let p = dir.join(format!("landscape_{name}.{ext}"));
-            let opts = SurfaceOptions { title: format!("2-D slice ({name})"), style, ..Default::default() };
+            let opts = SurfaceOptions {
+                title: format!("2-D slice ({name})"),
+                style,
+                ..Default::default()
+            };
             plot::plot_slice_2d(&p, &s2, &opts)?;
             let bytes = std::fs::read(&p)?;
             if ext == "png" {
                 assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 5000);
             } else {
                 let text = String::from_utf8_lossy(&bytes);
-                assert!(text.contains("2-D slice") && text.contains("α") && text.contains("β") && text.contains("loss"));
+                assert!(
+                    text.contains("2-D slice")
+                        && text.contains("α")
+                        && text.contains("β")
+                        && text.contains("loss")
+                );
             }
         }
     }
     let s1: Vec<Slice1d> = (0..3)
-        .map(|k| Slice1d { alphas: a.clone(), losses: a.iter().map(|x| 1.0 + (k + 1) as f64 * x * x).collect() })
+        .map(|k| Slice1d {
+            alphas: a.clone(),
+            losses: a.iter().map(|x| 1.0 + (k + 1) as f64 * x * x).collect(),
+        })
         .collect();
-    let named: Vec<(String, &Slice1d)> = s1.iter().enumerate().map(|(k, s)| (format!("seed {k}"), s)).collect();
+    let named: Vec<(String, &Slice1d)> = s1
+        .iter()
+        .enumerate()
+        .map(|(k, s)| (format!("seed {k}"), s))
+        .collect();
     let refs: Vec<(&str, &Slice1d)> = named.iter().map(|(n, s)| (n.as_str(), *s)).collect();
     plot::plot_slices_1d(dir.join("slices_1d.png"), "1-D slices", &refs)?;
     let lp = LinePlot::new("Training loss", "step", "loss")
-        .with_series(Series::new("non-DP", (0..50).map(f64::from).collect(), (0..50).map(|t| 2.0 / (1.0 + t as f64)).collect()))
-        .with_series(Series::new("DP-SGD", (0..50).map(f64::from).collect(), (0..50).map(|t| 2.5 / (1.0 + 0.5 * t as f64)).collect()));
+        .with_series(Series::new(
+            "non-DP",
+            (0..50).map(f64::from).collect(),
+            (0..50).map(|t| 2.0 / (1.0 + t as f64)).collect(),
+        ))
+        .with_series(Series::new(
+            "DP-SGD",
+            (0..50).map(f64::from).collect(),
+            (0..50).map(|t| 2.5 / (1.0 + 0.5 * t as f64)).collect(),
+        ));
     plot::line_plot(dir.join("curves.svg"), &lp)?;
     plot::line_plot(dir.join("curves.png"), &lp)?;
     let svg = std::fs::read_to_string(dir.join("curves.svg"))?;
     assert!(svg.contains("Training loss") && svg.contains("DP-SGD") && svg.contains("step"));
-    plot::line_plot(dir.join("curves_log.png"), &LinePlot { log_y: true, ..lp.clone() })?;
+    plot::line_plot(
+        dir.join("curves_log.png"),
+        &LinePlot {
+            log_y: true,
+            ..lp.clone()
+        },
+    )?;
     plot::write_slice_2d_csv(dir.join("landscape.csv"), &s2)?;
     let csv = std::fs::read_to_string(dir.join("landscape.csv"))?;
     assert_eq!(csv.lines().count(), 1 + 41 * 41);
     plot::write_json(dir.join("landscape.json"), &s2)?;
-    let back: Slice2d = serde_json::from_str(&std::fs::read_to_string(dir.join("landscape.json"))?)?;
-    assert_eq!((back.losses.rows, back.losses.cols, back.alphas.len()), (41, 41, 41));
+    let back: Slice2d =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("landscape.json"))?)?;
+    assert_eq!(
+        (back.losses.rows, back.losses.cols, back.alphas.len()),
+        (41, 41, 41)
+    );
     for (x, y) in back.losses.values.iter().zip(&s2.losses.values) {
         assert_relative_eq!(*x, *y, max_relative = 1e-14);
     }
