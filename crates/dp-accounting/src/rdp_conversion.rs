@@ -62,8 +62,10 @@ pub fn epsilon_from_rdp(
     check_curve(orders, rdp)?;
     let ln_delta = delta.ln();
     let mut best = (f64::INFINITY, 0usize);
+    let mut kl_shortcut = false;
     for (i, (&a, &r)) in orders.iter().zip(rdp).enumerate() {
         let eps = if delta * delta + (-r).exp_m1() >= 0.0 {
+            kl_shortcut = true;
             0.0
         } else {
             match conversion {
@@ -80,10 +82,14 @@ pub fn epsilon_from_rdp(
             "RDP curve is infinite at every order".into(),
         ));
     }
+    let epsilon = best.0.max(0.0);
     Ok(EpsilonReport {
-        epsilon: best.0.max(0.0),
+        epsilon,
         optimal_order: orders[best.1],
-        on_grid_edge: orders.len() > 1 && (best.1 == 0 || best.1 == orders.len() - 1),
+        // ε = 0 from the KL bound is exact, whatever order produced it.
+        on_grid_edge: !(kl_shortcut && epsilon == 0.0)
+            && orders.len() > 1
+            && (best.1 == 0 || best.1 == orders.len() - 1),
     })
 }
 
