@@ -306,7 +306,7 @@ pub fn rof_denoise(
     tau: f64,
 ) -> Result<RofSolution> {
     check_grid(f)?;
-    if !(lambda.is_finite() && lambda >= 0.0) || !(tau > 0.0 && tau <= 0.25) {
+    if !(lambda.is_finite() && lambda >= 0.0 && tau > 0.0 && tau <= 0.25) {
         return Err(MetricsError::InvalidArgument(
             "need λ ≥ 0 and 0 < τ ≤ 1/4".into(),
         ));
