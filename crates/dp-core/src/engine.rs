@@ -67,7 +67,11 @@ impl ClipStats {
         let num_clipped = norms.iter().filter(|n| (**n as f64) > threshold).count();
         let b = norms.len();
         Self {
-            fraction_clipped: if b == 0 { 0.0 } else { num_clipped as f64 / b as f64 },
+            fraction_clipped: if b == 0 {
+                0.0
+            } else {
+                num_clipped as f64 / b as f64
+            },
             norms,
             threshold,
             num_clipped,
@@ -243,14 +247,16 @@ pub fn privatize(
     })
 }
 
-fn private_layers<'a, M: Model + ?Sized>(model: &'a mut M) -> Result<Vec<&'a mut dyn Layer>> {
+fn private_layers<M: Model + ?Sized>(model: &mut M) -> Result<Vec<&mut dyn Layer>> {
     let mut out = Vec::new();
     for layer in model.layers_mut() {
         if layer.params().is_empty() {
             continue;
         }
         if layer.per_sample().is_none() {
-            return Err(CoreError::UnsupportedLayer { layer: layer.name() });
+            return Err(CoreError::UnsupportedLayer {
+                layer: layer.name(),
+            });
         }
         out.push(layer);
     }
@@ -266,7 +272,10 @@ fn forward_backward<M: Model + ?Sized>(
     let out = model.forward(x, true)?;
     let (per_example, grad) = loss.loss_and_grad(&out, targets)?;
     model.backward(&grad)?;
-    let l = per_example.to_dtype(candle_core::DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+    let l = per_example
+        .to_dtype(candle_core::DType::F64)?
+        .sum_all()?
+        .to_scalar::<f64>()?;
     Ok(l)
 }
 
@@ -315,9 +324,11 @@ pub fn clipped_gradient<M: Model + ?Sized>(
     let mut sq = Vec::with_capacity(layers.len());
     for (k, layer) in layers.iter_mut().enumerate() {
         let mode = opts.layer_modes.get(&k).copied().unwrap_or(opts.mode);
-        let rule = layer.per_sample().ok_or_else(|| CoreError::UnsupportedLayer {
-            layer: "unknown".into(),
-        })?;
+        let rule = layer
+            .per_sample()
+            .ok_or_else(|| CoreError::UnsupportedLayer {
+                layer: "unknown".into(),
+            })?;
         sq.push(rule.sq_norms(mode)?.to_dtype(candle_core::DType::F32)?);
     }
     let per_layer: Vec<Vec<f32>> = if sq.is_empty() {
@@ -339,7 +350,9 @@ pub fn clipped_gradient<M: Model + ?Sized>(
         // the finite examples are recomputed on their own; the rare bad step pays twice.
         drop(layers);
         model.clear();
-        let good: Vec<u32> = (0..b as u32).filter(|i| !bad.contains(&(*i as usize))).collect();
+        let good: Vec<u32> = (0..b as u32)
+            .filter(|i| !bad.contains(&(*i as usize)))
+            .collect();
         let idx = Tensor::from_vec(good, b - bad.len(), &device)?;
         let mut out = clipped_gradient(
             model,
@@ -385,9 +398,11 @@ pub fn clipped_gradient<M: Model + ?Sized>(
     };
     let mut sum = Vec::new();
     for (l, layer) in layers.iter_mut().enumerate() {
-        let rule = layer.per_sample().ok_or_else(|| CoreError::UnsupportedLayer {
-            layer: "unknown".into(),
-        })?;
+        let rule = layer
+            .per_sample()
+            .ok_or_else(|| CoreError::UnsupportedLayer {
+                layer: "unknown".into(),
+            })?;
         let w = match &shared {
             Some(w) if weights.iter().all(|v| v == &weights[0]) => w.clone(),
             _ => Tensor::from_vec(weights[l].clone(), b, &device)?,

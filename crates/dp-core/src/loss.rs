@@ -34,7 +34,11 @@ impl Loss for CrossEntropy {
             .dims2()
             .map_err(|_| shape_err("CrossEntropy logits", "[B, K]", logits.dims()))?;
         if targets.dims() != [b] {
-            return Err(shape_err("CrossEntropy targets", &format!("[{b}]"), targets.dims()));
+            return Err(shape_err(
+                "CrossEntropy targets",
+                &format!("[{b}]"),
+                targets.dims(),
+            ));
         }
         let targets = targets.to_dtype(DType::U32)?;
         let max = logits.max_keepdim(D::Minus1)?;
@@ -68,7 +72,11 @@ pub struct HalfSquaredError;
 impl Loss for HalfSquaredError {
     fn loss_and_grad(&self, output: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
         if output.dims() != targets.dims() || output.rank() != 2 {
-            return Err(shape_err("HalfSquaredError", "[B, K] outputs and targets", targets.dims()));
+            return Err(shape_err(
+                "HalfSquaredError",
+                "[B, K] outputs and targets",
+                targets.dims(),
+            ));
         }
         let diff = (output - targets.to_dtype(output.dtype())?)?;
         let loss = (diff.sqr()?.sum(1)? * 0.5)?;

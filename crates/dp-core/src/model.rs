@@ -52,7 +52,11 @@ pub trait Model {
                     CoreError::InvalidArgument("too few tensors for the model's parameters".into())
                 })?;
                 if v.dims() != p.value.dims() {
-                    return Err(shape_err(&p.name, &format!("{:?}", p.value.dims()), v.dims()));
+                    return Err(shape_err(
+                        &p.name,
+                        &format!("{:?}", p.value.dims()),
+                        v.dims(),
+                    ));
                 }
                 p.value = v.clone();
                 n += 1;
@@ -167,7 +171,10 @@ impl Model for Sequential {
     }
 
     fn layers(&self) -> Vec<&dyn Layer> {
-        self.layers.iter().map(|l| l.as_ref() as &dyn Layer).collect()
+        self.layers
+            .iter()
+            .map(|l| l.as_ref() as &dyn Layer)
+            .collect()
     }
 
     fn layers_mut(&mut self) -> Vec<&mut dyn Layer> {

@@ -19,7 +19,9 @@ use candle_core::Device;
 /// ```
 pub fn mlp(dims: &[usize], device: &Device, seed: u64) -> Result<Sequential> {
     if dims.len() < 2 {
-        return Err(CoreError::InvalidArgument("an MLP needs at least two widths".into()));
+        return Err(CoreError::InvalidArgument(
+            "an MLP needs at least two widths".into(),
+        ));
     }
     let mut init = Init::seeded(seed);
     let mut m = Sequential::new(device).push(Reshape::new(&[dims[0]]));
@@ -47,10 +49,18 @@ pub fn mnist_cnn(device: &Device, seed: u64) -> Result<Sequential> {
     let mut init = Init::seeded(seed);
     Ok(Sequential::new(device)
         .push(Reshape::new(&[28, 28, 1]))
-        .push(Conv2d::new(Conv2dConfig::new(1, 16, 8).stride(2).padding(3), &mut init, device)?)
+        .push(Conv2d::new(
+            Conv2dConfig::new(1, 16, 8).stride(2).padding(3),
+            &mut init,
+            device,
+        )?)
         .push(Tanh::default())
         .push(MaxPool2d::new(2, 1))
-        .push(Conv2d::new(Conv2dConfig::new(16, 32, 4).stride(2), &mut init, device)?)
+        .push(Conv2d::new(
+            Conv2dConfig::new(16, 32, 4).stride(2),
+            &mut init,
+            device,
+        )?)
         .push(Tanh::default())
         .push(MaxPool2d::new(2, 1))
         .push(Flatten::default())
@@ -74,7 +84,11 @@ pub fn cifar_cnn(device: &Device, seed: u64, group_norm: bool) -> Result<Sequent
     let mut m = Sequential::new(device).push(ChannelsLast);
     let chans = [(3, 32), (32, 64), (64, 64), (64, 128)];
     for (k, &(cin, cout)) in chans.iter().enumerate() {
-        m = m.push(Conv2d::new(Conv2dConfig::new(cin, cout, 3).padding(1), &mut init, device)?);
+        m = m.push(Conv2d::new(
+            Conv2dConfig::new(cin, cout, 3).padding(1),
+            &mut init,
+            device,
+        )?);
         if group_norm {
             m = m.push(GroupNorm::new(8, cout, 1e-5, device)?);
         }

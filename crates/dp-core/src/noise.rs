@@ -13,9 +13,13 @@
 
 use crate::error::{CoreError, Result};
 use candle_core::Tensor;
-use rand::{Rng, SeedableRng};
+use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use rand_distr::StandardNormal;
+
+/// Elements per independent noise stream (fixed: reproducibility must not depend on
+/// the thread count).
+const NOISE_CHUNK: usize = 1 << 15;
 
 /// The serialisable position of a [`GaussianNoise`] stream (for checkpoints).
 ///
@@ -75,26 +79,69 @@ impl GaussianNoise {
     }
 
     /// `n` independent `N(0, std²)` draws.
+    ///
+    /// Each call takes a fresh 256-bit key from the main stream and fills fixed-size
+    /// chunks of the output from independent ChaCha20 streams of that key (chunk `k` uses
+    /// stream `k`), in parallel. The chunking does not depend on the number of threads, so
+    /// a seed gives the same noise bit for bit on any machine.
     pub fn sample(&mut self, n: usize, std: f64) -> Vec<f32> {
+        let mut key = [0u8; 32];
+        self.rng.fill_bytes(&mut key);
         let s = std as f32;
-        (&mut self.rng)
-            .sample_iter::<f32, _>(StandardNormal)
-            .take(n)
-            .map(|z| z * s)
-            .collect()
+        let mut out = vec![0f32; n];
+        let fill = |k: usize, chunk: &mut [f32]| {
+            let mut r = ChaCha20Rng::from_seed(key);
+            r.set_stream(k as u64);
+            for v in chunk.iter_mut() {
+                *v = r.sample::<f32, _>(StandardNormal) * s;
+            }
+        };
+        let chunks: Vec<(usize, &mut [f32])> = out.chunks_mut(NOISE_CHUNK).enumerate().collect();
+        let threads = std::thread::available_parallelism()
+            .map(|t| t.get())
+            .unwrap_or(1)
+            .min(chunks.len())
+            .min(8);
+        if threads <= 1 {
+            for (k, c) in chunks {
+                fill(k, c);
+            }
+        } else {
+            let mut per_thread: Vec<Vec<(usize, &mut [f32])>> =
+                (0..threads).map(|_| Vec::new()).collect();
+            for (j, kc) in chunks.into_iter().enumerate() {
+                per_thread[j % threads].push(kc);
+            }
+            std::thread::scope(|scope| {
+                for work in per_thread {
+                    scope.spawn(move || {
+                        for (k, c) in work {
+                            fill(k, c);
+                        }
+                    });
+                }
+            });
+        }
+        out
     }
 
-    /// Returns `t + N(0, std² I)` for each tensor (noise drawn in order, tensor by tensor).
+    /// Returns `t + N(0, std² I)` for each tensor. One [`GaussianNoise::sample`] call covers
+    /// all tensors (in order), so the split into tensors does not change the draws.
     pub fn add_noise(&mut self, tensors: &[Tensor], std: f64) -> Result<Vec<Tensor>> {
         if !(std.is_finite() && std >= 0.0) {
             return Err(CoreError::InvalidNoise(std));
         }
+        let total: usize = tensors.iter().map(|t| t.elem_count()).sum();
+        let z = self.sample(total, std);
+        let mut off = 0;
         tensors
             .iter()
             .map(|t| {
-                let z = self.sample(t.elem_count(), std);
-                let z = Tensor::from_vec(z, t.dims(), t.device())?.to_dtype(t.dtype())?;
-                Ok((t + z)?)
+                let n = t.elem_count();
+                let zt = Tensor::from_slice(&z[off..off + n], t.dims(), t.device())?
+                    .to_dtype(t.dtype())?;
+                off += n;
+                Ok((t + zt)?)
             })
             .collect()
     }

@@ -34,8 +34,20 @@ impl Window2d {
             }
         };
         match (
-            f(h, self.kernel.0, self.stride.0, self.padding.0, self.dilation.0),
-            f(w, self.kernel.1, self.stride.1, self.padding.1, self.dilation.1),
+            f(
+                h,
+                self.kernel.0,
+                self.stride.0,
+                self.padding.0,
+                self.dilation.0,
+            ),
+            f(
+                w,
+                self.kernel.1,
+                self.stride.1,
+                self.padding.1,
+                self.dilation.1,
+            ),
         ) {
             (Some(a), Some(b)) => Ok((a, b)),
             _ => Err(CoreError::InvalidArgument(format!(
@@ -126,7 +138,13 @@ pub(crate) struct PatchCache {
 }
 
 impl PatchCache {
-    pub fn get(&mut self, win: Window2d, h: usize, w: usize, device: &Device) -> Result<PatchIndex> {
+    pub fn get(
+        &mut self,
+        win: Window2d,
+        h: usize,
+        w: usize,
+        device: &Device,
+    ) -> Result<PatchIndex> {
         if let Some(p) = &self.last {
             if p.input == (h, w) && p.idx.device().same_device(device) {
                 return Ok(p.clone());

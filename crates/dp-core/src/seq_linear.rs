@@ -173,7 +173,13 @@ fn record(rec: &SeqLinearRecord, layer: &str) -> Result<(Tensor, Tensor)> {
         layer: layer.to_string(),
         what: what.to_string(),
     };
-    let a = rec.a.clone().ok_or_else(|| missing("no recorded input activations"))?;
-    let g = rec.g.clone().ok_or_else(|| missing("no recorded output gradient"))?;
+    let a = rec
+        .a
+        .clone()
+        .ok_or_else(|| missing("no recorded input activations"))?;
+    let g = rec
+        .g
+        .clone()
+        .ok_or_else(|| missing("no recorded output gradient"))?;
     Ok((a, g))
 }

@@ -86,7 +86,8 @@ pub fn gradcheck<M: Model + ?Sized>(
             .iter()
             .map(|s| {
                 let n: usize = s.iter().product();
-                let t = Tensor::from_vec(v[off..off + n].to_vec(), s.as_slice(), &Device::Cpu).unwrap();
+                let t =
+                    Tensor::from_vec(v[off..off + n].to_vec(), s.as_slice(), &Device::Cpu).unwrap();
                 off += n;
                 t
             })

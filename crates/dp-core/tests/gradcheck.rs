@@ -48,10 +48,28 @@ fn conv_stride_padding_dilation_groups_with_group_norm_and_pools() {
     let mut i = Init::seeded(3);
     let m = Sequential::new(&d)
         .push(ChannelsLast)
-        .push(Conv2d::new(Conv2dConfig::new(4, 6, 3).stride(2).padding(1).dilation(1).groups(2), &mut i, &d).unwrap())
+        .push(
+            Conv2d::new(
+                Conv2dConfig::new(4, 6, 3)
+                    .stride(2)
+                    .padding(1)
+                    .dilation(1)
+                    .groups(2),
+                &mut i,
+                &d,
+            )
+            .unwrap(),
+        )
         .push(GroupNorm::new(3, 6, 1e-5, &d).unwrap())
         .push(Relu::default())
-        .push(Conv2d::new(Conv2dConfig::new(6, 4, 2).dilation(2).padding(1), &mut i, &d).unwrap())
+        .push(
+            Conv2d::new(
+                Conv2dConfig::new(6, 4, 2).dilation(2).padding(1),
+                &mut i,
+                &d,
+            )
+            .unwrap(),
+        )
         .push(MaxPool2d::new(2, 1))
         .push(Tanh::default())
         .push(AvgPool2d::new(2, 2))
@@ -88,9 +106,15 @@ fn max_pool_gradient_is_one_at_the_max_not_a_quarter() {
     use candle_core::Tensor;
     use dp_core::Layer;
     let mut p = MaxPool2d::new(2, 2);
-    let x = Tensor::new(&[1f32, 5., 2., 3.], &Device::Cpu).unwrap().reshape((1, 2, 2, 1)).unwrap();
+    let x = Tensor::new(&[1f32, 5., 2., 3.], &Device::Cpu)
+        .unwrap()
+        .reshape((1, 2, 2, 1))
+        .unwrap();
     p.forward(&x, true).unwrap();
     let g = Tensor::ones((1, 1, 1, 1), DType::F32, &Device::Cpu).unwrap();
     let dx = p.backward(&g, true).unwrap().unwrap();
-    assert_eq!(dx.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![0., 1., 0., 0.]);
+    assert_eq!(
+        dx.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        vec![0., 1., 0., 0.]
+    );
 }

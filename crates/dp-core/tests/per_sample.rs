@@ -8,8 +8,8 @@ use common::*;
 use dp_core::clipping::NoClip;
 use dp_core::layers::*;
 use dp_core::{
-    batch_gradient, clipped_gradient, per_example_gradients, CrossEntropy, GradMode,
-    GradOptions, Init, Layer, Model, PerSampleGrad, Sequential,
+    batch_gradient, clipped_gradient, per_example_gradients, CrossEntropy, GradMode, GradOptions,
+    Init, Layer, Model, PerSampleGrad, Sequential,
 };
 use proptest::prelude::*;
 
@@ -28,7 +28,10 @@ fn assert_close(a: &[f64], b: &[f64], tol: f64, what: &str) {
     assert_eq!(a.len(), b.len(), "{what}: lengths");
     let scale = a.iter().chain(b).fold(1e-6f64, |m, v| m.max(v.abs()));
     for (k, (x, y)) in a.iter().zip(b).enumerate() {
-        assert!((x - y).abs() <= tol * scale, "{what}[{k}]: {x} vs {y} (scale {scale})");
+        assert!(
+            (x - y).abs() <= tol * scale,
+            "{what}[{k}]: {x} vs {y} (scale {scale})"
+        );
     }
 }
 
@@ -42,23 +45,41 @@ fn check_model(mut m: Sequential, x: Tensor, y: Tensor) {
         assert_close(a, r, 1e-4, &format!("example {i}"));
     }
     // Norms in both modes equal the reference norms.
-    let ref_norms: Vec<f64> = reference.iter().map(|g| g.iter().map(|v| v * v).sum::<f64>().sqrt()).collect();
+    let ref_norms: Vec<f64> = reference
+        .iter()
+        .map(|g| g.iter().map(|v| v * v).sum::<f64>().sqrt())
+        .collect();
     for mode in [GradMode::Ghost, GradMode::Materialize, GradMode::Auto] {
-        let out = clipped_gradient(&mut m, &x, &y, &CrossEntropy, &mut NoClip, &GradOptions::with_mode(mode)).unwrap();
+        let out = clipped_gradient(
+            &mut m,
+            &x,
+            &y,
+            &CrossEntropy,
+            &mut NoClip,
+            &GradOptions::with_mode(mode),
+        )
+        .unwrap();
         let norms: Vec<f64> = out.stats.norms.iter().map(|&n| n as f64).collect();
         assert_close(&norms, &ref_norms, 1e-4, &format!("norms {mode:?}"));
         // Unclipped weighted sum = batch gradient = Σ_i per-example gradients.
-        let summed: Vec<f64> = (0..reference[0].len()).map(|k| reference.iter().map(|g| g[k]).sum()).collect();
+        let summed: Vec<f64> = (0..reference[0].len())
+            .map(|k| reference.iter().map(|g| g[k]).sum())
+            .collect();
         assert_close(&flat(&out.sum), &summed, 1e-4, &format!("sum {mode:?}"));
     }
     let (bg, _) = batch_gradient(&mut m, &x, &y, &CrossEntropy).unwrap();
-    let summed: Vec<f64> = (0..reference[0].len()).map(|k| reference.iter().map(|g| g[k]).sum()).collect();
+    let summed: Vec<f64> = (0..reference[0].len())
+        .map(|k| reference.iter().map(|g| g[k]).sum())
+        .collect();
     assert_close(&flat(&bg), &summed, 1e-4, "batch gradient");
 }
 
 fn inputs(shape: &[usize], classes: usize, seed: u64) -> (Tensor, Tensor) {
     let mut r = rng(seed);
-    (randn(&mut r, shape, DType::F32), labels(&mut r, shape[0], classes))
+    (
+        randn(&mut r, shape, DType::F32),
+        labels(&mut r, shape[0], classes),
+    )
 }
 
 proptest! {
@@ -137,7 +158,11 @@ fn mnist_cnn_and_cifar_cnn_with_group_norm() {
     let (x, y) = inputs(&[3, 784], 10, 11);
     check_model(dp_core::models::mnist_cnn(&Device::Cpu, 11).unwrap(), x, y);
     let (x, y) = inputs(&[2, 3, 16, 16], 10, 12);
-    check_model(dp_core::models::cifar_cnn(&Device::Cpu, 12, true).unwrap(), x, y);
+    check_model(
+        dp_core::models::cifar_cnn(&Device::Cpu, 12, true).unwrap(),
+        x,
+        y,
+    );
 }
 
 /// An independent reference: candle's own autograd (conv2d in NCHW with the PyTorch
@@ -145,10 +170,13 @@ fn mnist_cnn_and_cifar_cnn_with_group_norm() {
 #[test]
 fn conv_matches_candle_autograd_per_example() {
     use candle_core::Var;
-    let d = Device::Cpu;
     let mut r = rng(21);
     let (b, cin, cout, k, g) = (3, 4, 6, 3, 2);
-    let cfg = Conv2dConfig::new(cin, cout, k).stride(2).padding(1).dilation(1).groups(g);
+    let cfg = Conv2dConfig::new(cin, cout, k)
+        .stride(2)
+        .padding(1)
+        .dilation(1)
+        .groups(g);
     let w = randn(&mut r, &[cout, k, k, cin / g], DType::F32);
     let bias = randn(&mut r, &[cout], DType::F32);
     let mut conv = Conv2d::from_tensors(cfg, w.clone(), Some(bias.clone())).unwrap();
@@ -164,18 +192,41 @@ fn conv_matches_candle_autograd_per_example() {
     let bv = Var::from_tensor(&bias).unwrap();
     let per = cout * k * k * (cin / g);
     for i in 0..b {
-        let xi = x.narrow(0, i, 1).unwrap().permute((0, 3, 1, 2)).unwrap().contiguous().unwrap();
-        let yi = xi.conv2d(w_nchw.as_tensor(), 1, 2, 1, g).unwrap()
-            .broadcast_add(&bv.as_tensor().reshape((1, cout, 1, 1)).unwrap()).unwrap();
+        let xi = x
+            .narrow(0, i, 1)
+            .unwrap()
+            .permute((0, 3, 1, 2))
+            .unwrap()
+            .contiguous()
+            .unwrap();
+        let yi = xi
+            .conv2d(w_nchw.as_tensor(), 1, 2, 1, g)
+            .unwrap()
+            .broadcast_add(&bv.as_tensor().reshape((1, cout, 1, 1)).unwrap())
+            .unwrap();
         let ui = up.narrow(0, i, 1).unwrap().permute((0, 3, 1, 2)).unwrap();
         let l = (yi * ui).unwrap().sum_all().unwrap();
         let grads = l.backward().unwrap();
-        let gw = grads.get(w_nchw.as_tensor()).unwrap().permute((0, 2, 3, 1)).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let gw = grads
+            .get(w_nchw.as_tensor())
+            .unwrap()
+            .permute((0, 2, 3, 1))
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         let gb = grads.get(bv.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
-        let a: Vec<f64> = ours_w[i * per..(i + 1) * per].iter().map(|&v| v as f64).collect();
+        let a: Vec<f64> = ours_w[i * per..(i + 1) * per]
+            .iter()
+            .map(|&v| v as f64)
+            .collect();
         let e: Vec<f64> = gw.iter().map(|&v| v as f64).collect();
         assert_close(&a, &e, 1e-5, "conv weight vs candle autograd");
-        let a: Vec<f64> = ours_b[i * cout..(i + 1) * cout].iter().map(|&v| v as f64).collect();
+        let a: Vec<f64> = ours_b[i * cout..(i + 1) * cout]
+            .iter()
+            .map(|&v| v as f64)
+            .collect();
         let e: Vec<f64> = gb.iter().map(|&v| v as f64).collect();
         assert_close(&a, &e, 1e-5, "conv bias vs candle autograd");
     }

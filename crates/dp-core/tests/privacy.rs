@@ -40,7 +40,9 @@ fn strategies(c: f64) -> Vec<(&'static str, Box<dyn ClipStrategy>)> {
             "per-example (lying closure)",
             // Claims sensitivity c but returns weights that would exceed it: the engine
             // must still enforce the bound.
-            Box::new(PerExampleFactor::new(c, |n: &[f64]| n.iter().map(|_| 10.0).collect()).unwrap()),
+            Box::new(
+                PerExampleFactor::new(c, |n: &[f64]| n.iter().map(|_| 10.0).collect()).unwrap(),
+            ),
         ),
     ]
 }
@@ -89,7 +91,15 @@ fn every_clipped_per_example_contribution_is_at_most_c() {
         .to_vec2()
         .unwrap();
     let mut clip = FlatClip::new(c).unwrap();
-    let out = clipped_gradient(&mut m, &x, &y, &CrossEntropy, &mut clip, &GradOptions::default()).unwrap();
+    let out = clipped_gradient(
+        &mut m,
+        &x,
+        &y,
+        &CrossEntropy,
+        &mut clip,
+        &GradOptions::default(),
+    )
+    .unwrap();
     let mut clipped_sum = vec![0.0; g[0].len()];
     for (i, gi) in g.iter().enumerate() {
         let n = norm(gi);
@@ -106,7 +116,10 @@ fn every_clipped_per_example_contribution_is_at_most_c() {
         assert!((a - e).abs() <= 1e-4 * scale, "{a} vs {e}");
     }
     assert!(out.stats.num_clipped > 0);
-    assert_eq!(out.stats.num_clipped, g.iter().filter(|gi| norm(gi) > c).count());
+    assert_eq!(
+        out.stats.num_clipped,
+        g.iter().filter(|gi| norm(gi) > c).count()
+    );
 }
 
 #[test]
@@ -117,10 +130,26 @@ fn per_layer_clipping_bounds_each_layer() {
     let y = labels(&mut r, 6, 4);
     let mut clip = PerLayerClip::with_thresholds(vec![0.1, 0.2, 0.3, 0.4]).unwrap();
     assert!((clip.sensitivity() - (0.01f64 + 0.04 + 0.09 + 0.16).sqrt()).abs() < 1e-12);
-    let out = clipped_gradient(&mut m, &x, &y, &CrossEntropy, &mut clip, &GradOptions::default()).unwrap();
+    let out = clipped_gradient(
+        &mut m,
+        &x,
+        &y,
+        &CrossEntropy,
+        &mut clip,
+        &GradOptions::default(),
+    )
+    .unwrap();
     assert_eq!(out.sum.len(), m.param_tensors().len());
     let mut wrong = PerLayerClip::with_thresholds(vec![0.1, 0.2]).unwrap();
-    assert!(clipped_gradient(&mut m, &x, &y, &CrossEntropy, &mut wrong, &GradOptions::default()).is_err());
+    assert!(clipped_gradient(
+        &mut m,
+        &x,
+        &y,
+        &CrossEntropy,
+        &mut wrong,
+        &GradOptions::default()
+    )
+    .is_err());
 }
 
 /// Noise with a fixed seed: the sample mean and standard deviation of 200k draws lie
@@ -135,10 +164,16 @@ fn noise_has_the_stated_mean_and_std_and_is_reproducible() {
     let var = z.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
     assert!(mean.abs() < 5.0 * std / (n as f64).sqrt(), "mean {mean}");
     // sd of the sample variance ≈ σ²·sqrt(2/(n−1))
-    assert!((var - std * std).abs() < 5.0 * std * std * (2.0 / (n - 1) as f64).sqrt(), "var {var}");
+    assert!(
+        (var - std * std).abs() < 5.0 * std * std * (2.0 / (n - 1) as f64).sqrt(),
+        "var {var}"
+    );
     // Kurtosis of a Gaussian is 3.
     let k = z.iter().map(|&v| (v as f64 - mean).powi(4)).sum::<f64>() / n as f64 / (var * var);
-    assert!((k - 3.0).abs() < 5.0 * (24.0 / n as f64).sqrt(), "kurtosis {k}");
+    assert!(
+        (k - 3.0).abs() < 5.0 * (24.0 / n as f64).sqrt(),
+        "kurtosis {k}"
+    );
     assert_eq!(z, GaussianNoise::seeded(123).sample(n, std));
     assert_ne!(z[..10], GaussianNoise::seeded(124).sample(10, std)[..]);
 }
@@ -162,16 +197,25 @@ fn serde_json_like(s: &dp_core::NoiseState) -> String {
 #[test]
 fn privatised_zero_gradient_has_std_sigma_c() {
     let d = Device::Cpu;
-    let m = Sequential::new(&d).push(Linear::new(300, 100, true, &mut Init::seeded(0), &d).unwrap());
+    let m =
+        Sequential::new(&d).push(Linear::new(300, 100, true, &mut Init::seeded(0), &d).unwrap());
     let (sigma, c) = (1.3, 0.7);
     let empty = ClippedBatch::empty(&m, c, c).unwrap();
     let noisy = privatize(empty, sigma, &mut GaussianNoise::seeded(9)).unwrap();
     let v = flat(&noisy.sum);
     let n = v.len() as f64;
     let sd = (v.iter().map(|x| x * x).sum::<f64>() / n).sqrt();
-    assert!((sd - sigma * c).abs() < 5.0 * sigma * c / (2.0 * n).sqrt(), "sd {sd}");
+    assert!(
+        (sd - sigma * c).abs() < 5.0 * sigma * c / (2.0 * n).sqrt(),
+        "sd {sd}"
+    );
     // Same seed, same noisy gradient, bit for bit.
-    let again = privatize(ClippedBatch::empty(&m, c, c).unwrap(), sigma, &mut GaussianNoise::seeded(9)).unwrap();
+    let again = privatize(
+        ClippedBatch::empty(&m, c, c).unwrap(),
+        sigma,
+        &mut GaussianNoise::seeded(9),
+    )
+    .unwrap();
     assert_eq!(flat(&again.sum), v);
 }
 
@@ -180,13 +224,26 @@ fn privatize_rejects_bad_noise_and_unclipped_sums() {
     let d = Device::Cpu;
     let m = Sequential::new(&d).push(Linear::new(3, 2, true, &mut Init::seeded(0), &d).unwrap());
     for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
-        let e = privatize(ClippedBatch::empty(&m, 1.0, 1.0).unwrap(), bad, &mut GaussianNoise::seeded(0));
+        let e = privatize(
+            ClippedBatch::empty(&m, 1.0, 1.0).unwrap(),
+            bad,
+            &mut GaussianNoise::seeded(0),
+        );
         assert!(matches!(e, Err(CoreError::InvalidNoise(_))), "{bad}");
     }
-    let e = privatize(ClippedBatch::empty(&m, f64::INFINITY, 1.0).unwrap(), 1.0, &mut GaussianNoise::seeded(0));
+    let e = privatize(
+        ClippedBatch::empty(&m, f64::INFINITY, 1.0).unwrap(),
+        1.0,
+        &mut GaussianNoise::seeded(0),
+    );
     assert!(e.is_err());
     assert!(FlatClip::new(0.0).is_err() && FlatClip::new(f64::NAN).is_err());
-    let noisy = privatize(ClippedBatch::empty(&m, 1.0, 1.0).unwrap(), 1.0, &mut GaussianNoise::seeded(0)).unwrap();
+    let noisy = privatize(
+        ClippedBatch::empty(&m, 1.0, 1.0).unwrap(),
+        1.0,
+        &mut GaussianNoise::seeded(0),
+    )
+    .unwrap();
     assert!(noisy.normalized(0.0).is_err());
 }
 
@@ -194,22 +251,44 @@ fn privatize_rejects_bad_noise_and_unclipped_sums() {
 fn non_finite_gradients_are_refused_or_zeroed() {
     let mut m = model(6);
     let mut r = rng(6);
-    let mut xs: Vec<f32> = randn(&mut r, &[4, 36], DType::F32).flatten_all().unwrap().to_vec1().unwrap();
+    let mut xs: Vec<f32> = randn(&mut r, &[4, 36], DType::F32)
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     xs[2 * 36 + 5] = f32::NAN;
     let x = Tensor::from_vec(xs, (4, 36), &Device::Cpu).unwrap();
     let y = labels(&mut r, 4, 4);
     let mut clip = FlatClip::new(1.0).unwrap();
-    match clipped_gradient(&mut m, &x, &y, &CrossEntropy, &mut clip, &GradOptions::default()) {
+    match clipped_gradient(
+        &mut m,
+        &x,
+        &y,
+        &CrossEntropy,
+        &mut clip,
+        &GradOptions::default(),
+    ) {
         Err(CoreError::NonFiniteGradient { examples }) => assert_eq!(examples, vec![2]),
         other => panic!("expected NonFiniteGradient, got {other:?}"),
     }
-    let opts = GradOptions { non_finite: NonFinitePolicy::ZeroOut, ..GradOptions::default() };
+    let opts = GradOptions {
+        non_finite: NonFinitePolicy::ZeroOut,
+        ..GradOptions::default()
+    };
     let out = clipped_gradient(&mut m, &x, &y, &CrossEntropy, &mut clip, &opts).unwrap();
     assert_eq!(out.stats.num_non_finite, 1);
     assert!(flat(&out.sum).iter().all(|v| v.is_finite()));
     // Equals the sum over the three finite examples.
     let idx = Tensor::new(&[0u32, 1, 3], &Device::Cpu).unwrap();
-    let ref_out = clipped_gradient(&mut m, &x.index_select(&idx, 0).unwrap(), &y.index_select(&idx, 0).unwrap(), &CrossEntropy, &mut clip, &GradOptions::default()).unwrap();
+    let ref_out = clipped_gradient(
+        &mut m,
+        &x.index_select(&idx, 0).unwrap(),
+        &y.index_select(&idx, 0).unwrap(),
+        &CrossEntropy,
+        &mut clip,
+        &GradOptions::default(),
+    )
+    .unwrap();
     for (a, b) in flat(&out.sum).iter().zip(flat(&ref_out.sum)) {
         assert!((a - b).abs() < 1e-5);
     }
@@ -221,7 +300,15 @@ fn empty_batch_is_a_zero_sum_that_can_still_be_noised() {
     let x = Tensor::zeros((0, 36), DType::F32, &Device::Cpu).unwrap();
     let y = Tensor::zeros(0, DType::U32, &Device::Cpu).unwrap();
     let mut clip = FlatClip::new(1.0).unwrap();
-    let out = clipped_gradient(&mut m, &x, &y, &CrossEntropy, &mut clip, &GradOptions::default()).unwrap();
+    let out = clipped_gradient(
+        &mut m,
+        &x,
+        &y,
+        &CrossEntropy,
+        &mut clip,
+        &GradOptions::default(),
+    )
+    .unwrap();
     assert_eq!(out.examples, 0);
     assert!(flat(&out.sum).iter().all(|v| *v == 0.0));
     let noisy = privatize(out, 1.0, &mut GaussianNoise::seeded(1)).unwrap();
@@ -237,15 +324,45 @@ fn accumulating_physical_batches_equals_one_logical_batch() {
     let mut clip = FlatClip::new(0.5).unwrap();
     let opts = GradOptions::default();
     let whole = clipped_gradient(&mut m, &x, &y, &CrossEntropy, &mut clip, &opts).unwrap();
-    let mut acc = clipped_gradient(&mut m, &x.narrow(0, 0, 4).unwrap(), &y.narrow(0, 0, 4).unwrap(), &CrossEntropy, &mut clip, &opts).unwrap();
-    acc.accumulate(clipped_gradient(&mut m, &x.narrow(0, 4, 6).unwrap(), &y.narrow(0, 4, 6).unwrap(), &CrossEntropy, &mut clip, &opts).unwrap()).unwrap();
+    let mut acc = clipped_gradient(
+        &mut m,
+        &x.narrow(0, 0, 4).unwrap(),
+        &y.narrow(0, 0, 4).unwrap(),
+        &CrossEntropy,
+        &mut clip,
+        &opts,
+    )
+    .unwrap();
+    acc.accumulate(
+        clipped_gradient(
+            &mut m,
+            &x.narrow(0, 4, 6).unwrap(),
+            &y.narrow(0, 4, 6).unwrap(),
+            &CrossEntropy,
+            &mut clip,
+            &opts,
+        )
+        .unwrap(),
+    )
+    .unwrap();
     assert_eq!(acc.examples, 10);
     assert_eq!(acc.stats.norms.len(), 10);
     for (a, b) in flat(&acc.sum).iter().zip(flat(&whole.sum)) {
         assert!((a - b).abs() < 1e-5);
     }
-    let other = clipped_gradient(&mut m, &x, &y, &CrossEntropy, &mut FlatClip::new(2.0).unwrap(), &opts).unwrap();
-    assert!(acc.accumulate(other).is_err(), "mixing sensitivities must be refused");
+    let other = clipped_gradient(
+        &mut m,
+        &x,
+        &y,
+        &CrossEntropy,
+        &mut FlatClip::new(2.0).unwrap(),
+        &opts,
+    )
+    .unwrap();
+    assert!(
+        acc.accumulate(other).is_err(),
+        "mixing sensitivities must be refused"
+    );
 }
 
 #[test]
@@ -276,10 +393,20 @@ impl Layer for Custom {
 #[test]
 fn a_parameterised_layer_without_a_rule_is_a_clear_error() {
     let d = Device::Cpu;
-    let mut m = Sequential::new(&d).push(Custom { p: Param::new("scale", Tensor::ones(4, DType::F32, &d).unwrap()) });
+    let mut m = Sequential::new(&d).push(Custom {
+        p: Param::new("scale", Tensor::ones(4, DType::F32, &d).unwrap()),
+    });
     let x = Tensor::ones((2, 4), DType::F32, &d).unwrap();
     let y = Tensor::new(&[0u32, 1], &d).unwrap();
-    let e = clipped_gradient(&mut m, &x, &y, &CrossEntropy, &mut NoClip, &GradOptions::default()).unwrap_err();
+    let e = clipped_gradient(
+        &mut m,
+        &x,
+        &y,
+        &CrossEntropy,
+        &mut NoClip,
+        &GradOptions::default(),
+    )
+    .unwrap_err();
     assert!(matches!(e, CoreError::UnsupportedLayer { .. }));
     assert!(e.to_string().contains("PerSampleGrad"));
 }
@@ -289,6 +416,11 @@ fn shape_errors_are_typed() {
     let mut m = model(1);
     let x = Tensor::zeros((2, 35), DType::F32, &Device::Cpu).unwrap();
     assert!(matches!(m.forward(&x, false), Err(CoreError::Shape { .. })));
-    assert!(Conv2d::new(Conv2dConfig::new(3, 4, 3).groups(2), &mut Init::seeded(0), &Device::Cpu).is_err());
+    assert!(Conv2d::new(
+        Conv2dConfig::new(3, 4, 3).groups(2),
+        &mut Init::seeded(0),
+        &Device::Cpu
+    )
+    .is_err());
     assert!(GroupNorm::new(3, 8, 1e-5, &Device::Cpu).is_err());
 }

@@ -22,7 +22,9 @@ impl AutoClip {
     /// Scale `R` (> 0) and stability constant `γ ≥ 0`.
     pub fn new(scale: f64, gamma: f64) -> Result<Self> {
         if !(gamma.is_finite() && gamma >= 0.0) {
-            return Err(CoreError::InvalidArgument(format!("AUTO-S gamma {gamma} must be ≥ 0")));
+            return Err(CoreError::InvalidArgument(format!(
+                "AUTO-S gamma {gamma} must be ≥ 0"
+            )));
         }
         Ok(Self {
             scale: check_norm(scale)?,

@@ -59,7 +59,11 @@ impl ClipStrategy for PerLayerClip {
             sq.per_layer
                 .iter()
                 .zip(&th)
-                .map(|(l, &c)| l.iter().map(|&s| clip_factor(c, (s as f64).max(0.0).sqrt())).collect())
+                .map(|(l, &c)| {
+                    l.iter()
+                        .map(|&s| clip_factor(c, (s as f64).max(0.0).sqrt()))
+                        .collect()
+                })
                 .collect(),
         ))
     }

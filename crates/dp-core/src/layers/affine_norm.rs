@@ -27,8 +27,14 @@ impl AffineRecord {
             layer: layer.to_string(),
             what: w.into(),
         };
-        let xhat = self.xhat.as_ref().ok_or_else(|| missing("no recorded input"))?;
-        let g = self.g.as_ref().ok_or_else(|| missing("no recorded output gradient"))?;
+        let xhat = self
+            .xhat
+            .as_ref()
+            .ok_or_else(|| missing("no recorded input"))?;
+        let g = self
+            .g
+            .as_ref()
+            .ok_or_else(|| missing("no recorded output gradient"))?;
         let dgamma = (g * xhat)?.sum(1)?;
         let dbeta = g.sum(1)?;
         Ok(vec![dgamma, dbeta])

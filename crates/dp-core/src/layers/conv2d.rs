@@ -134,11 +134,19 @@ impl Conv2d {
             cfg.in_channels / cfg.groups,
         ];
         if weight.dims() != want {
-            return Err(shape_err("Conv2d weight", &format!("{want:?}"), weight.dims()));
+            return Err(shape_err(
+                "Conv2d weight",
+                &format!("{want:?}"),
+                weight.dims(),
+            ));
         }
         if let Some(b) = &bias {
             if b.dims() != [cfg.out_channels] {
-                return Err(shape_err("Conv2d bias", &format!("[{}]", cfg.out_channels), b.dims()));
+                return Err(shape_err(
+                    "Conv2d bias",
+                    &format!("[{}]", cfg.out_channels),
+                    b.dims(),
+                ));
             }
         }
         Ok(Self {
@@ -147,7 +155,9 @@ impl Conv2d {
             bias: bias.map(|b| Param::new("bias", b)),
             cache: PatchCache::default(),
             index: None,
-            recs: (0..cfg.groups).map(|_| SeqLinearRecord::default()).collect(),
+            recs: (0..cfg.groups)
+                .map(|_| SeqLinearRecord::default())
+                .collect(),
         })
     }
 
@@ -220,7 +230,9 @@ impl Layer for Conv2d {
             let a = if groups == 1 {
                 cols.reshape((b, l, k * c))?
             } else {
-                cols.narrow(3, g * cg, cg)?.contiguous()?.reshape((b, l, k * cg))?
+                cols.narrow(3, g * cg, cg)?
+                    .contiguous()?
+                    .reshape((b, l, k * cg))?
             };
             let wg = self.group_weight(g)?;
             let mut y = a.reshape((b * l, k * cg))?.matmul(&wg.t()?)?;

@@ -51,7 +51,13 @@ impl Layer for Dropout {
         let scale = (1.0 / (1.0 - self.p)) as f32;
         let n = x.elem_count();
         let m: Vec<f32> = (0..n)
-            .map(|_| if self.rng.gen::<f64>() < self.p { 0.0 } else { scale })
+            .map(|_| {
+                if self.rng.gen::<f64>() < self.p {
+                    0.0
+                } else {
+                    scale
+                }
+            })
             .collect();
         let mask = Tensor::from_vec(m, x.dims(), x.device())?.to_dtype(x.dtype())?;
         let y = (x * &mask)?;

@@ -32,7 +32,11 @@ pub struct Embedding {
 impl Embedding {
     /// A table initialised `N(0, 1)` (PyTorch's default).
     pub fn new(vocab: usize, dim: usize, init: &mut Init, device: &Device) -> Result<Self> {
-        Ok(Self::from_tensor(init.normal(&[vocab, dim], 1.0, device)?))
+        Ok(Self::from_tensor(init.normal(
+            &[vocab, dim],
+            1.0,
+            device,
+        )?))
     }
 
     /// A table with the given weight `[V, D]`.
@@ -52,7 +56,9 @@ impl Embedding {
         };
         Ok((
             self.ids.clone().ok_or_else(|| missing("no recorded ids"))?,
-            self.g.clone().ok_or_else(|| missing("no recorded output gradient"))?,
+            self.g
+                .clone()
+                .ok_or_else(|| missing("no recorded output gradient"))?,
         ))
     }
 }
@@ -71,7 +77,11 @@ impl Layer for Embedding {
         };
         let ids = x.to_dtype(DType::U32)?.reshape((b, t))?;
         let v = self.weight.value.dim(0)? as u32;
-        let max = ids.max_keepdim(1)?.max_keepdim(0)?.flatten_all()?.to_vec1::<u32>()?;
+        let max = ids
+            .max_keepdim(1)?
+            .max_keepdim(0)?
+            .flatten_all()?
+            .to_vec1::<u32>()?;
         if b > 0 && max.first().is_some_and(|m| *m >= v) {
             return Err(CoreError::InvalidArgument(format!(
                 "token id {} out of range for a vocabulary of {v}",
@@ -158,7 +168,9 @@ impl PerSampleGrad for Embedding {
         let (ids, g) = self.record()?;
         let (b, t) = ids.dims2()?;
         let (v, dim) = self.weight.value.dims2()?;
-        let offs: Vec<u32> = (0..b).flat_map(|i| std::iter::repeat_n((i * v) as u32, t)).collect();
+        let offs: Vec<u32> = (0..b)
+            .flat_map(|i| std::iter::repeat_n((i * v) as u32, t))
+            .collect();
         let offs = Tensor::from_vec(offs, (b, t), ids.device())?;
         let rows = (ids + offs)?.flatten_all()?;
         let acc = Tensor::zeros((b * v, dim), g.dtype(), g.device())?;
@@ -174,7 +186,8 @@ impl PerSampleGrad for Embedding {
         let (b, t) = ids.dims2()?;
         let (v, dim) = self.weight.value.dims2()?;
         let gw = g
-            .broadcast_mul(&weights.to_dtype(g.dtype())?.reshape((b, 1, 1))?)?.reshape((b * t, dim))?;
+            .broadcast_mul(&weights.to_dtype(g.dtype())?.reshape((b, 1, 1))?)?
+            .reshape((b * t, dim))?;
         let acc = Tensor::zeros((v, dim), g.dtype(), g.device())?;
         Ok(vec![acc.index_add(&ids.flatten_all()?, &gw, 0)?])
     }

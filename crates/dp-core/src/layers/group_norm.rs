@@ -52,7 +52,11 @@ impl GroupNorm {
     pub fn with_affine(mut self, gamma: Tensor, beta: Tensor) -> Result<Self> {
         let d = self.gamma.value.dims().to_vec();
         if gamma.dims() != d.as_slice() || beta.dims() != d.as_slice() {
-            return Err(shape_err("GroupNorm affine", &format!("{d:?}"), gamma.dims()));
+            return Err(shape_err(
+                "GroupNorm affine",
+                &format!("{d:?}"),
+                gamma.dims(),
+            ));
         }
         self.gamma.value = gamma;
         self.beta.value = beta;
@@ -69,7 +73,7 @@ impl GroupNorm {
             .reshape((b * self.groups, s * cg))?)
     }
 
-    fn from_groups(&self, x: &Tensor, b: usize, s: usize, c: usize) -> Result<Tensor> {
+    fn ungroup(&self, x: &Tensor, b: usize, s: usize, c: usize) -> Result<Tensor> {
         let cg = c / self.groups;
         Ok(x.reshape((b, self.groups, s, cg))?
             .transpose(1, 2)?
@@ -87,13 +91,17 @@ impl Layer for GroupNorm {
         let c = self.gamma.value.dims()[0];
         let dims = x.dims().to_vec();
         if dims.len() < 2 || dims[dims.len() - 1] != c {
-            return Err(shape_err(&self.name(), &format!("[B, ..., {c}] (channels-last)"), &dims));
+            return Err(shape_err(
+                &self.name(),
+                &format!("[B, ..., {c}] (channels-last)"),
+                &dims,
+            ));
         }
         let b = dims[0];
         let x3 = x.reshape((b, (), c))?;
         let s = x3.dim(1)?;
         let (xg, rstd) = normalize_last(&self.to_groups(&x3)?, self.eps)?;
-        let xhat = self.from_groups(&xg, b, s, c)?;
+        let xhat = self.ungroup(&xg, b, s, c)?;
         let y = xhat
             .broadcast_mul(&self.gamma.value)?
             .broadcast_add(&self.beta.value)?;
@@ -124,7 +132,9 @@ impl Layer for GroupNorm {
         }
         let dxhat = self.to_groups(&g.broadcast_mul(&self.gamma.value)?)?;
         let dx = normalize_last_backward(&self.to_groups(&xhat)?, &rstd, &dxhat)?;
-        Ok(Some(self.from_groups(&dx, b, s, c)?.reshape(self.shape.clone())?))
+        Ok(Some(
+            self.ungroup(&dx, b, s, c)?.reshape(self.shape.clone())?,
+        ))
     }
 
     fn params(&self) -> Vec<&Param> {

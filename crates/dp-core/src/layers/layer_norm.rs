@@ -48,7 +48,11 @@ impl LayerNorm {
     pub fn with_affine(mut self, gamma: Tensor, beta: Tensor) -> Result<Self> {
         let d = self.gamma.value.dims().to_vec();
         if gamma.dims() != d.as_slice() || beta.dims() != d.as_slice() {
-            return Err(shape_err("LayerNorm affine", &format!("{d:?}"), gamma.dims()));
+            return Err(shape_err(
+                "LayerNorm affine",
+                &format!("{d:?}"),
+                gamma.dims(),
+            ));
         }
         self.gamma.value = gamma;
         self.beta.value = beta;

@@ -77,7 +77,13 @@ impl Layer for Linear {
         let (b, t) = match x.dims() {
             [b, i] if *i == p => (*b, 1),
             [b, t, i] if *i == p => (*b, *t),
-            d => return Err(shape_err(&self.name(), &format!("[B, {p}] or [B, T, {p}]"), d)),
+            d => {
+                return Err(shape_err(
+                    &self.name(),
+                    &format!("[B, {p}] or [B, T, {p}]"),
+                    d,
+                ))
+            }
         };
         self.input_rank = x.rank();
         let x3 = x.reshape((b, t, p))?;
@@ -99,10 +105,14 @@ impl Layer for Linear {
     }
 
     fn backward(&mut self, grad_out: &Tensor, need_input_grad: bool) -> Result<Option<Tensor>> {
-        let a = self.rec.a.as_ref().ok_or_else(|| crate::CoreError::MissingRecord {
-            layer: self.name(),
-            what: "backward before forward(train=true)".into(),
-        })?;
+        let a = self
+            .rec
+            .a
+            .as_ref()
+            .ok_or_else(|| crate::CoreError::MissingRecord {
+                layer: self.name(),
+                what: "backward before forward(train=true)".into(),
+            })?;
         let (b, t, p) = a.dims3()?;
         let r = self.weight.value.dims()[0];
         let g3 = grad_out.reshape((b, t, r))?;

@@ -16,7 +16,11 @@ pub(crate) fn normalize_last(x: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
 
 /// Backward of [`normalize_last`]: given `dx̂`, returns
 /// `dx = rstd·(dx̂ − mean(dx̂) − x̂·mean(dx̂ ⊙ x̂))` (all means over the last axis).
-pub(crate) fn normalize_last_backward(xhat: &Tensor, rstd: &Tensor, dxhat: &Tensor) -> Result<Tensor> {
+pub(crate) fn normalize_last_backward(
+    xhat: &Tensor,
+    rstd: &Tensor,
+    dxhat: &Tensor,
+) -> Result<Tensor> {
     let m = xhat.dim(D::Minus1)? as f64;
     let mean_d = (dxhat.sum_keepdim(D::Minus1)? / m)?;
     let mean_dx = ((dxhat * xhat)?.sum_keepdim(D::Minus1)? / m)?;

@@ -53,10 +53,15 @@ impl MaxPool2d {
 
 impl Layer for MaxPool2d {
     fn name(&self) -> String {
-        format!("MaxPool2d({}, stride {})", self.win.kernel.0, self.win.stride.0)
+        format!(
+            "MaxPool2d({}, stride {})",
+            self.win.kernel.0, self.win.stride.0
+        )
     }
     fn forward(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let (b, h, w, c) = x.dims4().map_err(|_| shape_err(&self.name(), "[B, H, W, C]", x.dims()))?;
+        let (b, h, w, c) = x
+            .dims4()
+            .map_err(|_| shape_err(&self.name(), "[B, H, W, C]", x.dims()))?;
         let idx = self.cache.get(self.win, h, w, x.device())?;
         let cols = idx.unfold(x)?; // [B, L, k, C]
         let y = cols.max_keepdim(2)?;
@@ -111,10 +116,15 @@ impl AvgPool2d {
 
 impl Layer for AvgPool2d {
     fn name(&self) -> String {
-        format!("AvgPool2d({}, stride {})", self.win.kernel.0, self.win.stride.0)
+        format!(
+            "AvgPool2d({}, stride {})",
+            self.win.kernel.0, self.win.stride.0
+        )
     }
     fn forward(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let (b, h, w, c) = x.dims4().map_err(|_| shape_err(&self.name(), "[B, H, W, C]", x.dims()))?;
+        let (b, h, w, c) = x
+            .dims4()
+            .map_err(|_| shape_err(&self.name(), "[B, H, W, C]", x.dims()))?;
         let idx = self.cache.get(self.win, h, w, x.device())?;
         let y = idx.unfold(x)?.mean(2)?;
         if train {
@@ -158,7 +168,9 @@ impl Layer for GlobalAvgPool {
         "GlobalAvgPool".into()
     }
     fn forward(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let (b, h, w, c) = x.dims4().map_err(|_| shape_err(&self.name(), "[B, H, W, C]", x.dims()))?;
+        let (b, h, w, c) = x
+            .dims4()
+            .map_err(|_| shape_err(&self.name(), "[B, H, W, C]", x.dims()))?;
         if train {
             self.shape = Some((b, h, w, c));
         }
@@ -170,7 +182,11 @@ impl Layer for GlobalAvgPool {
             return Ok(None);
         }
         let g = (g.reshape((b, 1, c))? / (h * w) as f64)?;
-        Ok(Some(g.broadcast_as((b, h * w, c))?.contiguous()?.reshape((b, h, w, c))?))
+        Ok(Some(
+            g.broadcast_as((b, h * w, c))?
+                .contiguous()?
+                .reshape((b, h, w, c))?,
+        ))
     }
     fn clear(&mut self) {
         self.shape = None;

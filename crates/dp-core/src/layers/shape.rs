@@ -101,10 +101,16 @@ impl Layer for Reshape {
         format!("Reshape({:?})", self.dims)
     }
     fn forward(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let b = x.dim(0).map_err(|_| shape_err("Reshape", "[B, ...]", x.dims()))?;
+        let b = x
+            .dim(0)
+            .map_err(|_| shape_err("Reshape", "[B, ...]", x.dims()))?;
         let per: usize = self.dims.iter().product();
         if b * per != x.elem_count() {
-            return Err(shape_err(&self.name(), &format!("[B, ..] with {per} values per example"), x.dims()));
+            return Err(shape_err(
+                &self.name(),
+                &format!("[B, ..] with {per} values per example"),
+                x.dims(),
+            ));
         }
         if train {
             self.input = Some(x.dims().to_vec());

@@ -1,0 +1,179 @@
+//! Samples per second of one training step: non-private, DP with materialised per-sample
+//! gradients, and DP with ghost norms + book-keeping, on the models of the DP literature.
+//!
+//! ```text
+//! cargo run --release --example bench_step -- --json
+//! ```
+//!
+//! A "step" is everything a training step does: forward, backward, per-example norms,
+//! clip weights, clipped sum, Gaussian noise (DP modes), division by the expected batch
+//! size and an SGD update. Inputs are real digits from the bundled MNIST subset for the
+//! MNIST models and random images for the CIFAR-sized models (no CIFAR-10 offline; the
+//! speed does not depend on pixel values).
+
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor};
+use clap::Parser;
+use dp_lab::core::clipping::{ClipStrategy, FlatClip, NoClip};
+use dp_lab::core::{
+    batch_gradient, clipped_gradient, models, privatize, CrossEntropy, GaussianNoise, GradMode,
+    GradOptions, Model, Sequential,
+};
+use std::time::Instant;
+
+#[derive(Parser)]
+struct Args {
+    /// Print one JSON object per line instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Seconds to measure each (model, mode) pair.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Only models whose name contains this string.
+    #[arg(long)]
+    filter: Option<String>,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    NonPrivate,
+    Materialize,
+    Ghost,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::NonPrivate => "non_private",
+            Mode::Materialize => "dp_materialized",
+            Mode::Ghost => "dp_ghost_bookkeeping",
+        }
+    }
+}
+
+fn sgd(model: &mut Sequential, grads: &[Tensor], lr: f64) -> Result<()> {
+    let new: Vec<Tensor> = model
+        .param_tensors()
+        .iter()
+        .zip(grads)
+        .map(|(p, g)| p - (g * lr)?)
+        .collect::<candle_core::Result<_>>()?;
+    model.set_param_tensors(&new)?;
+    Ok(())
+}
+
+fn step(
+    model: &mut Sequential,
+    x: &Tensor,
+    y: &Tensor,
+    mode: Mode,
+    clip: &mut dyn ClipStrategy,
+    noise: &mut GaussianNoise,
+) -> Result<()> {
+    let b = x.dim(0)? as f64;
+    let grads = match mode {
+        Mode::NonPrivate => batch_gradient(model, x, y, &CrossEntropy)?
+            .0
+            .iter()
+            .map(|g| g / b)
+            .collect::<candle_core::Result<Vec<_>>>()?,
+        Mode::Materialize | Mode::Ghost => {
+            // "Ghost" is the mixed rule of Bu et al. 2022: ghost norms where they are
+            // cheaper (linear layers), materialised norms elsewhere (early convs).
+            let gm = if mode == Mode::Ghost {
+                GradMode::Auto
+            } else {
+                GradMode::Materialize
+            };
+            let c = clipped_gradient(model, x, y, &CrossEntropy, clip, &GradOptions::with_mode(gm))?;
+            privatize(c, 1.0, noise)?.normalized(b)?
+        }
+    };
+    sgd(model, &grads, 0.01)
+}
+
+fn peak_rss_mb() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let dev = Device::Cpu;
+    let data = dp_lab::data::load_bundled_mnist()?;
+    let mnist_batch = |b: usize| -> Result<(Tensor, Tensor)> {
+        let idx: Vec<usize> = (0..b).collect();
+        let batch = data.train.gather(&idx);
+        Ok((
+            Tensor::from_vec(batch.features, (b, 784), &dev)?,
+            Tensor::from_vec(batch.labels, b, &dev)?,
+        ))
+    };
+    let cifar_batch = |b: usize| -> Result<(Tensor, Tensor)> {
+        let x = Tensor::randn(0f32, 1., (b, 3, 32, 32), &dev)?;
+        let y = Tensor::from_vec((0..b as u32).map(|i| i % 10).collect::<Vec<_>>(), b, &dev)?;
+        Ok((x, y))
+    };
+    type Build = Box<dyn Fn() -> Result<Sequential>>;
+    let configs: Vec<(&str, usize, Build, bool)> = vec![
+        ("mlp_784_256_256_10", 256, Box::new(|| Ok(models::mlp(&[784, 256, 256, 10], &Device::Cpu, 0)?)), true),
+        ("mnist_cnn", 256, Box::new(|| Ok(models::mnist_cnn(&Device::Cpu, 0)?)), true),
+        ("cifar_cnn", 128, Box::new(|| Ok(models::cifar_cnn(&Device::Cpu, 0, false)?)), false),
+        ("cifar_cnn_groupnorm", 128, Box::new(|| Ok(models::cifar_cnn(&Device::Cpu, 0, true)?)), false),
+    ];
+    if !args.json {
+        println!("{:<22} {:<22} {:>6} {:>12} {:>10} {:>8}", "model", "mode", "batch", "samples/s", "ms/step", "vs np");
+    }
+    for (name, b, build, is_mnist) in configs {
+        if let Some(f) = &args.filter {
+            if !name.contains(f.as_str()) {
+                continue;
+            }
+        }
+        let (x, y) = if is_mnist { mnist_batch(b)? } else { cifar_batch(b)? };
+        let x = x.to_dtype(DType::F32)?;
+        let mut base_ms = None;
+        for mode in [Mode::NonPrivate, Mode::Materialize, Mode::Ghost] {
+            let mut model = build()?;
+            let mut clip: Box<dyn ClipStrategy> = match mode {
+                Mode::NonPrivate => Box::new(NoClip),
+                _ => Box::new(FlatClip::new(1.0)?),
+            };
+            let mut noise = GaussianNoise::seeded(0);
+            for _ in 0..2 {
+                step(&mut model, &x, &y, mode, clip.as_mut(), &mut noise)?;
+            }
+            let start = Instant::now();
+            let mut steps = 0usize;
+            while steps < 3 || start.elapsed().as_secs_f64() < args.seconds {
+                step(&mut model, &x, &y, mode, clip.as_mut(), &mut noise)?;
+                steps += 1;
+            }
+            let ms = start.elapsed().as_secs_f64() * 1e3 / steps as f64;
+            if mode == Mode::NonPrivate {
+                base_ms = Some(ms);
+            }
+            let ratio = base_ms.map(|b| ms / b).unwrap_or(1.0);
+            let sps = b as f64 / (ms / 1e3);
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "model": name, "mode": mode.name(), "batch": b,
+                        "samples_per_s": (sps * 10.0).round() / 10.0,
+                        "ms_per_step": (ms * 1000.0).round() / 1000.0,
+                        "time_vs_non_private": (ratio * 1000.0).round() / 1000.0,
+                        "peak_rss_mb": peak_rss_mb(),
+                        "steps_measured": steps,
+                        "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+                    })
+                );
+            } else {
+                println!("{:<22} {:<22} {:>6} {:>12.0} {:>10.2} {:>8.2}", name, mode.name(), b, sps, ms, ratio);
+            }
+        }
+    }
+    Ok(())
+}
