@@ -88,8 +88,8 @@ pub use landscape::{
     slice_2d, Grid2d, Interpolation, MeanSd, Slice1d, Slice2d,
 };
 pub use sharpness::{
-    flatness_area_2d, flatness_width_1d, random_direction_sharpness, FlatnessArea, Kappa,
-    RadiusSharpness, SharpnessConfig, SharpnessReport,
+    flatness_area_2d, flatness_width_1d, random_direction_sharpness, summarize_slices_1d,
+    FlatnessArea, Kappa, RadiusSharpness, SharpnessConfig, SharpnessReport, SliceSummary1d,
 };
 pub use surface::{flatten_params, LossSurface, ParamLayout, QuadraticSurface};
 pub use total_variation::{

@@ -226,3 +226,51 @@ pub fn flatness_area_2d(slice: &Slice2d, kappa: Kappa) -> Result<FlatnessArea> {
         connected_fraction: count as f64 / total,
     })
 }
+
+/// Mean ± sd over K direction seeds of the scalar summaries of 1-D slices (§14.1: use K ≥ 3
+/// seeds and report mean ± sd of every scalar).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SliceSummary1d {
+    /// TV₁ of f.
+    pub tv: MeanSd,
+    /// Roughness R₁ of f.
+    pub roughness: MeanSd,
+    /// Finite-difference curvature κ₀ at the centre.
+    pub curvature: MeanSd,
+    /// Flatness width w_κ.
+    pub flatness_width: MeanSd,
+}
+
+/// Summarises slices along several random directions (e.g. from
+/// [`random_slice_1d`](crate::random_slice_1d) with seeds 0..K).
+///
+/// ```
+/// use dp_metrics::{linspace, summarize_slices_1d, Kappa, Slice1d};
+/// let a = linspace(-1.0, 1.0, 21);
+/// let slices: Vec<Slice1d> = (1..=3)
+///     .map(|k| Slice1d { losses: a.iter().map(|x| k as f64 * x * x).collect(), alphas: a.clone() })
+///     .collect();
+/// let s = summarize_slices_1d(&slices, Kappa::Absolute(0.1))?;
+/// assert!((s.curvature.mean - 4.0).abs() < 1e-9); // κ₀ = 2k, k = 1, 2, 3
+/// assert_eq!(s.roughness.mean, 1.0);
+/// # Ok::<(), dp_metrics::MetricsError>(())
+/// ```
+pub fn summarize_slices_1d(slices: &[Slice1d], kappa: Kappa) -> Result<SliceSummary1d> {
+    crate::error::ensure_nonempty(slices, "no slices")?;
+    let mut tv = Vec::new();
+    let mut rough = Vec::new();
+    let mut curv = Vec::new();
+    let mut width = Vec::new();
+    for s in slices {
+        tv.push(crate::total_variation::tv_1d(&s.losses)?);
+        rough.push(crate::total_variation::roughness_1d(&s.losses)?);
+        curv.push(s.curvature_at_center()?);
+        width.push(flatness_width_1d(s, kappa)?);
+    }
+    Ok(SliceSummary1d {
+        tv: mean_sd(&tv)?,
+        roughness: mean_sd(&rough)?,
+        curvature: mean_sd(&curv)?,
+        flatness_width: mean_sd(&width)?,
+    })
+}
