@@ -193,7 +193,7 @@ impl Slice1d {
     }
 }
 
-/// A 2-D slice f(α, β) = L(θ* + α·δ + β·η); `losses.get(i, j)` is at (alphas[i], betas[j]).
+/// A 2-D slice f(α, β) = L(θ* + α·δ + β·η); `losses.get(i, j)` is at (`alphas[i]`, `betas[j]`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Slice2d {
     /// Steps along the first direction (grid rows).
@@ -393,7 +393,7 @@ pub struct Interpolation {
     pub lambdas: Vec<f64>,
     /// f(λ) = L((1 − λ)θ_A + λθ_B).
     pub losses: Vec<f64>,
-    /// max_{λ∈[0,1]} f(λ) − max(f(0), f(1)) (see [`barrier_height`]).
+    /// max_{λ∈\[0,1\]} f(λ) − max(f(0), f(1)) (see [`barrier_height`]).
     pub barrier: f64,
 }
 
@@ -433,7 +433,7 @@ pub fn interpolate<S: LossSurface + ?Sized>(
     })
 }
 
-/// Barrier height of an interpolation curve, max_{λ∈[0,1]} f(λ) − max(f(0), f(1)) (§14.1;
+/// Barrier height of an interpolation curve, max_{λ∈\[0,1\]} f(λ) − max(f(0), f(1)) (§14.1;
 /// Frankle et al. 2020's linear-mode-connectivity "error barrier" on the loss). ≤ 0 means
 /// the two solutions are linearly connected without a bump. `lambdas` must contain 0 and 1.
 ///
