@@ -103,13 +103,27 @@ pub(crate) fn choose_grid(
     })
 }
 
-/// z^n via polar form: |z|^n e^{i n arg z}; accurate to ~n ulp, like repeated squaring.
-fn cpow(z: Complex64, n: u64) -> Complex64 {
-    let r = z.norm();
-    if r == 0.0 {
-        return Complex64::new(0.0, 0.0);
+/// Raises the spectrum of a real sequence to the n-th power in place, z^n = |z|^n e^{i n arg z}
+/// (accurate to ~n ulp, like repeated squaring). The spectrum of a real sequence is Hermitian,
+/// X[N−k] = conj(X[k]), so only half of it is computed; coefficients whose power underflows
+/// (|z|^n < e^{−745}) are set to zero without trigonometry, which is most of them for long
+/// compositions.
+fn pow_hermitian(spec: &mut [Complex64], n: u64) {
+    let len = spec.len();
+    let nf = n as f64;
+    for k in 0..=len / 2 {
+        let z = spec[k];
+        let log_mag = 0.5 * z.norm_sqr().ln() * nf;
+        let p = if log_mag < -745.0 || !log_mag.is_finite() {
+            Complex64::new(0.0, 0.0)
+        } else {
+            Complex64::from_polar(log_mag.exp(), z.arg() * nf)
+        };
+        spec[k] = p;
+        if k > 0 && k < len - k {
+            spec[len - k] = p.conj();
+        }
     }
-    Complex64::from_polar(r.powf(n as f64), z.arg() * n as f64)
 }
 
 /// A composed PRV on the grid t_i = t0 + i·Δt.
@@ -158,11 +172,12 @@ pub(crate) fn compose_blocks(
             .ok_or(AccountingError::CountOverflow)?;
         let mut buf: Vec<Complex64> = pmf.into_iter().map(|p| Complex64::new(p, 0.0)).collect();
         fwd.process_with_scratch(&mut buf, &mut scratch);
+        pow_hermitian(&mut buf, b.count);
         if acc.is_empty() {
-            acc = buf.into_iter().map(|z| cpow(z, b.count)).collect();
+            acc = buf;
         } else {
             for (a, z) in acc.iter_mut().zip(buf) {
-                *a *= cpow(z, b.count);
+                *a *= z;
             }
         }
     }
