@@ -40,8 +40,11 @@ pub struct RdpAccountant {
     /// Σ over the history of count × per-step RDP, per order.
     total: Vec<f64>,
     /// Per-step RDP vectors keyed by (q, σ) bit patterns; shared between clones.
-    cache: Arc<HashMap<(u64, u64), Arc<Vec<f64>>>>,
+    cache: Arc<StepCache>,
 }
+
+/// Per-step RDP vectors keyed by the bit patterns of (q, σ).
+type StepCache = HashMap<(u64, u64), Arc<Vec<f64>>>;
 
 /// Serialised form of [`RdpAccountant`].
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -2,6 +2,9 @@
 //! definition A_α = E_{x∼N(0,σ²)}[(1 − q + q e^{(2x−1)/(2σ²)})^α], ε(α) = ln A_α/(α − 1),
 //! independent of both series used by the crate (cf. dp_accounting's mpmath test).
 
+// The reference digits are printed by mpmath to 17 significant figures on purpose.
+#![allow(clippy::excessive_precision)]
+
 use dp_accounting::rdp::rdp_poisson_gaussian;
 
 const MPMATH: [(f64, f64, f64, f64); 12] = [
