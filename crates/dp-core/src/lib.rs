@@ -38,6 +38,7 @@
 //! ```
 
 pub mod clipping;
+mod cpu_ops;
 mod engine;
 mod error;
 mod init;

@@ -5,8 +5,10 @@
 //! and folding is the adjoint: one `index_add` into a zero image. Both are plain candle
 //! ops, so they run unchanged on CUDA.
 
+use crate::cpu_ops::{fast_path, Fold, Unfold};
 use crate::error::{CoreError, Result};
 use candle_core::{Device, Tensor};
+use std::sync::Arc;
 
 /// Output geometry of a 2-D window operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +70,7 @@ pub struct PatchIndex {
     /// `kh·kw`.
     pub kernel_len: usize,
     idx: Tensor,
+    host: Arc<Vec<u32>>,
 }
 
 impl PatchIndex {
@@ -99,8 +102,14 @@ impl PatchIndex {
             input: (h, w),
             output: (ho, wo),
             kernel_len: kh * kw,
-            idx: Tensor::from_vec(idx, n, device)?,
+            idx: Tensor::from_slice(&idx, n, device)?,
+            host: Arc::new(idx),
         })
+    }
+
+    /// The gather index on the host (`H·W` marks padding).
+    pub(crate) fn host_index(&self) -> Arc<Vec<u32>> {
+        self.host.clone()
     }
 
     /// Number of output positions `L = Ho·Wo`.
@@ -111,6 +120,15 @@ impl PatchIndex {
     /// `[B, H, W, C]` → patches `[B, L, kh·kw, C]` (zeros where the window is padded).
     pub fn unfold(&self, x: &Tensor) -> Result<Tensor> {
         let (b, h, w, c) = x.dims4()?;
+        if fast_path(x) {
+            let op = Unfold {
+                idx: self.host.clone(),
+                hw: h * w,
+                c,
+            };
+            let cols = x.contiguous()?.apply_op1_no_bwd(&op)?;
+            return Ok(cols.reshape((b, self.positions(), self.kernel_len, c))?);
+        }
         let flat = x.reshape((b, h * w, c))?;
         let zero = Tensor::zeros((b, 1, c), x.dtype(), x.device())?;
         let ext = Tensor::cat(&[&flat, &zero], 1)?;
@@ -123,6 +141,15 @@ impl PatchIndex {
     pub fn fold(&self, cols: &Tensor) -> Result<Tensor> {
         let (b, _l, _k, c) = cols.dims4()?;
         let (h, w) = self.input;
+        if fast_path(cols) {
+            let op = Fold {
+                idx: self.host.clone(),
+                hw: h * w,
+                c,
+            };
+            let img = cols.contiguous()?.apply_op1_no_bwd(&op)?;
+            return Ok(img.reshape((b, h, w, c))?);
+        }
         let src = cols.reshape((b, self.positions() * self.kernel_len, c))?;
         let acc = Tensor::zeros((b, h * w + 1, c), cols.dtype(), cols.device())?;
         let img = acc.index_add(&self.idx, &src, 1)?;

@@ -62,7 +62,7 @@ impl Layer for Tanh {
         "Tanh".into()
     }
     fn forward(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = x.tanh()?;
+        let y = crate::cpu_ops::tanh(x)?;
         if train {
             self.y = Some(y.clone());
         }
@@ -100,7 +100,8 @@ impl Layer for Sigmoid {
         "Sigmoid".into()
     }
     fn forward(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = (x.neg()?.exp()? + 1.0)?.recip()?;
+        // σ(x) = (1 + tanh(x/2))/2: one fast tanh instead of exp + division.
+        let y = crate::cpu_ops::tanh(&(x * 0.5)?)?.affine(0.5, 0.5)?;
         if train {
             self.y = Some(y.clone());
         }

@@ -4,10 +4,12 @@
 //! kernel ≠ stride, which the DP-literature MNIST CNN needs (MaxPool(2, stride 1)); these
 //! layers use the patch gather of [`crate::patches`] and are tested by finite differences.
 
+use crate::cpu_ops::{fast_path, MaxPoolBwd, MaxPoolFwd};
 use crate::error::{shape_err, CoreError, Result};
 use crate::layer::Layer;
 use crate::patches::{PatchCache, PatchIndex, Window2d};
 use candle_core::Tensor;
+use std::sync::{Arc, Mutex};
 
 fn window(k: usize, s: usize) -> Window2d {
     Window2d {
@@ -37,7 +39,14 @@ fn missing(layer: &str) -> CoreError {
 pub struct MaxPool2d {
     win: Window2d,
     cache: PatchCache,
-    rec: Option<(PatchIndex, Tensor)>,
+    rec: Option<MaxRecord>,
+}
+
+enum MaxRecord {
+    /// Generic candle ops (any device): the patch index and the argmax within each window.
+    Generic(PatchIndex, Tensor),
+    /// CPU kernel: flat argmax pixel per output entry, batch, `H·W`, `C`, `(H, W)`.
+    Fast(Arc<Vec<u32>>, usize, usize, usize, (usize, usize)),
 }
 
 impl MaxPool2d {
@@ -63,20 +72,51 @@ impl Layer for MaxPool2d {
             .dims4()
             .map_err(|_| shape_err(&self.name(), "[B, H, W, C]", x.dims()))?;
         let idx = self.cache.get(self.win, h, w, x.device())?;
+        let (ho, wo) = idx.output;
+        if fast_path(x) {
+            let op = MaxPoolFwd {
+                idx: idx.host_index(),
+                hw: h * w,
+                c,
+                k: idx.kernel_len,
+                arg: Mutex::new(Vec::new()),
+            };
+            let y = x.contiguous()?.apply_op1_no_bwd(&op)?;
+            if train {
+                let arg = op
+                    .arg
+                    .into_inner()
+                    .map_err(|_| CoreError::InvalidArgument("max-pool kernel failed".into()))?;
+                self.rec = Some(MaxRecord::Fast(Arc::new(arg), b, h * w, c, (h, w)));
+            }
+            return Ok(y.reshape((b, ho, wo, c))?);
+        }
         let cols = idx.unfold(x)?; // [B, L, k, C]
         let y = cols.max_keepdim(2)?;
         if train {
             let arg = cols.argmax_keepdim(2)?; // [B, L, 1, C]
-            self.rec = Some((idx.clone(), arg));
+            self.rec = Some(MaxRecord::Generic(idx.clone(), arg));
         }
-        let (ho, wo) = idx.output;
         Ok(y.reshape((b, ho, wo, c))?)
     }
     fn backward(&mut self, g: &Tensor, need: bool) -> Result<Option<Tensor>> {
-        let (idx, arg) = self.rec.as_ref().ok_or_else(|| missing("MaxPool2d"))?;
+        let rec = self.rec.as_ref().ok_or_else(|| missing("MaxPool2d"))?;
         if !need {
             return Ok(None);
         }
+        let (idx, arg) = match rec {
+            MaxRecord::Fast(arg, b, hw, c, (h, w)) => {
+                let op = MaxPoolBwd {
+                    arg: arg.clone(),
+                    batch: *b,
+                    hw: *hw,
+                    c: *c,
+                };
+                let dx = g.contiguous()?.apply_op1_no_bwd(&op)?;
+                return Ok(Some(dx.reshape((*b, *h, *w, *c))?));
+            }
+            MaxRecord::Generic(idx, arg) => (idx, arg),
+        };
         let (b, l, _, c) = arg.dims4()?;
         let g4 = g.reshape((b, l, 1, c))?;
         let z = Tensor::zeros((b, l, idx.kernel_len, c), g.dtype(), g.device())?;
