@@ -37,6 +37,13 @@ pub trait Accountant: Clone + Send {
 }
 
 /// Selects an accountant in calibration helpers and CLIs.
+///
+/// ```
+/// use dp_accounting::AccountantKind;
+/// assert_eq!("PRV".parse::<AccountantKind>(), Ok(AccountantKind::Prv));
+/// assert!("gdp".parse::<AccountantKind>().is_err());
+/// assert_eq!(AccountantKind::Rdp.to_string(), "rdp");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub enum AccountantKind {
     /// [`crate::RdpAccountant`] with the Balle et al. conversion.

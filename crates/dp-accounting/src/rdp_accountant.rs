@@ -150,6 +150,11 @@ impl RdpAccountant {
     }
 
     /// The conversion in use.
+    ///
+    /// ```
+    /// use dp_accounting::{Conversion, RdpAccountant};
+    /// assert_eq!(RdpAccountant::new().conversion(), Conversion::Balle);
+    /// ```
     pub fn conversion(&self) -> Conversion {
         self.conversion
     }

@@ -89,6 +89,13 @@ impl SignedLog {
 }
 
 /// Standard normal CDF Φ(x) = ½·erfc(−x/√2), accurate in the lower tail.
+///
+/// ```
+/// use dp_accounting::special::normal_cdf;
+/// assert_eq!(normal_cdf(0.0), 0.5);
+/// let tail = normal_cdf(-10.0); // 7.6198530241605261e-24 (mpmath)
+/// assert!((tail / 7.619853024160526e-24 - 1.0).abs() < 1e-9, "{tail:e}");
+/// ```
 pub fn normal_cdf(x: f64) -> f64 {
     0.5 * erfc(-x / std::f64::consts::SQRT_2)
 }

@@ -152,3 +152,40 @@ fn rdp_q_one_single_step_is_gaussian_closed_form() {
     // And RDP is never below the exact Gaussian ε.
     assert!(analytic_gaussian_delta(s, e) <= d);
 }
+
+#[test]
+fn prv_esipova_heterogeneous_below_rdp() {
+    // The Esipova run with its extra count query (σ_b = 10) as a heterogeneous PRV
+    // composition: tighter than RDP's 5.909, and above the SGM-only PRV value.
+    let q = 1.0 / 214.0;
+    let sgm = DpEvent::poisson_gaussian(q, 0.8).unwrap().repeated(12840);
+    let count = DpEvent::poisson_gaussian(q, 10.0).unwrap().repeated(12840);
+    let mut only = PrvAccountant::new();
+    only.compose(&sgm).unwrap();
+    let mut both = only.clone();
+    both.compose(&count).unwrap();
+    let (a, b) = (
+        only.epsilon_bounds(1e-6).unwrap(),
+        both.epsilon_bounds(1e-6).unwrap(),
+    );
+    assert!(b.upper < 5.909 && a.upper < 5.903, "{a:?} {b:?}");
+    assert!(b.estimate > a.estimate, "{a:?} {b:?}");
+    // RDP is never below the PRV lower bound.
+    assert!(b.lower <= 5.909 && a.lower <= 5.903);
+}
+
+#[test]
+fn orders_close_to_one_do_not_yield_zero() {
+    // tensorflow/privacy#166: an order of 1 + 1e-8 made ε = 0. Here it just never wins.
+    let e = DpEvent::poisson_gaussian(0.01, 1.0).unwrap().repeated(1000);
+    let mut near_one =
+        RdpAccountant::new().with_orders(vec![1.0 + 1e-8, 2.0, 4.0, 8.0, 16.0, 32.0]);
+    near_one.compose(&e).unwrap();
+    let mut plain = RdpAccountant::new().with_orders(vec![2.0, 4.0, 8.0, 16.0, 32.0]);
+    plain.compose(&e).unwrap();
+    let (a, b) = (
+        near_one.epsilon(1e-5).unwrap(),
+        plain.epsilon(1e-5).unwrap(),
+    );
+    assert!(a > 0.5 && (a - b).abs() < 1e-12, "{a} vs {b}");
+}

@@ -73,10 +73,15 @@ struct Cache(Mutex<Option<(CacheKey, Arc<ComposedPrv>)>>);
 pub struct PrvAccountant {
     eps_error: f64,
     delta_error: Option<f64>,
+    #[serde(default = "default_max_points")]
     max_points: usize,
     history: Vec<DpEvent>,
     #[serde(skip)]
     cache: Arc<Cache>,
+}
+
+fn default_max_points() -> usize {
+    DEFAULT_MAX_POINTS
 }
 
 impl Default for PrvAccountant {
@@ -133,6 +138,13 @@ impl PrvAccountant {
 
     /// Caps the number of grid points (memory guard); larger problems return
     /// [`AccountingError::DomainTooLarge`].
+    ///
+    /// ```
+    /// use dp_accounting::{Accountant, AccountingError, DpEvent, PrvAccountant};
+    /// let mut acc = PrvAccountant::new().with_max_points(1000);
+    /// acc.compose(&DpEvent::poisson_gaussian(0.01, 1.0).unwrap().repeated(1000)).unwrap();
+    /// assert!(matches!(acc.epsilon(1e-5), Err(AccountingError::DomainTooLarge { .. })));
+    /// ```
     pub fn with_max_points(mut self, max_points: usize) -> Self {
         self.max_points = max_points;
         self.cache = Arc::new(Cache::default());
@@ -140,6 +152,10 @@ impl PrvAccountant {
     }
 
     /// The ε error budget.
+    ///
+    /// ```
+    /// assert_eq!(dp_accounting::PrvAccountant::new().eps_error(), 0.01);
+    /// ```
     pub fn eps_error(&self) -> f64 {
         self.eps_error
     }
