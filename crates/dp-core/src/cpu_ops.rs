@@ -304,6 +304,81 @@ impl CustomOp1 for MaxPoolBwd {
     }
 }
 
+/// Average pooling forward on `[B, H·W·C]`: the mean of each window (padding counts as 0).
+pub(crate) struct AvgPoolFwd {
+    pub idx: Arc<Vec<u32>>,
+    pub hw: usize,
+    pub c: usize,
+    pub k: usize,
+}
+
+impl CustomOp1 for AvgPoolFwd {
+    fn name(&self) -> &'static str {
+        "dp-avgpool"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, "dp-avgpool")?;
+        let (c, hw, k) = (self.c, self.hw, self.k);
+        let positions = self.idx.len() / k;
+        let b = x.len() / (hw * c);
+        let inv = 1.0 / k as f32;
+        let mut out = vec![0f32; b * positions * c];
+        par_rows(&mut out, b, b * positions * c * k, |i, o| {
+            let img = &x[i * hw * c..(i + 1) * hw * c];
+            for (pos, orow) in o.chunks_mut(c).enumerate() {
+                for &p in &self.idx[pos * k..(pos + 1) * k] {
+                    let p = p as usize;
+                    if p < hw {
+                        for (d, &v) in orow.iter_mut().zip(&img[p * c..(p + 1) * c]) {
+                            *d += v;
+                        }
+                    }
+                }
+                for d in orow.iter_mut() {
+                    *d *= inv;
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((b, positions, c))))
+    }
+}
+
+/// Average pooling backward: spreads each output gradient evenly over its window.
+pub(crate) struct AvgPoolBwd {
+    pub idx: Arc<Vec<u32>>,
+    pub hw: usize,
+    pub c: usize,
+    pub k: usize,
+}
+
+impl CustomOp1 for AvgPoolBwd {
+    fn name(&self) -> &'static str {
+        "dp-avgpool-bwd"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = f32_slice(s, l, "dp-avgpool-bwd")?;
+        let (c, hw, k) = (self.c, self.hw, self.k);
+        let positions = self.idx.len() / k;
+        let b = g.len() / (positions * c).max(1);
+        let inv = 1.0 / k as f32;
+        let mut out = vec![0f32; b * hw * c];
+        par_rows(&mut out, b, g.len() * k, |i, img| {
+            let gs = &g[i * positions * c..(i + 1) * positions * c];
+            for (pos, grow) in gs.chunks(c).enumerate() {
+                for &p in &self.idx[pos * k..(pos + 1) * k] {
+                    let p = p as usize;
+                    if p < hw {
+                        for (d, &v) in img[p * c..(p + 1) * c].iter_mut().zip(grow) {
+                            *d += v * inv;
+                        }
+                    }
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((b, hw, c))))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,13 +31,18 @@ impl Layer for Relu {
     fn forward(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
         let y = x.relu()?;
         if train {
-            self.mask = Some(x.gt(0f64)?.to_dtype(x.dtype())?);
+            // The output is kept; the 0/1 mask is derived in backward only when needed.
+            self.mask = Some(y.clone());
         }
         Ok(y)
     }
     fn backward(&mut self, g: &Tensor, need: bool) -> Result<Option<Tensor>> {
-        let m = self.mask.as_ref().ok_or_else(|| missing("ReLU"))?;
-        Ok(if need { Some((g * m)?) } else { None })
+        let y = self.mask.as_ref().ok_or_else(|| missing("ReLU"))?;
+        if !need {
+            return Ok(None);
+        }
+        let m = y.gt(0f64)?.to_dtype(g.dtype())?;
+        Ok(Some((g * m)?))
     }
     fn clear(&mut self) {
         self.mask = None;
