@@ -1,6 +1,6 @@
 //! Property tests (modest case counts to keep the suite fast).
 
-use dp_accounting::calibration::epsilon_for;
+use dp_accounting::calibration::{epsilon_for, epsilon_with};
 use dp_accounting::special::analytic_gaussian_delta;
 use dp_accounting::{
     calibrate_noise_multiplier, max_steps, Accountant, AccountantKind, AccountingError, DpEvent,
@@ -78,7 +78,8 @@ proptest! {
     fn rdp_never_below_prv_lower_bound(q in log_uniform(1e-3, 1.0), s in log_uniform(0.5, 10.0),
                                        t in 1u64..3000, d in delta_strategy()) {
         let event = DpEvent::poisson_gaussian(q, s).unwrap().repeated(t);
-        let mut prv = PrvAccountant::new();
+        // Cap the grid so huge-ε corners are skipped (typed error) instead of slowing the suite.
+        let mut prv = PrvAccountant::new().with_max_points(1 << 21);
         prv.compose(&event).unwrap();
         let b = match prv.epsilon_bounds(d) {
             Ok(b) => b,
@@ -105,14 +106,24 @@ proptest! {
     }
 
     #[test]
-    fn prv_epsilon_monotone(q in log_uniform(1e-3, 0.5), s in log_uniform(0.7, 5.0),
-                            t in 10u64..2000) {
-        let e = |q: f64, s: f64, t: u64| epsilon_for(q, s, t, 1e-5, AccountantKind::Prv).unwrap();
-        let base = e(q, s, t);
+    fn prv_epsilon_monotone(q in log_uniform(1e-3, 0.2), s in log_uniform(0.8, 5.0),
+                            t in 10u64..1000) {
+        let proto = PrvAccountant::new().with_max_points(1 << 21);
+        let e = |q: f64, s: f64, t: u64| epsilon_with(&proto, q, s, t, 1e-5);
+        let base = match e(q, s, t) {
+            Ok(v) => v,
+            Err(AccountingError::DomainTooLarge { .. }) => return Ok(()),
+            Err(err) => return Err(TestCaseError::fail(err.to_string())),
+        };
+        let e = |q: f64, s: f64, t: u64| match e(q, s, t) {
+            Ok(v) => v,
+            Err(_) => f64::INFINITY,
+        };
         // Allow the discretisation's own jitter (≪ ε_err).
         prop_assert!(e(q, s, 2 * t) >= base - 1e-3);
         prop_assert!(e(q * 1.5, s, t) >= base - 1e-3);
-        prop_assert!(e(q, s * 1.5, t) <= base + 1e-3);
+        let more_noise = e(q, s * 1.5, t);
+        prop_assert!(more_noise.is_finite() && more_noise <= base + 1e-3);
     }
 }
 
