@@ -35,8 +35,8 @@ impl Param {
 /// How a layer obtains its per-example gradient norms and its clipped sum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum GradMode {
-    /// Let the layer pick the cheaper of the two below (Bu et al. 2022's mixed rule:
-    /// ghost when `2T² < p·r`).
+    /// Let each layer pick the cheaper of the two below (Bu et al. 2022's mixed
+    /// strategy; for linear-type layers: ghost when `T·(p+r) ≤ p·r`).
     #[default]
     Auto,
     /// Ghost norms (Li et al. 2021) and book-keeping (Bu et al. 2022): norms from
