@@ -85,7 +85,14 @@ fn step(
             } else {
                 GradMode::Materialize
             };
-            let c = clipped_gradient(model, x, y, &CrossEntropy, clip, &GradOptions::with_mode(gm))?;
+            let c = clipped_gradient(
+                model,
+                x,
+                y,
+                &CrossEntropy,
+                clip,
+                &GradOptions::with_mode(gm),
+            )?;
             privatize(c, 1.0, noise)?.normalized(b)?
         }
     };
@@ -118,13 +125,36 @@ fn main() -> Result<()> {
     };
     type Build = Box<dyn Fn() -> Result<Sequential>>;
     let configs: Vec<(&str, usize, Build, bool)> = vec![
-        ("mlp_784_256_256_10", 256, Box::new(|| Ok(models::mlp(&[784, 256, 256, 10], &Device::Cpu, 0)?)), true),
-        ("mnist_cnn", 256, Box::new(|| Ok(models::mnist_cnn(&Device::Cpu, 0)?)), true),
-        ("cifar_cnn", 128, Box::new(|| Ok(models::cifar_cnn(&Device::Cpu, 0, false)?)), false),
-        ("cifar_cnn_groupnorm", 128, Box::new(|| Ok(models::cifar_cnn(&Device::Cpu, 0, true)?)), false),
+        (
+            "mlp_784_256_256_10",
+            256,
+            Box::new(|| Ok(models::mlp(&[784, 256, 256, 10], &Device::Cpu, 0)?)),
+            true,
+        ),
+        (
+            "mnist_cnn",
+            256,
+            Box::new(|| Ok(models::mnist_cnn(&Device::Cpu, 0)?)),
+            true,
+        ),
+        (
+            "cifar_cnn",
+            128,
+            Box::new(|| Ok(models::cifar_cnn(&Device::Cpu, 0, false)?)),
+            false,
+        ),
+        (
+            "cifar_cnn_groupnorm",
+            128,
+            Box::new(|| Ok(models::cifar_cnn(&Device::Cpu, 0, true)?)),
+            false,
+        ),
     ];
     if !args.json {
-        println!("{:<22} {:<22} {:>6} {:>12} {:>10} {:>8}", "model", "mode", "batch", "samples/s", "ms/step", "vs np");
+        println!(
+            "{:<22} {:<22} {:>6} {:>12} {:>10} {:>8}",
+            "model", "mode", "batch", "samples/s", "ms/step", "vs np"
+        );
     }
     for (name, b, build, is_mnist) in configs {
         if let Some(f) = &args.filter {
@@ -132,7 +162,11 @@ fn main() -> Result<()> {
                 continue;
             }
         }
-        let (x, y) = if is_mnist { mnist_batch(b)? } else { cifar_batch(b)? };
+        let (x, y) = if is_mnist {
+            mnist_batch(b)?
+        } else {
+            cifar_batch(b)?
+        };
         let x = x.to_dtype(DType::F32)?;
         let mut base_ms = None;
         for mode in [Mode::NonPrivate, Mode::Materialize, Mode::Ghost] {
@@ -171,7 +205,15 @@ fn main() -> Result<()> {
                     })
                 );
             } else {
-                println!("{:<22} {:<22} {:>6} {:>12.0} {:>10.2} {:>8.2}", name, mode.name(), b, sps, ms, ratio);
+                println!(
+                    "{:<22} {:<22} {:>6} {:>12.0} {:>10.2} {:>8.2}",
+                    name,
+                    mode.name(),
+                    b,
+                    sps,
+                    ms,
+                    ratio
+                );
             }
         }
     }
