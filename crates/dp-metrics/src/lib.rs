@@ -8,7 +8,7 @@
 //!   and roughness ([`tv_summary_1d`], [`tv_summary_2d`], [`rof_roughness`]), sharpness and
 //!   flatness ([`random_direction_sharpness`], [`flatness_width_1d`]), Hessian spectrum
 //!   ([`top_eigenvalue`], [`min_eigenvalue`], [`hutchinson_trace`]). Models plug in through
-//!   the small [`LossSurface`] trait.
+//!   the small [`LossSurface`] trait; dp-core models through [`CoreModelSurface`].
 //! * **Optimisation metrics** from per-example gradients `[n, d]` — clipping statistics,
 //!   clipping bias, dispersion and signal-to-noise ([`clipping_stats`]), gradient
 //!   misalignment per group ([`gradient_misalignment`]).
@@ -36,6 +36,7 @@
 //! `rand_chacha` (candle's CPU RNG cannot be seeded), so results are reproducible. Library
 //! functions never panic on bad input; they return [`MetricsError`].
 
+pub mod adapters;
 pub mod cka;
 pub mod clipping;
 pub mod directions;
@@ -52,6 +53,7 @@ pub mod sparsity;
 pub mod surface;
 pub mod total_variation;
 
+pub use adapters::{layer_activations, CoreModelSurface};
 pub use cka::{cka_by_layer, linear_cka, linear_cka_features, linear_cka_gram, LayerCka};
 pub use clipping::{
     bias_stats, clip_factors, clipping_bias_vector, clipping_stats, norm_quantiles,
