@@ -1,6 +1,8 @@
 //! The trainer's accountant: RDP or PRV behind one serialisable type.
 
-use dp_accounting::{Accountant, AccountantKind, AccountingError, DpEvent, PrvAccountant, RdpAccountant};
+use dp_accounting::{
+    Accountant, AccountantKind, AccountingError, DpEvent, PrvAccountant, RdpAccountant,
+};
 use serde::{Deserialize, Serialize};
 
 /// Either accountant, chosen at run time and stored in checkpoints.

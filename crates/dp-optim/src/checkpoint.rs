@@ -79,7 +79,11 @@ impl<M: Model> PrivateTrainer<M> {
         if state.dataset_len != train.len() {
             return Err(ck_err(
                 &spath,
-                format!("saved for {} examples, got {}", state.dataset_len, train.len()),
+                format!(
+                    "saved for {} examples, got {}",
+                    state.dataset_len,
+                    train.len()
+                ),
             ));
         }
         if method.name() != state.method_name {

@@ -34,4 +34,6 @@ pub use error::{Result, TrainError};
 pub use methods::{AdaptiveQuantileClip, FixedClip, PrivacyMethod};
 pub use optimizer::{Adam, BaseOptimizer, OptimizerState, Sgd};
 pub use tensor_state::TensorState;
-pub use trainer::{evaluate, EpochRecord, PrivateTrainer, StepRecord, StopReason, TrainReport, TrainerConfig};
+pub use trainer::{
+    evaluate, EpochRecord, PrivateTrainer, StepRecord, StopReason, TrainReport, TrainerConfig,
+};

@@ -24,6 +24,10 @@ impl TensorState {
 
     /// Rebuilds the tensor on `device`.
     pub fn to_tensor(&self, device: &Device) -> Result<Tensor> {
-        Ok(Tensor::from_slice(&self.data, self.shape.as_slice(), device)?)
+        Ok(Tensor::from_slice(
+            &self.data,
+            self.shape.as_slice(),
+            device,
+        )?)
     }
 }

@@ -7,7 +7,9 @@ use crate::methods::PrivacyMethod;
 use crate::optimizer::BaseOptimizer;
 use candle_core::{Device, Tensor};
 use dp_accounting::calibration::{max_steps_with, steps_for_epochs};
-use dp_accounting::{calibrate_noise_multiplier, Accountant, AccountantKind, DpEvent, PrvAccountant};
+use dp_accounting::{
+    calibrate_noise_multiplier, Accountant, AccountantKind, DpEvent, PrvAccountant,
+};
 use dp_core::clipping::FlatClip;
 use dp_core::{
     clipped_gradient, privatize, ClippedBatch, CrossEntropy, GaussianNoise, GradMode, GradOptions,
@@ -250,10 +252,16 @@ impl<M: Model> PrivateTrainer<M> {
             return Err(TrainError::InvalidConfig("empty training set".into()));
         }
         if !(config.delta > 0.0 && config.delta < 1.0) {
-            return Err(TrainError::InvalidConfig(format!("δ = {} outside (0, 1)", config.delta)));
+            return Err(TrainError::InvalidConfig(format!(
+                "δ = {} outside (0, 1)",
+                config.delta
+            )));
         }
         if !(config.epochs.is_finite() && config.epochs > 0.0) {
-            return Err(TrainError::InvalidConfig(format!("epochs = {} must be > 0", config.epochs)));
+            return Err(TrainError::InvalidConfig(format!(
+                "epochs = {} must be > 0",
+                config.epochs
+            )));
         }
         let q = config.expected_batch_size / n as f64;
         let sampler = PoissonSampler::new(n, q, config.seed)?;
@@ -262,7 +270,8 @@ impl<M: Model> PrivateTrainer<M> {
             let eps = config.target_epsilon.ok_or_else(|| {
                 TrainError::InvalidConfig("noise calibration needs a target ε (with_budget)".into())
             })?;
-            let sigma = calibrate_noise_multiplier(eps, config.delta, q, total_steps, config.accountant)?;
+            let sigma =
+                calibrate_noise_multiplier(eps, config.delta, q, total_steps, config.accountant)?;
             method.set_noise_multiplier(sigma)?;
         }
         let noise = match config.seed {
@@ -405,16 +414,31 @@ impl<M: Model> PrivateTrainer<M> {
                 other => other == event,
             });
             if homogeneous {
-                if let DpEvent::PoissonSampledGaussian { sampling_rate, noise_multiplier } = event {
+                if let DpEvent::PoissonSampledGaussian {
+                    sampling_rate,
+                    noise_multiplier,
+                } = event
+                {
                     let limit = match &self.prv_limit {
                         Some((e, l)) if e == event => *l,
                         _ => {
-                            let l = max_steps_with(&PrvAccountant::new(), budget, self.config.delta, *sampling_rate, *noise_multiplier)?;
+                            let l = max_steps_with(
+                                &PrvAccountant::new(),
+                                budget,
+                                self.config.delta,
+                                *sampling_rate,
+                                *noise_multiplier,
+                            )?;
                             self.prv_limit = Some((event.clone(), l));
                             l
                         }
                     };
-                    let composed: u64 = self.accountant.history().iter().map(|e| e.total_count()).sum();
+                    let composed: u64 = self
+                        .accountant
+                        .history()
+                        .iter()
+                        .map(|e| e.total_count())
+                        .sum();
                     if composed < limit {
                         return Ok(None);
                     }
@@ -432,7 +456,12 @@ impl<M: Model> PrivateTrainer<M> {
         Ok(if eps > budget { Some(eps) } else { None })
     }
 
-    fn to_tensors(&self, data: &Dataset, idx: &[usize], device: &Device) -> Result<(Tensor, Tensor)> {
+    fn to_tensors(
+        &self,
+        data: &Dataset,
+        idx: &[usize],
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
         let batch = data.try_gather(idx)?;
         let mut shape = vec![idx.len()];
         shape.extend_from_slice(data.example_shape());
@@ -470,10 +499,21 @@ impl<M: Model> PrivateTrainer<M> {
         let mut acc = ClippedBatch::empty(&self.model, c, c)?;
         for chunk in physical_batches(&indices, self.config.max_physical_batch) {
             let (x, y) = self.to_tensors(data, chunk, device)?;
-            acc.accumulate(clipped_gradient(&mut self.model, &x, &y, &CrossEntropy, &mut clip, &opts)?)?;
+            acc.accumulate(clipped_gradient(
+                &mut self.model,
+                &x,
+                &y,
+                &CrossEntropy,
+                &mut clip,
+                &opts,
+            )?)?;
         }
         let examples = acc.examples;
-        let noisy = privatize(acc, self.method.gradient_noise_multiplier(), &mut self.noise)?;
+        let noisy = privatize(
+            acc,
+            self.method.gradient_noise_multiplier(),
+            &mut self.noise,
+        )?;
         let grads = noisy.normalized(self.config.expected_batch_size)?;
         let params = self.model.param_tensors();
         let new = self.optimizer.step(&params, &grads)?;
@@ -481,7 +521,11 @@ impl<M: Model> PrivateTrainer<M> {
         for e in &events {
             self.accountant.compose(e)?;
         }
-        self.method.after_step(&noisy.stats, self.config.expected_batch_size, &mut self.noise)?;
+        self.method.after_step(
+            &noisy.stats,
+            self.config.expected_batch_size,
+            &mut self.noise,
+        )?;
         self.step += 1;
         let epsilon = match self.accountant {
             AnyAccountant::Rdp(_) => Some(self.accountant.epsilon(self.config.delta)?),
@@ -491,7 +535,11 @@ impl<M: Model> PrivateTrainer<M> {
             step: self.step,
             epoch: self.step as f64 * q,
             epsilon,
-            loss: if examples > 0 { noisy.loss_sum / examples as f64 } else { f64::NAN },
+            loss: if examples > 0 {
+                noisy.loss_sum / examples as f64
+            } else {
+                f64::NAN
+            },
             clip_norm: c,
             fraction_clipped: noisy.stats.fraction_clipped,
             batch_size: examples,
@@ -515,15 +563,22 @@ impl<M: Model> PrivateTrainer<M> {
     }
 
     /// [`PrivateTrainer::train`] with batches placed on `device`.
-    pub fn train_on(&mut self, train: &Dataset, test: Option<&Dataset>, device: &Device) -> Result<TrainReport> {
+    pub fn train_on(
+        &mut self,
+        train: &Dataset,
+        test: Option<&Dataset>,
+        device: &Device,
+    ) -> Result<TrainReport> {
         let start = std::time::Instant::now();
         self.stop_reason = None;
         let per_epoch = self.steps_per_epoch();
         let bar = if self.config.progress {
             let b = indicatif::ProgressBar::new(self.total_steps);
             b.set_style(
-                indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps {msg} [{elapsed_precise}<{eta_precise}]")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                indicatif::ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} steps {msg} [{elapsed_precise}<{eta_precise}]",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
             b.set_position(self.step);
             Some(b)
@@ -594,7 +649,12 @@ impl<M: Model> PrivateTrainer<M> {
 /// let (_loss, acc) = dp_optim::evaluate(&mut m, &data.test, &candle_core::Device::Cpu, 500).unwrap();
 /// assert!((0.0..=1.0).contains(&acc));
 /// ```
-pub fn evaluate<M: Model + ?Sized>(model: &mut M, data: &Dataset, device: &Device, batch: usize) -> Result<(f64, f64)> {
+pub fn evaluate<M: Model + ?Sized>(
+    model: &mut M,
+    data: &Dataset,
+    device: &Device,
+    batch: usize,
+) -> Result<(f64, f64)> {
     let n = data.len();
     if n == 0 {
         return Err(TrainError::InvalidConfig("empty evaluation set".into()));
@@ -609,7 +669,11 @@ pub fn evaluate<M: Model + ?Sized>(model: &mut M, data: &Dataset, device: &Devic
         let x = Tensor::from_vec(b.features, shape, device)?;
         let y = Tensor::from_vec(b.labels, chunk.len(), device)?;
         let logits = model.forward(&x, false)?;
-        loss += CrossEntropy.loss(&logits, &y)?.to_dtype(candle_core::DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+        loss += CrossEntropy
+            .loss(&logits, &y)?
+            .to_dtype(candle_core::DType::F64)?
+            .sum_all()?
+            .to_scalar::<f64>()?;
         correct += dp_core::accuracy(&logits, &y)? * chunk.len() as f64;
     }
     Ok((loss / n as f64, correct / n as f64))

@@ -52,7 +52,9 @@ pub struct AdaptiveQuantileClip {
 /// ```
 pub fn split_noise_multiplier(sigma: f64, count_noise_std: f64) -> Result<f64> {
     if !(sigma.is_finite() && sigma > 0.0) {
-        return Err(TrainError::InvalidConfig(format!("noise multiplier {sigma} must be > 0")));
+        return Err(TrainError::InvalidConfig(format!(
+            "noise multiplier {sigma} must be > 0"
+        )));
     }
     if !(count_noise_std.is_finite() && count_noise_std > 0.0) {
         return Err(TrainError::InvalidConfig(format!(
@@ -84,7 +86,9 @@ impl AdaptiveQuantileClip {
         count_noise_std: f64,
     ) -> Result<Self> {
         if !(initial_clip.is_finite() && initial_clip > 0.0) {
-            return Err(TrainError::InvalidConfig(format!("initial clip {initial_clip} must be > 0")));
+            return Err(TrainError::InvalidConfig(format!(
+                "initial clip {initial_clip} must be > 0"
+            )));
         }
         if !(0.0..=1.0).contains(&target_quantile) {
             return Err(TrainError::InvalidConfig(format!(
@@ -92,7 +96,9 @@ impl AdaptiveQuantileClip {
             )));
         }
         if !(clip_lr.is_finite() && clip_lr >= 0.0) {
-            return Err(TrainError::InvalidConfig(format!("clip learning rate {clip_lr} must be ≥ 0")));
+            return Err(TrainError::InvalidConfig(format!(
+                "clip learning rate {clip_lr} must be ≥ 0"
+            )));
         }
         Ok(Self {
             clip_norm: initial_clip,
@@ -154,7 +160,13 @@ impl PrivacyMethod for AdaptiveQuantileClip {
         let shifted: f64 = stats
             .norms
             .iter()
-            .map(|&n| if (n as f64) <= self.clip_norm { 0.5 } else { -0.5 })
+            .map(|&n| {
+                if (n as f64) <= self.clip_norm {
+                    0.5
+                } else {
+                    -0.5
+                }
+            })
             .sum();
         let z = noise.sample(1, self.count_noise_std)[0] as f64;
         let b = ((shifted + z) / expected_batch_size + 0.5).clamp(0.0, 1.0);

@@ -24,7 +24,9 @@ impl FixedClip {
     /// calibration).
     pub fn new(clip_norm: f64, noise_multiplier: f64) -> Result<Self> {
         if !(clip_norm.is_finite() && clip_norm > 0.0) {
-            return Err(TrainError::InvalidConfig(format!("clip norm {clip_norm} must be > 0")));
+            return Err(TrainError::InvalidConfig(format!(
+                "clip norm {clip_norm} must be > 0"
+            )));
         }
         let mut m = Self {
             clip_norm,
@@ -50,7 +52,9 @@ impl PrivacyMethod for FixedClip {
     }
     fn set_noise_multiplier(&mut self, sigma: f64) -> Result<()> {
         if !(sigma.is_finite() && sigma > 0.0) {
-            return Err(TrainError::InvalidConfig(format!("noise multiplier {sigma} must be > 0")));
+            return Err(TrainError::InvalidConfig(format!(
+                "noise multiplier {sigma} must be > 0"
+            )));
         }
         self.noise_multiplier = sigma;
         Ok(())
