@@ -53,6 +53,12 @@ pub struct TrainerConfig {
     pub progress: bool,
     /// Evaluation batch size.
     pub eval_batch: usize,
+    /// Divide the noisy sum by `B·C` instead of `B` (De et al. 2022's
+    /// `rescale_to_unit_norm`): the update no longer grows with the clip norm, so one
+    /// learning rate serves every `C`, fixed or adaptive. `C` is public (fixed, or derived
+    /// from noisy releases), so this divisor is too.
+    #[serde(default)]
+    pub rescale_by_clip_norm: bool,
 }
 
 impl TrainerConfig {
@@ -71,7 +77,13 @@ impl TrainerConfig {
             non_finite: NonFinitePolicy::Error,
             progress: false,
             eval_batch: 1000,
+            rescale_by_clip_norm: false,
         }
+    }
+    /// Normalise updates by `B·C` (see [`TrainerConfig::rescale_by_clip_norm`]).
+    pub fn with_rescale_by_clip_norm(mut self, on: bool) -> Self {
+        self.rescale_by_clip_norm = on;
+        self
     }
     /// Never spend more than `epsilon` (at the configured δ).
     pub fn with_budget(mut self, epsilon: f64) -> Self {
@@ -514,7 +526,12 @@ impl<M: Model> PrivateTrainer<M> {
             self.method.gradient_noise_multiplier(),
             &mut self.noise,
         )?;
-        let grads = noisy.normalized(self.config.expected_batch_size)?;
+        let divisor = if self.config.rescale_by_clip_norm {
+            self.config.expected_batch_size * c
+        } else {
+            self.config.expected_batch_size
+        };
+        let grads = noisy.normalized(divisor)?;
         let params = self.model.param_tensors();
         let new = self.optimizer.step(&params, &grads)?;
         self.model.set_param_tensors(&new)?;
