@@ -316,7 +316,7 @@ impl<M: Model> PrivateTrainer<M> {
             dataset_len: self.dataset_len,
             optimizer: self.optimizer.state()?,
             method_name: self.method.name(),
-            method: self.method.state(),
+            method: self.method.state()?,
             accountant: self.accountant.clone(),
             sampler: self.sampler.state(),
             noise: self.noise.state(),

@@ -65,8 +65,8 @@ impl PrivacyMethod for FixedClip {
     fn after_step(&mut self, _: &ClipStats, _: f64, _: &mut GaussianNoise) -> Result<()> {
         Ok(())
     }
-    fn state(&self) -> serde_json::Value {
-        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    fn state(&self) -> Result<serde_json::Value> {
+        Ok(serde_json::to_value(self)?)
     }
     fn load_state(&mut self, state: &serde_json::Value) -> Result<()> {
         *self = serde_json::from_value(state.clone())?;

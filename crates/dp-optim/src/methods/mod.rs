@@ -42,7 +42,7 @@ pub trait PrivacyMethod: Send {
         noise: &mut GaussianNoise,
     ) -> Result<()>;
     /// Method state for checkpoints.
-    fn state(&self) -> serde_json::Value;
+    fn state(&self) -> Result<serde_json::Value>;
     /// Restores [`PrivacyMethod::state`].
     fn load_state(&mut self, state: &serde_json::Value) -> Result<()>;
 }
