@@ -1,25 +1,132 @@
-//! The per-sample rule shared by LayerNorm and GroupNorm: an elementwise affine map
-//! `y = x̂ ⊙ γ + β` over the last (channel) axis, applied at every position of an example.
+//! What LayerNorm and GroupNorm share: the learned per-channel affine map
+//! `y = x̂ ⊙ γ + β` over the last (channel) axis, its record, and its per-sample rule.
+//! The two layers differ only in which values `x̂` is normalised over.
 //!
 //! Per-example gradients are small (`[B, C]` each), so they are always materialised:
 //! `∂γ_i = Σ_s G_{i,s} ⊙ x̂_{i,s}`, `∂β_i = Σ_s G_{i,s}`.
 
-use crate::error::{CoreError, Result};
+use crate::error::{shape_err, CoreError, Result};
+use crate::layer::Param;
 use crate::seq_linear::weighted_sum_materialized;
-use candle_core::Tensor;
+use candle_core::{DType, Device, Tensor};
 
-#[derive(Debug, Default)]
-pub(crate) struct AffineRecord {
+pub(crate) struct AffineNorm {
+    pub gamma: Param,
+    pub beta: Param,
+    pub eps: f64,
     /// Normalised input `[B, S, C]`.
-    pub xhat: Option<Tensor>,
-    /// `[B, S, C]`
-    pub g: Option<Tensor>,
+    xhat: Option<Tensor>,
+    /// Output gradient `[B, S, C]`.
+    g: Option<Tensor>,
+    /// `1/σ` of each normalisation group.
+    rstd: Option<Tensor>,
+    /// The input's shape.
+    shape: Vec<usize>,
 }
 
-impl AffineRecord {
+impl AffineNorm {
+    /// Gain 1, bias 0 over `channels`.
+    pub fn new(channels: usize, eps: f64, device: &Device) -> Result<Self> {
+        Ok(Self {
+            gamma: Param::new("weight", Tensor::ones(channels, DType::F32, device)?),
+            beta: Param::new("bias", Tensor::zeros(channels, DType::F32, device)?),
+            eps,
+            xhat: None,
+            g: None,
+            rstd: None,
+            shape: Vec::new(),
+        })
+    }
+
+    pub fn channels(&self) -> usize {
+        self.gamma.value.dims()[0]
+    }
+
+    pub fn set_affine(&mut self, gamma: Tensor, beta: Tensor, layer: &str) -> Result<()> {
+        let d = self.gamma.value.dims().to_vec();
+        if gamma.dims() != d.as_slice() || beta.dims() != d.as_slice() {
+            return Err(shape_err(
+                layer,
+                &format!("gain and bias of shape {d:?}"),
+                gamma.dims(),
+            ));
+        }
+        self.gamma.value = gamma;
+        self.beta.value = beta;
+        Ok(())
+    }
+
+    /// Checks an input `[B, ..., C]` and views it as `[B, S, C]`.
+    pub fn input(&self, x: &Tensor, layer: &str) -> Result<Tensor> {
+        let c = self.channels();
+        let dims = x.dims();
+        if dims.len() < 2 || dims[dims.len() - 1] != c {
+            return Err(shape_err(
+                layer,
+                &format!("[B, ..., {c}] (channels last)"),
+                dims,
+            ));
+        }
+        Ok(x.reshape((dims[0], (), c))?)
+    }
+
+    /// Applies the affine map to `x̂` (`[B, S, C]`), records for backward, and restores
+    /// the input's shape.
+    pub fn output(
+        &mut self,
+        xhat: Tensor,
+        rstd: Tensor,
+        x: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
+        let y = xhat
+            .broadcast_mul(&self.gamma.value)?
+            .broadcast_add(&self.beta.value)?;
+        if train {
+            self.xhat = Some(xhat);
+            self.g = None;
+            self.rstd = Some(rstd);
+            self.shape = x.dims().to_vec();
+        }
+        Ok(y.reshape(x.dims())?)
+    }
+
+    /// Records the output gradient; returns `(x̂, rstd, ∂L/∂x̂ = G ⊙ γ)`, all `[B, S, C]`
+    /// except `rstd`.
+    pub fn backward(&mut self, grad_out: &Tensor, layer: &str) -> Result<(Tensor, Tensor, Tensor)> {
+        let (xhat, rstd) = match (&self.xhat, &self.rstd) {
+            (Some(x), Some(r)) => (x.clone(), r.clone()),
+            _ => {
+                return Err(CoreError::MissingRecord {
+                    layer: layer.to_string(),
+                    what: "backward before forward(train=true)".into(),
+                })
+            }
+        };
+        let (b, s, c) = xhat.dims3()?;
+        let g = grad_out.reshape((b, s, c))?;
+        let dxhat = g.broadcast_mul(&self.gamma.value)?;
+        self.g = Some(g);
+        Ok((xhat, rstd, dxhat))
+    }
+
+    /// The input's shape recorded by the last training forward pass.
+    pub fn input_shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    pub fn params(&self) -> Vec<&Param> {
+        vec![&self.gamma, &self.beta]
+    }
+
+    pub fn params_mut(&mut self) -> Vec<&mut Param> {
+        vec![&mut self.gamma, &mut self.beta]
+    }
+
     pub fn clear(&mut self) {
         self.xhat = None;
         self.g = None;
+        self.rstd = None;
     }
 
     pub fn per_sample(&self, layer: &str) -> Result<Vec<Tensor>> {
@@ -35,9 +142,7 @@ impl AffineRecord {
             .g
             .as_ref()
             .ok_or_else(|| missing("no recorded output gradient"))?;
-        let dgamma = (g * xhat)?.sum(1)?;
-        let dbeta = g.sum(1)?;
-        Ok(vec![dgamma, dbeta])
+        Ok(vec![(g * xhat)?.sum(1)?, g.sum(1)?])
     }
 
     pub fn sq_norms(&self, layer: &str) -> Result<Tensor> {
@@ -52,3 +157,40 @@ impl AffineRecord {
             .collect()
     }
 }
+
+/// Implements `Layer::{params, params_mut, per_sample, clear}` and `PerSampleGrad` for a
+/// normalisation layer whose `AffineNorm` is the field `norm`.
+macro_rules! affine_norm_layer_impls {
+    () => {
+        fn params(&self) -> Vec<&Param> {
+            self.norm.params()
+        }
+        fn params_mut(&mut self) -> Vec<&mut Param> {
+            self.norm.params_mut()
+        }
+        fn per_sample(&mut self) -> Option<&mut dyn PerSampleGrad> {
+            Some(self)
+        }
+        fn clear(&mut self) {
+            self.norm.clear();
+        }
+    };
+}
+
+macro_rules! affine_norm_per_sample {
+    ($t:ty) => {
+        impl PerSampleGrad for $t {
+            fn sq_norms(&mut self, _mode: GradMode) -> Result<Tensor> {
+                self.norm.sq_norms(&self.name())
+            }
+            fn per_sample_grads(&mut self) -> Result<Vec<Tensor>> {
+                self.norm.per_sample(&self.name())
+            }
+            fn weighted_sum(&mut self, weights: &Tensor) -> Result<Vec<Tensor>> {
+                self.norm.weighted_sum(&self.name(), weights)
+            }
+        }
+    };
+}
+
+pub(crate) use {affine_norm_layer_impls, affine_norm_per_sample};

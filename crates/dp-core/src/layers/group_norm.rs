@@ -1,10 +1,10 @@
 //! Group normalisation (Wu & He 2018), channels-last, with hand-written backward.
 
-use super::affine_norm::AffineRecord;
+use super::affine_norm::{affine_norm_layer_impls, affine_norm_per_sample, AffineNorm};
 use super::norm_common::{normalize_last, normalize_last_backward};
-use crate::error::{shape_err, CoreError, Result};
+use crate::error::{CoreError, Result};
 use crate::layer::{GradMode, Layer, Param, PerSampleGrad};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 
 /// Splits the channel (last) axis into `groups` groups and normalises each example's
 /// group over all its positions and channels, then applies a per-channel gain and bias.
@@ -21,12 +21,7 @@ use candle_core::{DType, Device, Tensor};
 /// ```
 pub struct GroupNorm {
     groups: usize,
-    gamma: Param,
-    beta: Param,
-    eps: f64,
-    rstd: Option<Tensor>,
-    shape: Vec<usize>,
-    rec: AffineRecord,
+    norm: AffineNorm,
 }
 
 impl GroupNorm {
@@ -39,27 +34,14 @@ impl GroupNorm {
         }
         Ok(Self {
             groups,
-            gamma: Param::new("weight", Tensor::ones(channels, DType::F32, device)?),
-            beta: Param::new("bias", Tensor::zeros(channels, DType::F32, device)?),
-            eps,
-            rstd: None,
-            shape: Vec::new(),
-            rec: AffineRecord::default(),
+            norm: AffineNorm::new(channels, eps, device)?,
         })
     }
 
     /// Replaces the gain and bias (each `[C]`).
     pub fn with_affine(mut self, gamma: Tensor, beta: Tensor) -> Result<Self> {
-        let d = self.gamma.value.dims().to_vec();
-        if gamma.dims() != d.as_slice() || beta.dims() != d.as_slice() {
-            return Err(shape_err(
-                "GroupNorm affine",
-                &format!("{d:?}"),
-                gamma.dims(),
-            ));
-        }
-        self.gamma.value = gamma;
-        self.beta.value = beta;
+        let name = self.name();
+        self.norm.set_affine(gamma, beta, &name)?;
         Ok(self)
     }
 
@@ -73,6 +55,7 @@ impl GroupNorm {
             .reshape((b * self.groups, s * cg))?)
     }
 
+    /// The inverse of [`GroupNorm::to_groups`].
     fn ungroup(&self, x: &Tensor, b: usize, s: usize, c: usize) -> Result<Tensor> {
         let cg = c / self.groups;
         Ok(x.reshape((b, self.groups, s, cg))?
@@ -84,85 +67,32 @@ impl GroupNorm {
 
 impl Layer for GroupNorm {
     fn name(&self) -> String {
-        format!("GroupNorm({}, {})", self.groups, self.gamma.value.dims()[0])
+        format!("GroupNorm({}, {})", self.groups, self.norm.channels())
     }
 
     fn forward(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let c = self.gamma.value.dims()[0];
-        let dims = x.dims().to_vec();
-        if dims.len() < 2 || dims[dims.len() - 1] != c {
-            return Err(shape_err(
-                &self.name(),
-                &format!("[B, ..., {c}] (channels-last)"),
-                &dims,
-            ));
-        }
-        let b = dims[0];
-        let x3 = x.reshape((b, (), c))?;
-        let s = x3.dim(1)?;
-        let (xg, rstd) = normalize_last(&self.to_groups(&x3)?, self.eps)?;
+        let x3 = self.norm.input(x, &self.name())?;
+        let (b, s, c) = x3.dims3()?;
+        let (xg, rstd) = normalize_last(&self.to_groups(&x3)?, self.norm.eps)?;
         let xhat = self.ungroup(&xg, b, s, c)?;
-        let y = xhat
-            .broadcast_mul(&self.gamma.value)?
-            .broadcast_add(&self.beta.value)?;
-        if train {
-            self.rec.clear();
-            self.rec.xhat = Some(xhat);
-            self.rstd = Some(rstd);
-            self.shape = dims.clone();
-        }
-        Ok(y.reshape(dims)?)
+        self.norm.output(xhat, rstd, x, train)
     }
 
     fn backward(&mut self, grad_out: &Tensor, need_input_grad: bool) -> Result<Option<Tensor>> {
-        let (xhat, rstd) = match (&self.rec.xhat, &self.rstd) {
-            (Some(x), Some(r)) => (x.clone(), r.clone()),
-            _ => {
-                return Err(CoreError::MissingRecord {
-                    layer: self.name(),
-                    what: "backward before forward(train=true)".into(),
-                })
-            }
-        };
-        let (b, s, c) = xhat.dims3()?;
-        let g = grad_out.reshape((b, s, c))?;
-        self.rec.g = Some(g.clone());
+        let name = self.name();
+        let (xhat, rstd, dxhat) = self.norm.backward(grad_out, &name)?;
         if !need_input_grad {
             return Ok(None);
         }
-        let dxhat = self.to_groups(&g.broadcast_mul(&self.gamma.value)?)?;
-        let dx = normalize_last_backward(&self.to_groups(&xhat)?, &rstd, &dxhat)?;
+        let (b, s, c) = xhat.dims3()?;
+        let dx = normalize_last_backward(&self.to_groups(&xhat)?, &rstd, &self.to_groups(&dxhat)?)?;
         Ok(Some(
-            self.ungroup(&dx, b, s, c)?.reshape(self.shape.clone())?,
+            self.ungroup(&dx, b, s, c)?
+                .reshape(self.norm.input_shape())?,
         ))
     }
 
-    fn params(&self) -> Vec<&Param> {
-        vec![&self.gamma, &self.beta]
-    }
-
-    fn params_mut(&mut self) -> Vec<&mut Param> {
-        vec![&mut self.gamma, &mut self.beta]
-    }
-
-    fn per_sample(&mut self) -> Option<&mut dyn PerSampleGrad> {
-        Some(self)
-    }
-
-    fn clear(&mut self) {
-        self.rec.clear();
-        self.rstd = None;
-    }
+    affine_norm_layer_impls!();
 }
 
-impl PerSampleGrad for GroupNorm {
-    fn sq_norms(&mut self, _mode: GradMode) -> Result<Tensor> {
-        self.rec.sq_norms(&self.name())
-    }
-    fn per_sample_grads(&mut self) -> Result<Vec<Tensor>> {
-        self.rec.per_sample(&self.name())
-    }
-    fn weighted_sum(&mut self, weights: &Tensor) -> Result<Vec<Tensor>> {
-        self.rec.weighted_sum(&self.name(), weights)
-    }
-}
+affine_norm_per_sample!(GroupNorm);

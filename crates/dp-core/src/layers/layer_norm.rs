@@ -1,10 +1,10 @@
 //! Layer normalisation (Ba et al. 2016) with hand-written backward.
 
-use super::affine_norm::AffineRecord;
+use super::affine_norm::{affine_norm_layer_impls, affine_norm_per_sample, AffineNorm};
 use super::norm_common::{normalize_last, normalize_last_backward};
-use crate::error::{shape_err, CoreError, Result};
+use crate::error::Result;
 use crate::layer::{GradMode, Layer, Param, PerSampleGrad};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 
 /// Normalises each position's last axis (size `D`) to zero mean and unit variance, then
 /// applies a learned gain and bias. Inputs `[B, D]` or `[B, ..., D]`.
@@ -23,118 +23,53 @@ use candle_core::{DType, Device, Tensor};
 /// assert!((y[0].iter().sum::<f32>()).abs() < 1e-5);
 /// ```
 pub struct LayerNorm {
-    gamma: Param,
-    beta: Param,
-    eps: f64,
-    rstd: Option<Tensor>,
-    shape: Vec<usize>,
-    rec: AffineRecord,
+    norm: AffineNorm,
 }
 
 impl LayerNorm {
     /// Gain 1, bias 0.
     pub fn new(dim: usize, eps: f64, device: &Device) -> Result<Self> {
         Ok(Self {
-            gamma: Param::new("weight", Tensor::ones(dim, DType::F32, device)?),
-            beta: Param::new("bias", Tensor::zeros(dim, DType::F32, device)?),
-            eps,
-            rstd: None,
-            shape: Vec::new(),
-            rec: AffineRecord::default(),
+            norm: AffineNorm::new(dim, eps, device)?,
         })
     }
 
     /// Replaces the gain and bias (each `[D]`).
     pub fn with_affine(mut self, gamma: Tensor, beta: Tensor) -> Result<Self> {
-        let d = self.gamma.value.dims().to_vec();
-        if gamma.dims() != d.as_slice() || beta.dims() != d.as_slice() {
-            return Err(shape_err(
-                "LayerNorm affine",
-                &format!("{d:?}"),
-                gamma.dims(),
-            ));
-        }
-        self.gamma.value = gamma;
-        self.beta.value = beta;
+        let name = self.name();
+        self.norm.set_affine(gamma, beta, &name)?;
         Ok(self)
     }
 }
 
 impl Layer for LayerNorm {
     fn name(&self) -> String {
-        format!("LayerNorm({})", self.gamma.value.dims()[0])
+        format!("LayerNorm({})", self.norm.channels())
     }
 
     fn forward(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let d = self.gamma.value.dims()[0];
-        let dims = x.dims().to_vec();
-        if dims.len() < 2 || dims[dims.len() - 1] != d {
-            return Err(shape_err(&self.name(), &format!("[B, ..., {d}]"), &dims));
-        }
-        let b = dims[0];
-        let x3 = x.reshape((b, (), d))?;
-        let s = x3.dim(1)?;
-        let (xhat, rstd) = normalize_last(&x3.reshape((b * s, d))?, self.eps)?;
-        let xhat = xhat.reshape((b, s, d))?;
-        let y = xhat
-            .broadcast_mul(&self.gamma.value)?
-            .broadcast_add(&self.beta.value)?;
-        if train {
-            self.rec.clear();
-            self.rec.xhat = Some(xhat);
-            self.rstd = Some(rstd);
-            self.shape = dims.clone();
-        }
-        Ok(y.reshape(dims)?)
+        let x3 = self.norm.input(x, &self.name())?;
+        let (b, s, d) = x3.dims3()?;
+        let (xhat, rstd) = normalize_last(&x3.reshape((b * s, d))?, self.norm.eps)?;
+        self.norm.output(xhat.reshape((b, s, d))?, rstd, x, train)
     }
 
     fn backward(&mut self, grad_out: &Tensor, need_input_grad: bool) -> Result<Option<Tensor>> {
-        let (xhat, rstd) = match (&self.rec.xhat, &self.rstd) {
-            (Some(x), Some(r)) => (x.clone(), r.clone()),
-            _ => {
-                return Err(CoreError::MissingRecord {
-                    layer: self.name(),
-                    what: "backward before forward(train=true)".into(),
-                })
-            }
-        };
-        let (b, s, d) = xhat.dims3()?;
-        let g = grad_out.reshape((b, s, d))?;
-        self.rec.g = Some(g.clone());
+        let name = self.name();
+        let (xhat, rstd, dxhat) = self.norm.backward(grad_out, &name)?;
         if !need_input_grad {
             return Ok(None);
         }
-        let dxhat = g.broadcast_mul(&self.gamma.value)?.reshape((b * s, d))?;
-        let dx = normalize_last_backward(&xhat.reshape((b * s, d))?, &rstd, &dxhat)?;
-        Ok(Some(dx.reshape(self.shape.clone())?))
+        let (b, s, d) = xhat.dims3()?;
+        let dx = normalize_last_backward(
+            &xhat.reshape((b * s, d))?,
+            &rstd,
+            &dxhat.reshape((b * s, d))?,
+        )?;
+        Ok(Some(dx.reshape(self.norm.input_shape())?))
     }
 
-    fn params(&self) -> Vec<&Param> {
-        vec![&self.gamma, &self.beta]
-    }
-
-    fn params_mut(&mut self) -> Vec<&mut Param> {
-        vec![&mut self.gamma, &mut self.beta]
-    }
-
-    fn per_sample(&mut self) -> Option<&mut dyn PerSampleGrad> {
-        Some(self)
-    }
-
-    fn clear(&mut self) {
-        self.rec.clear();
-        self.rstd = None;
-    }
+    affine_norm_layer_impls!();
 }
 
-impl PerSampleGrad for LayerNorm {
-    fn sq_norms(&mut self, _mode: GradMode) -> Result<Tensor> {
-        self.rec.sq_norms(&self.name())
-    }
-    fn per_sample_grads(&mut self) -> Result<Vec<Tensor>> {
-        self.rec.per_sample(&self.name())
-    }
-    fn weighted_sum(&mut self, weights: &Tensor) -> Result<Vec<Tensor>> {
-        self.rec.weighted_sum(&self.name(), weights)
-    }
-}
+affine_norm_per_sample!(LayerNorm);
