@@ -32,6 +32,11 @@ pub struct GradOptions {
     pub layer_modes: HashMap<usize, GradMode>,
     /// NaN/Inf handling.
     pub non_finite: NonFinitePolicy,
+    /// Augmentation multiplicity `K` (De et al. 2022): the batch holds `K` augmented
+    /// copies of each example in consecutive rows (`dp_data::augment_multiplicity`'s
+    /// layout); each example's gradient is the mean over its copies, clipped once.
+    /// 0 or 1: off.
+    pub augmentation_multiplicity: usize,
 }
 
 impl GradOptions {
@@ -316,9 +321,25 @@ pub fn clipped_gradient<M: Model + ?Sized>(
     if b == 0 {
         return ClippedBatch::empty(model, sensitivity, threshold);
     }
-    let loss_sum = forward_backward(model, x, targets, loss)?;
+    let k = opts.augmentation_multiplicity.max(1);
+    if b % k != 0 {
+        return Err(CoreError::InvalidArgument(format!(
+            "batch of {b} rows is not a whole number of groups of {k} augmented copies"
+        )));
+    }
+    let loss_sum = forward_backward(model, x, targets, loss)? / k as f64;
     let device: Device = x.device().clone();
     let mut layers = private_layers(model)?;
+    if k > 1 {
+        for layer in layers.iter_mut() {
+            if let Some(rule) = layer.per_sample() {
+                rule.group_examples(k)?;
+            }
+        }
+    }
+    // From here on, "examples" are the original ones (groups of K rows).
+    let rows = b;
+    let b = b / k;
 
     // 1. Per-layer per-example squared norms (one small [L, B] transfer to the host).
     let mut sq = Vec::with_capacity(layers.len());
@@ -350,10 +371,11 @@ pub fn clipped_gradient<M: Model + ?Sized>(
         // the finite examples are recomputed on their own; the rare bad step pays twice.
         drop(layers);
         model.clear();
-        let good: Vec<u32> = (0..b as u32)
-            .filter(|i| !bad.contains(&(*i as usize)))
+        let good: Vec<u32> = (0..b)
+            .filter(|i| !bad.contains(i))
+            .flat_map(|i| (i * k..(i + 1) * k).map(|r| r as u32))
             .collect();
-        let idx = Tensor::from_vec(good, b - bad.len(), &device)?;
+        let idx = Tensor::from_vec(good, rows - bad.len() * k, &device)?;
         let mut out = clipped_gradient(
             model,
             &x.index_select(&idx, 0)?,

@@ -98,4 +98,16 @@ pub trait PerSampleGrad {
     /// parameter with the parameter's shape. Book-keeping: no per-example tensor is formed
     /// unless the layer already materialised them in [`PerSampleGrad::sq_norms`].
     fn weighted_sum(&mut self, weights: &Tensor) -> Result<Vec<Tensor>>;
+
+    /// Augmentation multiplicity (De et al. 2022, §3.1): the batch held `K` augmented
+    /// copies of each example in consecutive rows; afterwards the rule treats each group
+    /// of `K` rows as one example whose gradient is the **mean** of the copies' gradients,
+    /// so that clipping bounds the average (the sensitivity stays `C`). Called by the
+    /// engine after the backward pass; a layer that cannot do it returns an error.
+    fn group_examples(&mut self, k: usize) -> Result<()> {
+        let _ = k;
+        Err(crate::CoreError::InvalidArgument(
+            "this layer does not support augmentation multiplicity".into(),
+        ))
+    }
 }

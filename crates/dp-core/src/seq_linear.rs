@@ -20,7 +20,34 @@ pub(crate) struct SeqLinearRecord {
     pub materialized: Option<(Tensor, Option<Tensor>)>,
 }
 
+/// Folds groups of `k` consecutive examples into one example whose positions are the
+/// copies' positions, and scales the output gradients by `1/k`: the per-example gradient
+/// `Σ_t G_tᵀ A_t` of the folded example is then the mean of the copies' gradients.
+pub(crate) fn fold_examples(t: &Tensor, k: usize, scale: bool) -> Result<Tensor> {
+    let dims = t.dims();
+    let n = dims[0];
+    if k == 0 || n % k != 0 {
+        return Err(crate::CoreError::InvalidArgument(format!(
+            "batch of {n} rows is not a whole number of groups of {k} augmented copies"
+        )));
+    }
+    let mut new = vec![n / k, k * dims[1]];
+    new.extend_from_slice(&dims[2..]);
+    let f = t.reshape(new)?;
+    Ok(if scale { (f / k as f64)? } else { f })
+}
+
 impl SeqLinearRecord {
+    /// See [`fold_examples`].
+    pub fn group(&mut self, k: usize) -> Result<()> {
+        if let (Some(a), Some(g)) = (&self.a, &self.g) {
+            self.a = Some(fold_examples(a, k, false)?);
+            self.g = Some(fold_examples(g, k, true)?);
+        }
+        self.materialized = None;
+        Ok(())
+    }
+
     pub fn clear(&mut self) {
         self.a = None;
         self.g = None;

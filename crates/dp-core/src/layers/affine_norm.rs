@@ -129,6 +129,15 @@ impl AffineNorm {
         self.rstd = None;
     }
 
+    /// Augmentation multiplicity: see `seq_linear::fold_examples`.
+    pub fn group(&mut self, k: usize) -> Result<()> {
+        if let (Some(x), Some(g)) = (&self.xhat, &self.g) {
+            self.xhat = Some(crate::seq_linear::fold_examples(x, k, false)?);
+            self.g = Some(crate::seq_linear::fold_examples(g, k, true)?);
+        }
+        Ok(())
+    }
+
     pub fn per_sample(&self, layer: &str) -> Result<Vec<Tensor>> {
         let missing = |w: &str| CoreError::MissingRecord {
             layer: layer.to_string(),
@@ -188,6 +197,9 @@ macro_rules! affine_norm_per_sample {
             }
             fn weighted_sum(&mut self, weights: &Tensor) -> Result<Vec<Tensor>> {
                 self.norm.weighted_sum(&self.name(), weights)
+            }
+            fn group_examples(&mut self, k: usize) -> Result<()> {
+                self.norm.group(k)
             }
         }
     };

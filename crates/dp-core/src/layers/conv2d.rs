@@ -369,4 +369,8 @@ impl PerSampleGrad for Conv2d {
         }
         Ok(out)
     }
+
+    fn group_examples(&mut self, k: usize) -> Result<()> {
+        self.recs.iter_mut().try_for_each(|r| r.group(k))
+    }
 }

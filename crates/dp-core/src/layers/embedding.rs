@@ -191,4 +191,13 @@ impl PerSampleGrad for Embedding {
         let acc = Tensor::zeros((v, dim), g.dtype(), g.device())?;
         Ok(vec![acc.index_add(&ids.flatten_all()?, &gw, 0)?])
     }
+
+    fn group_examples(&mut self, k: usize) -> Result<()> {
+        if let (Some(ids), Some(g)) = (&self.ids, &self.g) {
+            self.ids = Some(crate::seq_linear::fold_examples(ids, k, false)?);
+            self.g = Some(crate::seq_linear::fold_examples(g, k, true)?);
+        }
+        self.materialized = None;
+        Ok(())
+    }
 }

@@ -165,4 +165,8 @@ impl PerSampleGrad for Linear {
         let name = self.name();
         seq_linear::rule_weighted_sum(&mut self.rec, &name, weights, self.bias.is_some())
     }
+
+    fn group_examples(&mut self, k: usize) -> Result<()> {
+        self.rec.group(k)
+    }
 }
