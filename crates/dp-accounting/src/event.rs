@@ -22,6 +22,7 @@ use crate::error::{check_noise_multiplier, check_sampling_rate, AccountingError}
 /// assert_eq!(run.total_count(), 14062);
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum DpEvent {
     /// One DP-SGD step: each record joins the batch independently with probability
     /// `sampling_rate`, the clipped sum gets N(0, σ²) noise (Mironov, Talwar, Zhang 2019).
