@@ -4,7 +4,7 @@
 //! kernel ≠ stride, which the DP-literature MNIST CNN needs (MaxPool(2, stride 1)); these
 //! layers use the patch gather of [`crate::patches`] and are tested by finite differences.
 
-use crate::cpu_ops::{fast_path, AvgPoolBwd, AvgPoolFwd, MaxPoolBwd, MaxPoolFwd};
+use crate::cpu_ops::{fast_path, AvgPool, MaxPoolBwd, MaxPoolFwd};
 use crate::error::{shape_err, CoreError, Result};
 use crate::layer::Layer;
 use crate::patches::{PatchCache, PatchIndex, Window2d};
@@ -167,11 +167,12 @@ impl Layer for AvgPool2d {
             .map_err(|_| shape_err(&self.name(), "[B, H, W, C]", x.dims()))?;
         let idx = self.cache.get(self.win, h, w, x.device())?;
         let y = if fast_path(x) {
-            let op = AvgPoolFwd {
+            let op = AvgPool {
                 idx: idx.host_index(),
                 hw: h * w,
                 c,
                 k: idx.kernel_len,
+                backward: false,
             };
             x.contiguous()?.apply_op1_no_bwd(&op)?
         } else {
@@ -191,11 +192,12 @@ impl Layer for AvgPool2d {
         let (b, ho, wo, c) = g.dims4()?;
         let k = idx.kernel_len;
         if fast_path(g) {
-            let op = AvgPoolBwd {
+            let op = AvgPool {
                 idx: idx.host_index(),
                 hw: idx.input.0 * idx.input.1,
                 c,
                 k,
+                backward: true,
             };
             let dx = g.contiguous()?.apply_op1_no_bwd(&op)?;
             return Ok(Some(dx.reshape((b, idx.input.0, idx.input.1, c))?));
