@@ -320,7 +320,10 @@ mod tests {
     fn f32_mlp_grad_matches_finite_differences_loosely() {
         let dev = Device::Cpu;
         let mut model = models::mlp(&[4, 6, 3], &dev, 9).unwrap();
-        let x = Tensor::randn(0f32, 1., (17, 4), &dev).unwrap();
+        // Seeded (candle's CPU RNG cannot be seeded): the test is deterministic.
+        let x = dp_core::Init::seeded(17)
+            .normal(&[17, 4], 1.0, &dev)
+            .unwrap();
         let y = Tensor::from_vec((0..17u32).map(|i| i % 3).collect::<Vec<_>>(), 17, &dev).unwrap();
         check_f32_directional(&mut model, x, y, 256);
     }
@@ -331,7 +334,11 @@ mod tests {
         // parameter order for every layer type the example uses.
         let dev = Device::Cpu;
         let mut model = models::mnist_cnn(&dev, 4).unwrap();
-        let x = Tensor::rand(0f32, 1., (6, 1, 28, 28), &dev).unwrap();
+        let x = dp_core::Init::seeded(6)
+            .uniform(&[6, 1, 28, 28], 0.5, &dev)
+            .unwrap()
+            .affine(1.0, 0.5)
+            .unwrap();
         let y = Tensor::new(&[0u32, 3, 5, 7, 9, 1], &dev).unwrap();
         check_f32_directional(&mut model, x, y, 4);
     }
