@@ -59,6 +59,11 @@ pub struct TrainerConfig {
     /// from noisy releases), so this divisor is too.
     #[serde(default)]
     pub rescale_by_clip_norm: bool,
+    /// Augmentation multiplicity (De et al. 2022, §3.1): each sampled example is
+    /// augmented `K` times and the mean of the `K` gradients is clipped once (sensitivity
+    /// and accounting unchanged). `None`: no augmentation.
+    #[serde(default)]
+    pub augmentation: Option<(dp_data::Augmentation, usize)>,
 }
 
 impl TrainerConfig {
@@ -78,7 +83,14 @@ impl TrainerConfig {
             progress: false,
             eval_batch: 1000,
             rescale_by_clip_norm: false,
+            augmentation: None,
         }
+    }
+    /// Augment each sampled example `k` times (random crop/flip per `aug`) and clip the
+    /// mean of its `k` gradients (De et al. 2022).
+    pub fn with_augmentation_multiplicity(mut self, aug: dp_data::Augmentation, k: usize) -> Self {
+        self.augmentation = Some((aug, k));
+        self
     }
     /// Normalise updates by `B·C` (see [`TrainerConfig::rescale_by_clip_norm`]).
     pub fn with_rescale_by_clip_norm(mut self, on: bool) -> Self {
@@ -211,6 +223,9 @@ pub(crate) struct TrainerState {
     pub noise: dp_core::NoiseState,
     pub records: Vec<StepRecord>,
     pub epochs: Vec<EpochRecord>,
+    /// Augmentation generator: key and stream position (as for the noise stream).
+    #[serde(default)]
+    pub augment: Option<dp_core::NoiseState>,
 }
 
 /// A private training run over a dp-core model.
@@ -241,11 +256,20 @@ pub struct PrivateTrainer<M: Model> {
     epochs: Vec<EpochRecord>,
     prv_limit: Option<(DpEvent, u64)>,
     stop_reason: Option<StopReason>,
+    augment_rng: rand_chacha::ChaCha20Rng,
 }
 
 fn noise_seed(seed: u64) -> u64 {
     // A different stream from the sampler's (same user seed).
     seed ^ 0x9E37_79B9_7F4A_7C15
+}
+
+fn augment_rng(seed: Option<u64>) -> rand_chacha::ChaCha20Rng {
+    use rand::SeedableRng;
+    match seed {
+        Some(s) => rand_chacha::ChaCha20Rng::seed_from_u64(s ^ 0xA5A5_5A5A_C3C3_3C3C),
+        None => rand_chacha::ChaCha20Rng::from_entropy(),
+    }
 }
 
 impl<M: Model> PrivateTrainer<M> {
@@ -290,10 +314,18 @@ impl<M: Model> PrivateTrainer<M> {
             Some(s) => GaussianNoise::seeded(noise_seed(s)),
             None => GaussianNoise::from_entropy(),
         };
+        if let Some((_, k)) = &config.augmentation {
+            if *k == 0 {
+                return Err(TrainError::InvalidConfig(
+                    "augmentation multiplicity must be ≥ 1".into(),
+                ));
+            }
+        }
         Ok(Self {
             model,
             optimizer,
             method,
+            augment_rng: augment_rng(config.seed),
             accountant: AnyAccountant::new(config.accountant),
             config,
             sampler,
@@ -322,6 +354,13 @@ impl<M: Model> PrivateTrainer<M> {
             noise: self.noise.state(),
             records: self.records.clone(),
             epochs: self.epochs.clone(),
+            augment: Some({
+                let pos = self.augment_rng.get_word_pos();
+                dp_core::NoiseState {
+                    seed: self.augment_rng.get_seed(),
+                    word_pos: [(pos >> 64) as u64, pos as u64],
+                }
+            }),
         })
     }
 
@@ -333,6 +372,7 @@ impl<M: Model> PrivateTrainer<M> {
         sampler: PoissonSampler,
         noise: GaussianNoise,
     ) -> Result<Self> {
+        let fallback_rng = augment_rng(state.config.seed);
         Ok(Self {
             model,
             optimizer,
@@ -344,6 +384,15 @@ impl<M: Model> PrivateTrainer<M> {
             step: state.step,
             total_steps: state.total_steps,
             dataset_len: state.dataset_len,
+            augment_rng: match &state.augment {
+                Some(a) => {
+                    use rand::SeedableRng;
+                    let mut r = rand_chacha::ChaCha20Rng::from_seed(a.seed);
+                    r.set_word_pos(((a.word_pos[0] as u128) << 64) | a.word_pos[1] as u128);
+                    r
+                }
+                None => fallback_rng,
+            },
             records: state.records,
             epochs: state.epochs,
             prv_limit: None,
@@ -468,17 +517,23 @@ impl<M: Model> PrivateTrainer<M> {
         Ok(if eps > budget { Some(eps) } else { None })
     }
 
-    fn to_tensors(
-        &self,
+    /// The training tensors of a physical batch: `K` augmented copies of each example in
+    /// consecutive rows when augmentation multiplicity is on.
+    fn batch_tensors(
+        &mut self,
         data: &Dataset,
         idx: &[usize],
         device: &Device,
     ) -> Result<(Tensor, Tensor)> {
-        let batch = data.try_gather(idx)?;
-        let mut shape = vec![idx.len()];
+        let mut batch = data.try_gather(idx)?;
+        if let Some((aug, k)) = &self.config.augmentation {
+            batch = dp_data::augment_multiplicity(&batch, *k, aug, &mut self.augment_rng)?;
+        }
+        let rows = batch.labels.len();
+        let mut shape = vec![rows];
         shape.extend_from_slice(data.example_shape());
         let x = Tensor::from_vec(batch.features, shape, device)?;
-        let y = Tensor::from_vec(batch.labels, idx.len(), device)?;
+        let y = Tensor::from_vec(batch.labels, rows, device)?;
         Ok((x, y))
     }
 
@@ -506,11 +561,12 @@ impl<M: Model> PrivateTrainer<M> {
         let opts = GradOptions {
             mode: self.config.grad_mode,
             non_finite: self.config.non_finite,
+            augmentation_multiplicity: self.config.augmentation.as_ref().map_or(1, |a| a.1),
             ..GradOptions::default()
         };
         let mut acc = ClippedBatch::empty(&self.model, c, c)?;
         for chunk in physical_batches(&indices, self.config.max_physical_batch) {
-            let (x, y) = self.to_tensors(data, chunk, device)?;
+            let (x, y) = self.batch_tensors(data, chunk, device)?;
             acc.accumulate(clipped_gradient(
                 &mut self.model,
                 &x,

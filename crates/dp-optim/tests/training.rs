@@ -245,3 +245,55 @@ fn bad_configurations_are_refused() {
     assert!(FixedClip::new(0.0, 1.0).is_err() && FixedClip::new(1.0, -1.0).is_err());
     assert!(AdaptiveQuantileClip::new(100.0, 100.0).is_err(), "σ ≥ 2σ_b");
 }
+
+#[test]
+fn augmentation_multiplicity_keeps_accounting_and_resumes_exactly() {
+    let d = data();
+    let aug = dp_data::Augmentation {
+        crop_padding: 2,
+        flip: false,
+        pad_value: 0.0,
+    };
+    let cfg = TrainerConfig::new(0.2, 100.0, 1e-5)
+        .with_seed(4)
+        .with_augmentation_multiplicity(aug, 3);
+    let build = || models::mnist_cnn(&Device::Cpu, 1).unwrap();
+    let method = || Box::new(FixedClip::new(0.5, 1.2).unwrap());
+    let mut whole = PrivateTrainer::new(
+        build(),
+        Box::new(Sgd::new(0.1)),
+        method(),
+        cfg.clone(),
+        &d.train,
+    )
+    .unwrap();
+    let total = whole.total_steps();
+    let r = whole.train(&d.train, None).unwrap();
+    // Same ε as without augmentation: K copies of one example are one example.
+    let q = 100.0 / d.train.len() as f64;
+    assert_eq!(
+        r.epsilon,
+        epsilon_for(q, 1.2, r.steps, 1e-5, AccountantKind::Rdp).unwrap()
+    );
+    assert!(whole.records().iter().all(|s| s.fraction_clipped >= 0.0));
+
+    let mut first =
+        PrivateTrainer::new(build(), Box::new(Sgd::new(0.1)), method(), cfg, &d.train).unwrap();
+    for _ in 0..total / 2 {
+        first.step(&d.train, &Device::Cpu).unwrap().unwrap();
+    }
+    let dir = std::env::temp_dir().join(format!("dp_optim_augmult_{}", std::process::id()));
+    first.save_checkpoint(&dir).unwrap();
+    let mut resumed = PrivateTrainer::resume(
+        &dir,
+        build(),
+        Box::new(Sgd::new(0.1)),
+        method(),
+        &d.train,
+        &Device::Cpu,
+    )
+    .unwrap();
+    resumed.train(&d.train, None).unwrap();
+    assert_eq!(flat(resumed.model()), flat(whole.model()));
+    std::fs::remove_dir_all(&dir).ok();
+}
