@@ -181,6 +181,13 @@ impl Conv2d {
     }
 }
 
+fn missing_weight_grad(layer: &str) -> CoreError {
+    CoreError::MissingRecord {
+        layer: layer.to_string(),
+        what: "no weight gradient from the per-sample rule".into(),
+    }
+}
+
 fn validate(cfg: &Conv2dConfig) -> Result<()> {
     let bad = cfg.groups == 0
         || cfg.in_channels % cfg.groups != 0
@@ -246,7 +253,8 @@ impl Layer for Conv2d {
             }
         }
         let y = if groups == 1 {
-            outs.pop().expect("one group")
+            outs.pop()
+                .ok_or_else(|| CoreError::InvalidArgument("Conv2d with zero groups".into()))?
         } else {
             Tensor::cat(&outs, 1)?
         };
@@ -288,7 +296,9 @@ impl Layer for Conv2d {
             return Ok(None);
         }
         let d = if groups == 1 {
-            dcols.pop().expect("one group")
+            dcols
+                .pop()
+                .ok_or_else(|| CoreError::InvalidArgument("Conv2d with zero groups".into()))?
         } else {
             Tensor::cat(&dcols, 3)?
         };
@@ -339,7 +349,7 @@ impl PerSampleGrad for Conv2d {
         let mut bs = Vec::new();
         for rec in self.recs.iter_mut() {
             let mut v = seq_linear::rule_per_sample(rec, &name, bias)?.into_iter();
-            ws.push(v.next().expect("weight gradient"));
+            ws.push(v.next().ok_or_else(|| missing_weight_grad(&name))?);
             bs.extend(v);
         }
         let w = Tensor::cat(&ws, 1)?; // [B, C_out, k·cg]
@@ -359,7 +369,7 @@ impl PerSampleGrad for Conv2d {
         let mut bs = Vec::new();
         for rec in self.recs.iter_mut() {
             let mut v = seq_linear::rule_weighted_sum(rec, &name, weights, bias)?.into_iter();
-            ws.push(v.next().expect("weight gradient"));
+            ws.push(v.next().ok_or_else(|| missing_weight_grad(&name))?);
             bs.extend(v);
         }
         let w = Tensor::cat(&ws, 0)?.reshape(self.weight.value.dims())?;
