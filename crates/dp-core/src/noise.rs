@@ -125,23 +125,21 @@ impl GaussianNoise {
         out
     }
 
-    /// Returns `t + N(0, std² I)` for each tensor. One [`GaussianNoise::sample`] call covers
-    /// all tensors (in order), so the split into tensors does not change the draws.
+    /// Returns `t + N(0, std² I)` for each tensor, drawing the tensors' noise in order
+    /// (one [`GaussianNoise::sample`] call per tensor).
     pub fn add_noise(&mut self, tensors: &[Tensor], std: f64) -> Result<Vec<Tensor>> {
         if !(std.is_finite() && std >= 0.0) {
             return Err(CoreError::InvalidNoise(std));
         }
-        let total: usize = tensors.iter().map(|t| t.elem_count()).sum();
-        let z = self.sample(total, std);
-        let mut off = 0;
         tensors
             .iter()
             .map(|t| {
-                let n = t.elem_count();
-                let zt = Tensor::from_slice(&z[off..off + n], t.dims(), t.device())?
-                    .to_dtype(t.dtype())?;
-                off += n;
-                Ok((t + zt)?)
+                let z = self.sample(t.elem_count(), std);
+                let mut z = Tensor::from_vec(z, t.dims(), t.device())?;
+                if z.dtype() != t.dtype() {
+                    z = z.to_dtype(t.dtype())?;
+                }
+                Ok((t + z)?)
             })
             .collect()
     }
