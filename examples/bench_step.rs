@@ -11,6 +11,12 @@
 //! MNIST models and random images for the CIFAR-sized models (no CIFAR-10 offline; the
 //! speed does not depend on pixel values).
 
+// Training allocates and frees large activation buffers every step; glibc's allocator
+// returns them to the OS each time (mmap/munmap + page faults, ~20% of a CNN step here).
+// mimalloc keeps them. Library users choose their own allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use clap::Parser;

@@ -192,6 +192,20 @@ pub(crate) fn rule_weighted_sum(
         return Ok(v);
     }
     let (a, g) = record(rec, layer)?;
+    let (_, t, p) = a.dims3()?;
+    let r = g.dim(2)?;
+    if !prefer_ghost(t, p, r) {
+        // Long sequences (early convolutions): one GEMM with a reduction over B·T rows
+        // and a tiny `r×p` output runs on one core; the per-example products
+        // (`B·r·p` values, small exactly when this branch is taken) parallelise over the
+        // batch and are then reduced with one `[1, B]` product.
+        let (w, b) = per_sample(&a, &g, bias)?;
+        let mut v = vec![weighted_sum_materialized(&w, weights)?];
+        if let Some(b) = b {
+            v.push(weighted_sum_materialized(&b, weights)?);
+        }
+        return Ok(v);
+    }
     let (dw, db) = weighted_sum(&a, &g, weights, bias)?;
     let mut v = vec![dw];
     v.extend(db);
