@@ -84,6 +84,13 @@ fn step(
             .map(|g| g / b)
             .collect::<candle_core::Result<Vec<_>>>()?,
         Mode::Materialize | Mode::Ghost => {
+            // As the trainer does: draw the noise while the gradients are computed.
+            let sizes: Vec<usize> = model
+                .param_tensors()
+                .iter()
+                .map(|t| t.elem_count())
+                .collect();
+            noise.prefetch(&sizes);
             // "Ghost" is the mixed rule of Bu et al. 2022: ghost norms where they are
             // cheaper (linear layers), materialised norms elsewhere (early convs).
             let gm = if mode == Mode::Ghost {

@@ -36,15 +36,85 @@ pub struct NoiseState {
 /// A Gaussian noise source: ChaCha20 seeded from the OS by default, or from an explicit
 /// seed for bit-for-bit reproducible runs.
 ///
+/// [`GaussianNoise::prefetch`] draws the next call's noise on a background thread while the
+/// caller computes gradients; the values are exactly those the call would have drawn.
+///
 /// ```
 /// use dp_core::GaussianNoise;
 /// let mut a = GaussianNoise::seeded(7);
 /// let mut b = GaussianNoise::seeded(7);
 /// assert_eq!(a.sample(5, 1.0), b.sample(5, 1.0));
 /// ```
-#[derive(Debug, Clone)]
 pub struct GaussianNoise {
     rng: ChaCha20Rng,
+    pending: Option<Prefetch>,
+}
+
+/// Noise being drawn ahead of time: the stream position before its keys were taken, the
+/// sizes requested, and the thread producing standard normals.
+struct Prefetch {
+    start: u128,
+    sizes: Vec<usize>,
+    handle: std::thread::JoinHandle<Vec<Vec<f32>>>,
+}
+
+impl std::fmt::Debug for GaussianNoise {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GaussianNoise")
+            .field("word_pos", &self.position())
+            .field("prefetching", &self.pending.as_ref().map(|p| p.sizes.len()))
+            .finish()
+    }
+}
+
+impl Clone for GaussianNoise {
+    /// A clone continues from the same point of the stream (a pending prefetch is not
+    /// shared: the clone will draw those values itself).
+    fn clone(&self) -> Self {
+        let mut rng = self.rng.clone();
+        rng.set_word_pos(self.position());
+        Self { rng, pending: None }
+    }
+}
+
+/// `n` standard normals scaled by `std` from key `key`, in fixed-size chunks (chunk `k`
+/// uses ChaCha20 stream `k` of the key), filled in parallel.
+fn fill_normals(key: [u8; 32], n: usize, std: f32) -> Vec<f32> {
+    let mut out = vec![0f32; n];
+    let fill = |k: usize, chunk: &mut [f32]| {
+        let mut r = ChaCha20Rng::from_seed(key);
+        r.set_stream(k as u64);
+        for v in chunk.iter_mut() {
+            *v = r.sample::<f32, _>(StandardNormal) * std;
+        }
+    };
+    let chunks: Vec<(usize, &mut [f32])> = out.chunks_mut(NOISE_CHUNK).enumerate().collect();
+    let threads = std::thread::available_parallelism()
+        .map(|t| t.get())
+        .unwrap_or(1)
+        .min(chunks.len())
+        .min(8);
+    if threads <= 1 {
+        for (k, c) in chunks {
+            fill(k, c);
+        }
+    } else {
+        let mut per_thread: Vec<Vec<(usize, &mut [f32])>> =
+            (0..threads).map(|_| Vec::new()).collect();
+        for (j, kc) in chunks.into_iter().enumerate() {
+            per_thread[j % threads].push(kc);
+        }
+        std::thread::scope(|scope| {
+            for work in per_thread {
+                scope.spawn(move || {
+                    for (k, c) in work {
+                        fill(k, c);
+                    }
+                });
+            }
+        });
+    }
+    out
 }
 
 impl GaussianNoise {
@@ -52,6 +122,7 @@ impl GaussianNoise {
     pub fn from_entropy() -> Self {
         Self {
             rng: ChaCha20Rng::from_entropy(),
+            pending: None,
         }
     }
 
@@ -59,12 +130,28 @@ impl GaussianNoise {
     pub fn seeded(seed: u64) -> Self {
         Self {
             rng: ChaCha20Rng::seed_from_u64(seed),
+            pending: None,
         }
     }
 
-    /// The stream's current state.
+    /// The stream position, not counting keys taken by a pending prefetch.
+    fn position(&self) -> u128 {
+        match &self.pending {
+            Some(p) => p.start,
+            None => self.rng.get_word_pos(),
+        }
+    }
+
+    /// Drops a pending prefetch and rewinds the stream to before it.
+    fn cancel_prefetch(&mut self) {
+        if let Some(p) = self.pending.take() {
+            self.rng.set_word_pos(p.start);
+        }
+    }
+
+    /// The stream's current state (a pending prefetch counts as not yet drawn).
     pub fn state(&self) -> NoiseState {
-        let pos = self.rng.get_word_pos();
+        let pos = self.position();
         NoiseState {
             seed: self.rng.get_seed(),
             word_pos: [(pos >> 64) as u64, pos as u64],
@@ -75,7 +162,13 @@ impl GaussianNoise {
     pub fn from_state(state: &NoiseState) -> Self {
         let mut rng = ChaCha20Rng::from_seed(state.seed);
         rng.set_word_pos(((state.word_pos[0] as u128) << 64) | state.word_pos[1] as u128);
-        Self { rng }
+        Self { rng, pending: None }
+    }
+
+    fn next_key(&mut self) -> [u8; 32] {
+        let mut key = [0u8; 32];
+        self.rng.fill_bytes(&mut key);
+        key
     }
 
     /// `n` independent `N(0, std²)` draws.
@@ -85,56 +178,65 @@ impl GaussianNoise {
     /// stream `k`), in parallel. The chunking does not depend on the number of threads, so
     /// a seed gives the same noise bit for bit on any machine.
     pub fn sample(&mut self, n: usize, std: f64) -> Vec<f32> {
-        let mut key = [0u8; 32];
-        self.rng.fill_bytes(&mut key);
-        let s = std as f32;
-        let mut out = vec![0f32; n];
-        let fill = |k: usize, chunk: &mut [f32]| {
-            let mut r = ChaCha20Rng::from_seed(key);
-            r.set_stream(k as u64);
-            for v in chunk.iter_mut() {
-                *v = r.sample::<f32, _>(StandardNormal) * s;
-            }
-        };
-        let chunks: Vec<(usize, &mut [f32])> = out.chunks_mut(NOISE_CHUNK).enumerate().collect();
-        let threads = std::thread::available_parallelism()
-            .map(|t| t.get())
-            .unwrap_or(1)
-            .min(chunks.len())
-            .min(8);
-        if threads <= 1 {
-            for (k, c) in chunks {
-                fill(k, c);
-            }
-        } else {
-            let mut per_thread: Vec<Vec<(usize, &mut [f32])>> =
-                (0..threads).map(|_| Vec::new()).collect();
-            for (j, kc) in chunks.into_iter().enumerate() {
-                per_thread[j % threads].push(kc);
-            }
-            std::thread::scope(|scope| {
-                for work in per_thread {
-                    scope.spawn(move || {
-                        for (k, c) in work {
-                            fill(k, c);
-                        }
-                    });
-                }
-            });
-        }
-        out
+        self.cancel_prefetch();
+        let key = self.next_key();
+        fill_normals(key, n, std as f32)
+    }
+
+    /// Starts drawing, on a background thread, the noise that the next
+    /// [`GaussianNoise::add_noise`] call on tensors of these element counts will use, so
+    /// that it overlaps with the gradient computation. Any other draw first cancels it
+    /// (rewinding the stream), so results never depend on whether prefetch was used.
+    pub fn prefetch(&mut self, sizes: &[usize]) {
+        self.cancel_prefetch();
+        let start = self.rng.get_word_pos();
+        let keys: Vec<([u8; 32], usize)> = sizes.iter().map(|&n| (self.next_key(), n)).collect();
+        let handle = std::thread::spawn(move || {
+            keys.into_iter()
+                .map(|(key, n)| fill_normals(key, n, 1.0))
+                .collect()
+        });
+        self.pending = Some(Prefetch {
+            start,
+            sizes: sizes.to_vec(),
+            handle,
+        });
     }
 
     /// Returns `t + N(0, std² I)` for each tensor, drawing the tensors' noise in order
-    /// (one [`GaussianNoise::sample`] call per tensor).
+    /// (one [`GaussianNoise::sample`] call per tensor, or a matching prefetch).
     pub fn add_noise(&mut self, tensors: &[Tensor], std: f64) -> Result<Vec<Tensor>> {
         if !(std.is_finite() && std >= 0.0) {
             return Err(CoreError::InvalidNoise(std));
         }
+        let sizes: Vec<usize> = tensors.iter().map(|t| t.elem_count()).collect();
+        let prefetched = match self.pending.take() {
+            Some(p) if p.sizes == sizes => match p.handle.join() {
+                Ok(z) => Some(z),
+                Err(_) => {
+                    self.rng.set_word_pos(p.start);
+                    None
+                }
+            },
+            Some(p) => {
+                self.rng.set_word_pos(p.start);
+                None
+            }
+            None => None,
+        };
+        let s = std as f32;
+        let normals: Vec<Vec<f32>> = match prefetched {
+            // Standard normals times s: the same f32 products `sample` computes.
+            Some(z) => z
+                .into_iter()
+                .map(|v| v.into_iter().map(|x| x * s).collect())
+                .collect(),
+            None => sizes.iter().map(|&n| self.sample(n, std)).collect(),
+        };
         tensors
             .iter()
-            .map(|t| {
-                let z = self.sample(t.elem_count(), std);
+            .zip(normals)
+            .map(|(t, z)| {
                 let mut z = Tensor::from_vec(z, t.dims(), t.device())?;
                 if z.dtype() != t.dtype() {
                     z = z.to_dtype(t.dtype())?;
@@ -147,6 +249,7 @@ impl GaussianNoise {
     /// A uniform draw in `[0, 1)` from the same stream (for methods that need other
     /// randomness tied to the run's seed).
     pub fn uniform(&mut self) -> f64 {
+        self.cancel_prefetch();
         self.rng.gen()
     }
 }

@@ -424,3 +424,37 @@ fn shape_errors_are_typed() {
     .is_err());
     assert!(GroupNorm::new(3, 8, 1e-5, &Device::Cpu).is_err());
 }
+
+/// Prefetched noise is exactly the noise the call would have drawn, and a cancelled or
+/// mismatched prefetch leaves the stream as if it never happened.
+#[test]
+fn prefetched_noise_is_identical_and_cancellation_rewinds() {
+    let d = Device::Cpu;
+    let ts = vec![
+        Tensor::zeros((300, 100), DType::F32, &d).unwrap(),
+        Tensor::zeros(100, DType::F32, &d).unwrap(),
+    ];
+    let mut plain = GaussianNoise::seeded(11);
+    let mut pre = GaussianNoise::seeded(11);
+    for _ in 0..3 {
+        pre.prefetch(&[30_000, 100]);
+        let a = flat(&plain.add_noise(&ts, 0.7).unwrap());
+        let b = flat(&pre.add_noise(&ts, 0.7).unwrap());
+        assert_eq!(a, b);
+    }
+    // A prefetch for other sizes, or an interleaved draw, is cancelled and rewound.
+    pre.prefetch(&[5]);
+    assert_eq!(pre.state(), plain.state());
+    let a = flat(&plain.add_noise(&ts, 1.0).unwrap());
+    let b = flat(&pre.add_noise(&ts, 1.0).unwrap());
+    assert_eq!(a, b);
+    pre.prefetch(&[30_000, 100]);
+    assert_eq!(plain.sample(3, 1.0), pre.sample(3, 1.0));
+    // A checkpoint taken while a prefetch is pending resumes at the same point.
+    pre.prefetch(&[30_000, 100]);
+    let mut resumed = GaussianNoise::from_state(&pre.state());
+    assert_eq!(
+        flat(&resumed.add_noise(&ts, 1.0).unwrap()),
+        flat(&pre.add_noise(&ts, 1.0).unwrap())
+    );
+}

@@ -555,6 +555,14 @@ impl<M: Model> PrivateTrainer<M> {
             });
             return Ok(None);
         }
+        // The noise does not depend on the data: draw it while the gradients are computed.
+        let sizes: Vec<usize> = self
+            .model
+            .param_tensors()
+            .iter()
+            .map(|t| t.elem_count())
+            .collect();
+        self.noise.prefetch(&sizes);
         let indices = self.sampler.next_batch();
         let c = self.method.clip_norm();
         let mut clip = FlatClip::new(c)?;
