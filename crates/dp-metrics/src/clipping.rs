@@ -389,7 +389,17 @@ pub fn clipping_stats(
 /// # Ok::<(), dp_metrics::MetricsError>(())
 /// ```
 pub fn transform_bias_stats(grads: &Tensor, factors: &[f64]) -> Result<BiasStats> {
-    let (g, n, _) = grads_f64(grads)?;
+    let (gbar, gt, _) = mean_and_transformed_mean(grads, factors)?;
+    bias_stats(&gbar, &gt)
+}
+
+/// The batch mean `ḡ = (1/n)Σ g_i` and the transformed mean `(1/n)Σ c_i g_i` of per-example
+/// gradients `[n, d]` with validated factors `c`; also returns `d`.
+pub(crate) fn mean_and_transformed_mean(
+    grads: &Tensor,
+    factors: &[f64],
+) -> Result<(Vec<f64>, Vec<f64>, usize)> {
+    let (g, n, d) = grads_f64(grads)?;
     if factors.len() != n {
         return Err(MetricsError::ShapeMismatch(format!(
             "{} factors for {n} examples",
@@ -400,5 +410,5 @@ pub fn transform_bias_stats(grads: &Tensor, factors: &[f64]) -> Result<BiasStats
     let inv_n = 1.0 / n as f64;
     let gbar = weighted_row_sum(&g, &vec![inv_n; n])?;
     let gt = weighted_row_sum(&g, &factors.iter().map(|f| f * inv_n).collect::<Vec<_>>())?;
-    bias_stats(&gbar, &gt)
+    Ok((gbar, gt, d))
 }

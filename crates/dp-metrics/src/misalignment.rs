@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use crate::clipping::{clip_factors, grads_f64, row_norms, weighted_row_sum};
+use crate::clipping::{clip_factors, grads_f64, mean_and_transformed_mean, row_norms};
 use crate::error::{ensure_finite, MetricsError, Result};
 use crate::surface::{cosine, norm};
 
@@ -191,17 +191,7 @@ pub fn gradient_misalignment_with_factors(
     batch_grads: &Tensor,
     factors: &[f64],
 ) -> Result<MisalignmentReport> {
-    let (g, n, d) = grads_f64(batch_grads)?;
-    if factors.len() != n {
-        return Err(MetricsError::ShapeMismatch(format!(
-            "{} factors for {n} examples",
-            factors.len()
-        )));
-    }
-    ensure_finite(factors, "transform factors")?;
-    let inv_n = 1.0 / n as f64;
-    let gb = weighted_row_sum(&g, &vec![inv_n; n])?;
-    let gbt = weighted_row_sum(&g, &factors.iter().map(|f| f * inv_n).collect::<Vec<_>>())?;
+    let (gb, gbt, d) = mean_and_transformed_mean(batch_grads, factors)?;
     let mut groups = Vec::with_capacity(group_grads.len());
     for (k, gd) in group_grads {
         if gd.len() != d {
