@@ -412,6 +412,8 @@ pub fn clipped_gradient<M: Model + ?Sized>(
     }
 
     // 4. Weighted sums, layer by layer.
+    // Flat factors stay equal across layers (the sensitivity check above scales every
+    // layer of an example alike), so one weight tensor serves all layers.
     let flat = matches!(factors, ClipFactors::Flat(_)) && n_layers > 0;
     let shared = if flat {
         Some(Tensor::from_vec(weights[0].clone(), b, &device)?)
@@ -426,8 +428,8 @@ pub fn clipped_gradient<M: Model + ?Sized>(
                 layer: "unknown".into(),
             })?;
         let w = match &shared {
-            Some(w) if weights.iter().all(|v| v == &weights[0]) => w.clone(),
-            _ => Tensor::from_vec(weights[l].clone(), b, &device)?,
+            Some(w) => w.clone(),
+            None => Tensor::from_vec(weights[l].clone(), b, &device)?,
         };
         sum.extend(rule.weighted_sum(&w)?);
     }
