@@ -38,6 +38,9 @@ struct Args {
     /// Only models whose name contains this string.
     #[arg(long)]
     filter: Option<String>,
+    /// Only this mode (non_private, dp_materialized, dp_ghost_bookkeeping); for profiling.
+    #[arg(long)]
+    mode: Option<String>,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -183,6 +186,9 @@ fn main() -> Result<()> {
         let x = x.to_dtype(DType::F32)?;
         let mut base_ms = None;
         for mode in [Mode::NonPrivate, Mode::Materialize, Mode::Ghost] {
+            if args.mode.as_deref().is_some_and(|m| m != mode.name()) {
+                continue;
+            }
             let mut model = build()?;
             let mut clip: Box<dyn ClipStrategy> = match mode {
                 Mode::NonPrivate => Box::new(NoClip),

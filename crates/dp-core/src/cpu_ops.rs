@@ -9,6 +9,7 @@
 //! tested against the generic path.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use rayon::prelude::*;
 use std::sync::Arc;
 
 /// Whether `t` can use the CPU kernels (f32 on the host).
@@ -30,14 +31,12 @@ fn threads_for(work: usize) -> usize {
     if work < 1 << 16 {
         1
     } else {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-            .min(8)
+        rayon::current_num_threads()
     }
 }
 
-/// Runs `f(chunk_index, chunk)` over `out` split into `rows` equal rows, in parallel.
+/// Runs `f(chunk_index, chunk)` over `out` split into `rows` equal rows, in parallel on
+/// rayon's pool (the one the matrix products use, so the two never oversubscribe the cores).
 fn par_rows<F>(out: &mut [f32], rows: usize, work: usize, f: F)
 where
     F: Fn(usize, &mut [f32]) + Sync,
@@ -54,16 +53,13 @@ where
         return;
     }
     let per = rows.div_ceil(threads);
-    std::thread::scope(|s| {
-        for (t, block) in out.chunks_mut(per * row_len).enumerate() {
-            let f = &f;
-            s.spawn(move || {
-                for (k, chunk) in block.chunks_mut(row_len).enumerate() {
-                    f(t * per + k, chunk);
-                }
-            });
-        }
-    });
+    out.par_chunks_mut(per * row_len)
+        .enumerate()
+        .for_each(|(t, block)| {
+            for (k, chunk) in block.chunks_mut(row_len).enumerate() {
+                f(t * per + k, chunk);
+            }
+        });
 }
 
 /// `tanh` by a [13/6] rational approximation on `[-7.9, 7.9]` (saturating outside), max
@@ -250,20 +246,14 @@ impl CustomOp1 for MaxPoolFwd {
             }
         } else {
             let per = b.div_ceil(threads);
-            std::thread::scope(|sc| {
-                for (t, (ob, ab)) in out
-                    .chunks_mut(per * row)
-                    .zip(arg.chunks_mut(per * row))
-                    .enumerate()
-                {
-                    let compute = &compute;
-                    sc.spawn(move || {
-                        for (j, (o, a)) in ob.chunks_mut(row).zip(ab.chunks_mut(row)).enumerate() {
-                            compute(t * per + j, o, a);
-                        }
-                    });
-                }
-            });
+            out.par_chunks_mut(per * row)
+                .zip(arg.par_chunks_mut(per * row))
+                .enumerate()
+                .for_each(|(t, (ob, ab))| {
+                    for (j, (o, a)) in ob.chunks_mut(row).zip(ab.chunks_mut(row)).enumerate() {
+                        compute(t * per + j, o, a);
+                    }
+                });
         }
         *self
             .arg

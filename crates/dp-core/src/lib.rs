@@ -41,6 +41,7 @@ pub mod clipping;
 mod cpu_ops;
 mod engine;
 mod error;
+mod host_gemm;
 mod init;
 mod layer;
 pub mod layers;

@@ -6,6 +6,7 @@
 //! the bias gradient `Σ_t G_{i,t}` (Opacus's Linear grad sampler).
 
 use crate::error::Result;
+use crate::host_gemm;
 use crate::layer::GradMode;
 use candle_core::{Tensor, D};
 
@@ -68,6 +69,9 @@ pub(crate) fn prefer_ghost(t: usize, p: usize, r: usize) -> bool {
 /// `‖G_iᵀA_i‖²_F = ⟨A_iA_iᵀ, G_iG_iᵀ⟩_F` (Li et al. 2021, §4), which for `T = 1` reduces to
 /// `‖a_i‖²‖g_i‖²`; the bias part is `‖Σ_t G_{i,t}‖²`.
 pub(crate) fn ghost_sq_norms(a: &Tensor, g: &Tensor, bias: bool) -> Result<Tensor> {
+    if host_gemm::applies(&[a, g]) {
+        return Ok(host_gemm::ghost_sq_norms(a, g, bias)?);
+    }
     let (_b, t, _p) = a.dims3()?;
     let w = if t == 1 {
         let a2 = a.sqr()?.sum(D::Minus1)?.sum(1)?;
@@ -88,6 +92,10 @@ pub(crate) fn ghost_sq_norms(a: &Tensor, g: &Tensor, bias: bool) -> Result<Tenso
 
 /// Materialised per-example gradients: weight `[B, r, p]`, bias `[B, r]`.
 pub(crate) fn per_sample(a: &Tensor, g: &Tensor, bias: bool) -> Result<(Tensor, Option<Tensor>)> {
+    if host_gemm::applies(&[a, g]) {
+        let (w, b, _) = host_gemm::per_sample_with_norms(a, g, bias)?;
+        return Ok((w, b));
+    }
     let w = g.t()?.matmul(a)?; // [B, r, T] x [B, T, p]
     let b = if bias { Some(g.sum(1)?) } else { None };
     Ok((w, b))
@@ -111,6 +119,9 @@ pub(crate) fn weighted_sum(
     weights: &Tensor,
     bias: bool,
 ) -> Result<(Tensor, Option<Tensor>)> {
+    if host_gemm::applies(&[a, g]) {
+        return Ok(host_gemm::weighted_sum(a, g, weights, bias)?);
+    }
     let (b, t, p) = a.dims3()?;
     let r = g.dim(2)?;
     let gw = g.broadcast_mul(&weights.to_dtype(g.dtype())?.reshape((b, 1, 1))?)?; // [B, T, r]
@@ -128,6 +139,9 @@ pub(crate) fn weighted_sum(
 
 /// `Σ_i w_i X_i` for materialised per-example tensors `X` of shape `[B, ...]`.
 pub(crate) fn weighted_sum_materialized(x: &Tensor, weights: &Tensor) -> Result<Tensor> {
+    if host_gemm::applies(&[x]) {
+        return Ok(host_gemm::weighted_sum_materialized(x, weights)?);
+    }
     let dims = x.dims().to_vec();
     let b = dims[0];
     let flat = x.reshape((b, ()))?;
@@ -153,6 +167,10 @@ pub(crate) fn rule_sq_norms(
     if ghost {
         rec.materialized = None;
         ghost_sq_norms(&a, &g, bias)
+    } else if host_gemm::applies(&[&a, &g]) {
+        let (w, b, n) = host_gemm::per_sample_with_norms(&a, &g, bias)?;
+        rec.materialized = Some((w, b));
+        Ok(n)
     } else {
         let (w, b) = per_sample(&a, &g, bias)?;
         let n = materialized_sq_norms(&w, b.as_ref())?;
@@ -194,7 +212,7 @@ pub(crate) fn rule_weighted_sum(
     let (a, g) = record(rec, layer)?;
     let (_, t, p) = a.dims3()?;
     let r = g.dim(2)?;
-    if !prefer_ghost(t, p, r) {
+    if !prefer_ghost(t, p, r) && !host_gemm::applies(&[&a, &g]) {
         // Long sequences (early convolutions): one GEMM with a reduction over B·T rows
         // and a tiny `r×p` output runs on one core; the per-example products
         // (`B·r·p` values, small exactly when this branch is taken) parallelise over the

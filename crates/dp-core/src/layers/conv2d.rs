@@ -242,10 +242,17 @@ impl Layer for Conv2d {
                     .reshape((b, l, k * cg))?
             };
             let wg = self.group_weight(g)?;
-            let mut y = a.reshape((b * l, k * cg))?.matmul(&wg.t()?)?;
-            if let Some(bias) = self.group_bias(g)? {
-                y = y.broadcast_add(&bias)?;
-            }
+            let a2 = a.reshape((b * l, k * cg))?;
+            let bias = self.group_bias(g)?;
+            let y = if crate::host_gemm::applies(&[&a2, &wg]) {
+                crate::host_gemm::linear_forward(&a2, &wg, bias.as_ref())?
+            } else {
+                let y = a2.matmul(&wg.t()?)?;
+                match &bias {
+                    Some(bias) => y.broadcast_add(bias)?,
+                    None => y,
+                }
+            };
             outs.push(y);
             if train {
                 self.recs[g].clear();
@@ -288,7 +295,12 @@ impl Layer for Conv2d {
             self.recs[g].materialized = None;
             if need_input_grad {
                 let wg = self.group_weight(g)?;
-                let d = gg.reshape((b * l, og))?.matmul(&wg)?;
+                let g2 = gg.reshape((b * l, og))?;
+                let d = if crate::host_gemm::applies(&[&g2, &wg]) {
+                    crate::host_gemm::input_grad(&g2, &wg)?
+                } else {
+                    g2.matmul(&wg)?
+                };
                 dcols.push(d.reshape((b, l, k, cg))?);
             }
         }

@@ -88,10 +88,16 @@ impl Layer for Linear {
         self.input_rank = x.rank();
         let x3 = x.reshape((b, t, p))?;
         let x2 = x3.reshape((b * t, p))?;
-        let mut y = x2.matmul(&self.weight.value.t()?)?;
-        if let Some(bias) = &self.bias {
-            y = y.broadcast_add(&bias.value)?;
-        }
+        let bias = self.bias.as_ref().map(|b| &b.value);
+        let y = if crate::host_gemm::applies(&[&x2, &self.weight.value]) {
+            crate::host_gemm::linear_forward(&x2, &self.weight.value, bias)?
+        } else {
+            let y = x2.matmul(&self.weight.value.t()?)?;
+            match bias {
+                Some(b) => y.broadcast_add(b)?,
+                None => y,
+            }
+        };
         if train {
             self.rec.clear();
             self.rec.a = Some(x3);
@@ -121,7 +127,12 @@ impl Layer for Linear {
         if !need_input_grad {
             return Ok(None);
         }
-        let dx = g3.reshape((b * t, r))?.matmul(&self.weight.value)?;
+        let g2 = g3.reshape((b * t, r))?;
+        let dx = if crate::host_gemm::applies(&[&g2, &self.weight.value]) {
+            crate::host_gemm::input_grad(&g2, &self.weight.value)?
+        } else {
+            g2.matmul(&self.weight.value)?
+        };
         Ok(Some(if self.input_rank == 2 {
             dx
         } else {

@@ -1,0 +1,577 @@
+//! Matrix products of the linear-type layers on f32 host tensors, calling the `gemm` crate
+//! (the kernels behind candle's CPU matmul) directly.
+//!
+//! Why not `Tensor::matmul`: on the CPU candle asks for the thread count on every product,
+//! which on Linux re-reads `/proc/cpuinfo` (measured at 3% of an MNIST-CNN step), and it has
+//! no way to fuse what DP-SGD needs around a product: the bias of a forward pass, the
+//! per-example gradients *and* their norms in one pass over the batch, the Gram matrices of
+//! the ghost norm without a `[B, T, T]` tensor, or a weighted batch reduction split across
+//! cores. Each function here computes exactly what the generic candle expression in
+//! `seq_linear` / the layers computes (tested against it); other devices and dtypes keep the
+//! candle path.
+//!
+//! Parallelism is over examples (rayon, the pool `gemm` itself uses) with single-threaded
+//! products inside, or — for one large product — the `gemm` crate's own splitting.
+
+use candle_core::{CpuStorage, Device, Storage, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// Whether the host kernels apply to every tensor in `ts` (f32 on the CPU).
+pub(crate) fn applies(ts: &[&Tensor]) -> bool {
+    ts.iter().all(|t| crate::cpu_ops::fast_path(t))
+}
+
+/// Runs `f` on the contiguous f32 host data of `t`.
+fn with_host<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+    let t = t.contiguous()?;
+    let (s, l) = t.storage_and_layout();
+    let Storage::Cpu(CpuStorage::F32(v)) = &*s else {
+        candle_core::bail!("host kernels need f32 CPU tensors")
+    };
+    let (a, b) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("host kernels need contiguous data".into()))?;
+    Ok(f(&v[a..b]))
+}
+
+fn host_tensor(v: Vec<f32>, shape: &[usize]) -> candle_core::Result<Tensor> {
+    Tensor::from_vec(v, shape, &Device::Cpu)
+}
+
+/// A matrix operand: row-major storage, read transposed if `t`.
+#[derive(Clone, Copy)]
+struct Op<'a> {
+    data: &'a [f32],
+    /// Stored shape (rows, cols) before the optional transpose.
+    rows: usize,
+    cols: usize,
+    t: bool,
+}
+
+impl<'a> Op<'a> {
+    fn n(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Op {
+            data,
+            rows,
+            cols,
+            t: false,
+        }
+    }
+    fn t(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Op {
+            data,
+            rows,
+            cols,
+            t: true,
+        }
+    }
+    /// (rows, cols) as used in the product.
+    fn shape(&self) -> (usize, usize) {
+        if self.t {
+            (self.cols, self.rows)
+        } else {
+            (self.rows, self.cols)
+        }
+    }
+    /// (row stride, column stride) as used in the product.
+    fn strides(&self) -> (isize, isize) {
+        if self.t {
+            (1, self.cols as isize)
+        } else {
+            (self.cols as isize, 1)
+        }
+    }
+}
+
+fn threads() -> usize {
+    rayon::current_num_threads()
+}
+
+/// `gemm`'s own multi-threading pays off only above a few hundred thousand multiply-adds.
+fn auto_par(m: usize, n: usize, k: usize) -> Parallelism {
+    let t = threads();
+    if t > 1 && m * n * k >= 1 << 18 {
+        Parallelism::Rayon(t)
+    } else {
+        Parallelism::None
+    }
+}
+
+/// `dst[m×n] (row-major) = (accumulate ? dst : 0) + scale · lhs · rhs`.
+fn gemm_into(
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: Op,
+    rhs: Op,
+    scale: f32,
+    par: Parallelism,
+) -> candle_core::Result<()> {
+    let (m, k) = lhs.shape();
+    let (k2, n) = rhs.shape();
+    if k != k2
+        || lhs.data.len() < lhs.rows * lhs.cols
+        || rhs.data.len() < rhs.rows * rhs.cols
+        || dst.len() < m * n
+    {
+        candle_core::bail!("host gemm: inconsistent operand sizes ({m}×{k} · {k2}×{n})");
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(0.0);
+        }
+        return Ok(());
+    }
+    let (lrs, lcs) = lhs.strides();
+    let (rrs, rcs) = rhs.strides();
+    // SAFETY: the bounds of all three operands were checked above against the strides
+    // `Op` reports for its stored (row-major) shape; `dst` is exclusively borrowed.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lcs,
+            lrs,
+            rhs.data.as_ptr(),
+            rcs,
+            rrs,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+    Ok(())
+}
+
+/// `x [n, p] · wᵀ (w [r, p]) + bias [r]` → `[n, r]`: the forward product of a linear layer.
+pub(crate) fn linear_forward(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+) -> candle_core::Result<Tensor> {
+    let (n, p) = x.dims2()?;
+    let (r, p2) = w.dims2()?;
+    if p != p2 {
+        candle_core::bail!("linear_forward: input has {p} features, weight expects {p2}");
+    }
+    let mut out = vec![0f32; n * r];
+    let mut accumulate = false;
+    if let Some(b) = bias {
+        with_host(b, |bv| {
+            for row in out.chunks_mut(r.max(1)) {
+                row.copy_from_slice(&bv[..r]);
+            }
+        })?;
+        accumulate = true;
+    }
+    with_host(x, |xv| {
+        with_host(w, |wv| {
+            gemm_into(
+                &mut out,
+                accumulate,
+                Op::n(xv, n, p),
+                Op::t(wv, r, p),
+                1.0,
+                auto_par(n, r, p),
+            )
+        })
+    })???;
+    host_tensor(out, &[n, r])
+}
+
+/// `g [n, r] · w [r, p]` → `[n, p]`: the input gradient of a linear layer.
+pub(crate) fn input_grad(g: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    let (n, r) = g.dims2()?;
+    let (r2, p) = w.dims2()?;
+    if r != r2 {
+        candle_core::bail!("input_grad: gradient has {r} features, weight has {r2} rows");
+    }
+    let mut out = vec![0f32; n * p];
+    with_host(g, |gv| {
+        with_host(w, |wv| {
+            gemm_into(
+                &mut out,
+                false,
+                Op::n(gv, n, r),
+                Op::n(wv, r, p),
+                1.0,
+                auto_par(n, p, r),
+            )
+        })
+    })???;
+    host_tensor(out, &[n, p])
+}
+
+/// Per-example squared norms `‖G_iᵀA_i‖²_F (+ ‖Σ_t G_{i,t}‖²)` by the ghost-norm identity
+/// (Li et al. 2021, §4): `⟨A_iA_iᵀ, G_iG_iᵀ⟩_F`, with the two `T×T` Gram matrices formed per
+/// example in a per-thread scratch buffer (no `[B, T, T]` tensor); for `T = 1`,
+/// `‖a_i‖²‖g_i‖²`.
+pub(crate) fn ghost_sq_norms(a: &Tensor, g: &Tensor, bias: bool) -> candle_core::Result<Tensor> {
+    let (b, t, p) = a.dims3()?;
+    let r = g.dim(2)?;
+    let mut norms = vec![0f32; b];
+    with_host(a, |av| {
+        with_host(g, |gv| -> candle_core::Result<()> {
+            let (sa, sg) = (t * p, t * r);
+            norms.par_iter_mut().enumerate().try_for_each_init(
+                || (vec![0f32; t * t], vec![0f32; t * t]),
+                |(ga, gg), (i, out)| -> candle_core::Result<()> {
+                    let ai = &av[i * sa..(i + 1) * sa];
+                    let gi = &gv[i * sg..(i + 1) * sg];
+                    let mut w = if t == 1 {
+                        dot(ai, ai) * dot(gi, gi)
+                    } else {
+                        gemm_into(
+                            ga,
+                            false,
+                            Op::n(ai, t, p),
+                            Op::t(ai, t, p),
+                            1.0,
+                            Parallelism::None,
+                        )?;
+                        gemm_into(
+                            gg,
+                            false,
+                            Op::n(gi, t, r),
+                            Op::t(gi, t, r),
+                            1.0,
+                            Parallelism::None,
+                        )?;
+                        dot(ga, gg)
+                    };
+                    if bias {
+                        w += bias_sq_norm(gi, t, r);
+                    }
+                    *out = w;
+                    Ok(())
+                },
+            )
+        })
+    })???;
+    host_tensor(norms, &[b])
+}
+
+/// Materialised per-example gradients `G_iᵀA_i` (`[B, r, p]`) and `Σ_t G_{i,t}` (`[B, r]`),
+/// together with their squared norms (`[B]`), in one parallel pass over the examples.
+pub(crate) fn per_sample_with_norms(
+    a: &Tensor,
+    g: &Tensor,
+    bias: bool,
+) -> candle_core::Result<(Tensor, Option<Tensor>, Tensor)> {
+    let (b, t, p) = a.dims3()?;
+    let r = g.dim(2)?;
+    let mut w = vec![0f32; b * r * p];
+    let mut bs = vec![0f32; if bias { b * r } else { 0 }];
+    let mut norms = vec![0f32; b];
+    with_host(a, |av| {
+        with_host(g, |gv| -> candle_core::Result<()> {
+            let (sa, sg, sw) = (t * p, t * r, r * p);
+            let work = |i: usize, wi: &mut [f32], bi: &mut [f32], n: &mut f32| {
+                let ai = &av[i * sa..(i + 1) * sa];
+                let gi = &gv[i * sg..(i + 1) * sg];
+                gemm_into(
+                    wi,
+                    false,
+                    Op::t(gi, t, r),
+                    Op::n(ai, t, p),
+                    1.0,
+                    Parallelism::None,
+                )?;
+                let mut s = dot(wi, wi);
+                if bias {
+                    column_sums(gi, t, r, bi);
+                    s += dot(bi, bi);
+                }
+                *n = s;
+                Ok(())
+            };
+            if bias {
+                w.par_chunks_mut(sw.max(1))
+                    .zip(bs.par_chunks_mut(r.max(1)))
+                    .zip(norms.par_iter_mut())
+                    .enumerate()
+                    .try_for_each(|(i, ((wi, bi), n))| work(i, wi, bi, n))
+            } else {
+                w.par_chunks_mut(sw.max(1))
+                    .zip(norms.par_iter_mut())
+                    .enumerate()
+                    .try_for_each(|(i, (wi, n))| work(i, wi, &mut [], n))
+            }
+        })
+    })???;
+    let wt = host_tensor(w, &[b, r, p])?;
+    let bt = if bias {
+        Some(host_tensor(bs, &[b, r])?)
+    } else {
+        None
+    };
+    Ok((wt, bt, host_tensor(norms, &[b])?))
+}
+
+/// `Σ_i w_i G_iᵀA_i` (`[r, p]`) and `Σ_i w_i Σ_t G_{i,t}` (`[r]`) without per-example
+/// tensors (book-keeping, Bu et al. 2022). The batch is split into one contiguous block of
+/// examples per core; each block is one product with a `(block·T)`-long reduction, and the
+/// per-core partial sums are added. (A single product over all `B·T` rows would run on one
+/// core when `r×p` is small, as for early convolutions.)
+pub(crate) fn weighted_sum(
+    a: &Tensor,
+    g: &Tensor,
+    weights: &Tensor,
+    bias: bool,
+) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+    let (b, t, p) = a.dims3()?;
+    let r = g.dim(2)?;
+    let wts: Vec<f32> = weights.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+    if wts.len() != b {
+        candle_core::bail!("weighted_sum: {} weights for {b} examples", wts.len());
+    }
+    let blocks = threads().min(b).max(1);
+    let per = b.div_ceil(blocks).max(1);
+    let partials: Vec<(Vec<f32>, Vec<f32>)> = with_host(a, |av| {
+        with_host(g, |gv| {
+            (0..b.div_ceil(per))
+                .into_par_iter()
+                .map(|blk| -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
+                    let lo = blk * per;
+                    let hi = (lo + per).min(b);
+                    let rows = (hi - lo) * t;
+                    // Rows of G scaled by their example's weight.
+                    let mut gw = gv[lo * t * r..hi * t * r].to_vec();
+                    for (i, ex) in gw.chunks_mut(t * r).enumerate() {
+                        let c = wts[lo + i];
+                        ex.iter_mut().for_each(|v| *v *= c);
+                    }
+                    let mut dw = vec![0f32; r * p];
+                    gemm_into(
+                        &mut dw,
+                        false,
+                        Op::t(&gw, rows, r),
+                        Op::n(&av[lo * t * p..hi * t * p], rows, p),
+                        1.0,
+                        Parallelism::None,
+                    )?;
+                    let mut db = vec![0f32; if bias { r } else { 0 }];
+                    if bias {
+                        column_sums(&gw, rows, r, &mut db);
+                    }
+                    Ok((dw, db))
+                })
+                .collect::<candle_core::Result<Vec<_>>>()
+        })
+    })???;
+    let mut it = partials.into_iter();
+    let (mut dw, mut db) = it
+        .next()
+        .unwrap_or_else(|| (vec![0f32; r * p], vec![0f32; r]));
+    for (pw, pb) in it {
+        dw.iter_mut().zip(&pw).for_each(|(x, y)| *x += y);
+        db.iter_mut().zip(&pb).for_each(|(x, y)| *x += y);
+    }
+    let dwt = host_tensor(dw, &[r, p])?;
+    let dbt = if bias {
+        db.resize(r, 0.0);
+        Some(host_tensor(db, &[r])?)
+    } else {
+        None
+    };
+    Ok((dwt, dbt))
+}
+
+/// `Σ_i w_i X_i` for per-example tensors `X` of shape `[B, ...]`: a `[1, B] · [B, n]`
+/// product, split over the columns.
+pub(crate) fn weighted_sum_materialized(
+    x: &Tensor,
+    weights: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let b = dims[0];
+    let n: usize = dims[1..].iter().product();
+    let wts: Vec<f32> = weights.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+    if wts.len() != b {
+        candle_core::bail!("weighted_sum: {} weights for {b} examples", wts.len());
+    }
+    let mut out = vec![0f32; n];
+    with_host(x, |xv| {
+        let chunk = n.div_ceil(threads()).max(1);
+        out.par_chunks_mut(chunk).enumerate().for_each(|(c, o)| {
+            let lo = c * chunk;
+            for (i, &wi) in wts.iter().enumerate() {
+                let row = &xv[i * n + lo..i * n + lo + o.len()];
+                o.iter_mut().zip(row).for_each(|(s, v)| *s += wi * v);
+            }
+        })
+    })?;
+    host_tensor(out, &dims[1..])
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight partial sums so the loop vectorises (f32 addition is not associative, so the
+    // compiler will not reorder a single running sum).
+    let mut acc = [0f32; 8];
+    let (ca, ra) = a.split_at(a.len() - a.len() % 8);
+    let (cb, rb) = b.split_at(ca.len());
+    for (x, y) in ca.chunks_exact(8).zip(cb.chunks_exact(8)) {
+        for j in 0..8 {
+            acc[j] += x[j] * y[j];
+        }
+    }
+    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Column sums of a row-major `[rows, cols]` matrix into `out` (`cols` long).
+fn column_sums(m: &[f32], rows: usize, cols: usize, out: &mut [f32]) {
+    out.fill(0.0);
+    for row in m[..rows * cols].chunks_exact(cols.max(1)) {
+        out.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+    }
+}
+
+fn bias_sq_norm(gi: &[f32], t: usize, r: usize) -> f32 {
+    let mut s = vec![0f32; r];
+    column_sums(gi, t, r, &mut s);
+    dot(&s, &s)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Every host kernel against the generic candle expression it replaces.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn rand(shape: &[usize], seed: u64) -> Tensor {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {
+        assert_eq!(a.dims(), b.dims());
+        let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
+        let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+        a.iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs() / scale)
+            .fold(0.0, f32::max)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn kernels_match_candle(b in 1usize..7, t in 1usize..6, p in 1usize..40, r in 1usize..30,
+                                bias in any::<bool>(), seed in 0u64..1000) {
+            let a = rand(&[b, t, p], seed);
+            let g = rand(&[b, t, r], seed + 1);
+            let w = rand(&[r, p], seed + 2);
+            let bv = rand(&[r], seed + 3);
+            let wts = rand(&[b], seed + 4);
+            let tol = 2e-5;
+
+            // Forward and input gradient.
+            let a2 = a.reshape((b * t, p)).unwrap();
+            let want = a2.matmul(&w.t().unwrap()).unwrap().broadcast_add(&bv).unwrap();
+            prop_assert!(max_rel_diff(&linear_forward(&a2, &w, Some(&bv)).unwrap(), &want) < tol);
+            let want = a2.matmul(&w.t().unwrap()).unwrap();
+            prop_assert!(max_rel_diff(&linear_forward(&a2, &w, None).unwrap(), &want) < tol);
+            let g2 = g.reshape((b * t, r)).unwrap();
+            prop_assert!(max_rel_diff(&input_grad(&g2, &w).unwrap(), &g2.matmul(&w).unwrap()) < tol);
+
+            // Per-example gradients and their norms.
+            let pw = g.t().unwrap().matmul(&a).unwrap();
+            let pb = g.sum(1).unwrap();
+            let mut pn = pw.sqr().unwrap().flatten_from(1).unwrap().sum(1).unwrap();
+            if bias {
+                pn = (pn + pb.sqr().unwrap().sum(1).unwrap()).unwrap();
+            }
+            let (hw, hb, hn) = per_sample_with_norms(&a, &g, bias).unwrap();
+            prop_assert!(max_rel_diff(&hw, &pw) < tol);
+            prop_assert_eq!(hb.is_some(), bias);
+            if let Some(hb) = hb {
+                prop_assert!(max_rel_diff(&hb, &pb) < tol);
+            }
+            prop_assert!(max_rel_diff(&hn, &pn) < tol);
+            prop_assert!(max_rel_diff(&ghost_sq_norms(&a, &g, bias).unwrap(), &pn) < tol);
+
+            // Weighted sums, with and without materialised per-example gradients.
+            let wb = wts.reshape((b, 1, 1)).unwrap();
+            let want_w = pw.broadcast_mul(&wb).unwrap().sum(0).unwrap();
+            let want_b = pb.broadcast_mul(&wts.reshape((b, 1)).unwrap()).unwrap().sum(0).unwrap();
+            let (dw, db) = weighted_sum(&a, &g, &wts, bias).unwrap();
+            prop_assert!(max_rel_diff(&dw, &want_w) < tol);
+            if let Some(db) = db {
+                prop_assert!(max_rel_diff(&db, &want_b) < tol);
+            }
+            prop_assert!(max_rel_diff(&weighted_sum_materialized(&pw, &wts).unwrap(), &want_w) < tol);
+            prop_assert!(max_rel_diff(&weighted_sum_materialized(&pb, &wts).unwrap(), &want_b) < tol);
+        }
+    }
+
+    #[test]
+    fn large_products_use_the_threaded_path_and_still_match() {
+        // Above the `auto_par` threshold and with several example blocks per core.
+        let (b, t, p, r) = (64, 9, 70, 50);
+        let a = rand(&[b, t, p], 1);
+        let g = rand(&[b, t, r], 2);
+        let w = rand(&[r, p], 3);
+        let a2 = a.reshape((b * t, p)).unwrap();
+        let want = a2.matmul(&w.t().unwrap()).unwrap();
+        assert!(max_rel_diff(&linear_forward(&a2, &w, None).unwrap(), &want) < 2e-5);
+        let wts = Tensor::ones(b, candle_core::DType::F32, &Device::Cpu).unwrap();
+        let want = g
+            .reshape((b * t, r))
+            .unwrap()
+            .t()
+            .unwrap()
+            .matmul(&a2)
+            .unwrap();
+        let (dw, db) = weighted_sum(&a, &g, &wts, true).unwrap();
+        assert!(max_rel_diff(&dw, &want) < 2e-5);
+        let want_b = g.sum(1).unwrap().sum(0).unwrap();
+        assert!(max_rel_diff(&db.unwrap(), &want_b) < 2e-5);
+    }
+
+    #[test]
+    fn mismatched_shapes_are_errors_not_panics() {
+        let x = rand(&[3, 4], 0);
+        let w = rand(&[5, 6], 1);
+        assert!(linear_forward(&x, &w, None).is_err());
+        assert!(input_grad(&x, &w).is_err());
+        let a = rand(&[2, 1, 4], 0);
+        let g = rand(&[2, 1, 3], 1);
+        assert!(weighted_sum(&a, &g, &rand(&[3], 2), false).is_err());
+    }
+
+    #[test]
+    fn empty_batch_gives_zero_sums() {
+        let a = rand(&[0, 2, 4], 0);
+        let g = rand(&[0, 2, 3], 1);
+        let wts = rand(&[0], 2);
+        let (dw, db) = weighted_sum(&a, &g, &wts, true).unwrap();
+        assert_eq!(dw.dims(), &[3, 4]);
+        assert_eq!(db.unwrap().dims(), &[3]);
+        assert_eq!(
+            dw.abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+            0.0
+        );
+    }
+}
