@@ -210,27 +210,30 @@ impl CustomOp1 for MaxPoolFwd {
         let b = x.len() / (hw * c);
         let mut out = vec![0f32; b * positions * c];
         let mut arg = vec![0u32; b * positions * c];
-        // Values and argmax are computed together, one example per row.
+        // Values and argmax are computed together, one example per row. The loop runs
+        // over window pixels outside and channels inside, with selects instead of
+        // branches, so it vectorises over channels (a branch per comparison mispredicts
+        // on real data: the channel-inner-loop version was a third of an MNIST-CNN step).
         let compute = |i: usize, o: &mut [f32], a: &mut [u32]| {
             let img = &x[i * hw * c..(i + 1) * hw * c];
-            for pos in 0..positions {
-                let win = &self.idx[pos * k..(pos + 1) * k];
-                for ch in 0..c {
-                    let mut best = f32::NEG_INFINITY;
-                    let mut at = win[0];
-                    for &p in win {
-                        let v = img[p as usize * c + ch];
-                        // `>`: the first maximum wins, like PyTorch.
-                        if v > best || v.is_nan() {
-                            best = v;
-                            at = p;
-                            if v.is_nan() {
-                                break;
-                            }
-                        }
+            for ((win, best), at) in self
+                .idx
+                .chunks_exact(k)
+                .zip(o.chunks_exact_mut(c))
+                .zip(a.chunks_exact_mut(c))
+            {
+                let p0 = win[0] as usize;
+                best.copy_from_slice(&img[p0 * c..(p0 + 1) * c]);
+                at.fill(win[0]);
+                for &p in &win[1..] {
+                    let row = &img[p as usize * c..(p as usize + 1) * c];
+                    for ((b, a), &v) in best.iter_mut().zip(at.iter_mut()).zip(row) {
+                        // `>`: the first maximum wins, like PyTorch; the first NaN wins
+                        // over everything (NaN propagates).
+                        let take = v > *b || (v.is_nan() && !b.is_nan());
+                        *b = if take { v } else { *b };
+                        *a = if take { p } else { *a };
                     }
-                    o[pos * c + ch] = best;
-                    a[pos * c + ch] = at;
                 }
             }
         };
@@ -404,6 +407,39 @@ mod tests {
         for (x, y) in a.iter().zip(&b) {
             assert!((x - y).abs() <= tol, "{x} vs {y}");
         }
+    }
+
+    /// Ties go to the first maximum of the window and a NaN wins over every number.
+    #[test]
+    fn max_pool_kernel_ties_and_nan() {
+        let run = |vals: [f32; 4]| {
+            let x = Tensor::from_vec(vals.to_vec(), (1, 2, 2, 1), &Device::Cpu).unwrap();
+            let mut pool = MaxPool2d::new(2, 1);
+            let y: Vec<f32> = pool
+                .forward(&x, true)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let g = Tensor::ones((1, 1, 1, 1), DType::F32, &Device::Cpu).unwrap();
+            let dx: Vec<f32> = pool
+                .backward(&g, true)
+                .unwrap()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            (y[0], dx)
+        };
+        let (y, dx) = run([1.0, 2.0, 2.0, 0.0]);
+        assert_eq!((y, dx), (2.0, vec![0.0, 1.0, 0.0, 0.0]));
+        let (y, dx) = run([1.0, f32::NAN, 3.0, f32::NAN]);
+        assert!(y.is_nan());
+        assert_eq!(dx, vec![0.0, 1.0, 0.0, 0.0]);
+        let (y, dx) = run([f32::NEG_INFINITY; 4]);
+        assert_eq!((y, dx), (f32::NEG_INFINITY, vec![1.0, 0.0, 0.0, 0.0]));
     }
 
     /// The f32 host kernels against the generic candle path (taken for f64).
