@@ -37,6 +37,7 @@
 //! assert_eq!(grad.len(), 4);
 //! ```
 
+mod chacha_simd;
 pub mod clipping;
 mod cpu_ops;
 mod engine;
