@@ -27,7 +27,7 @@ pub(crate) struct SeqLinearRecord {
 pub(crate) fn fold_examples(t: &Tensor, k: usize, scale: bool) -> Result<Tensor> {
     let dims = t.dims();
     let n = dims[0];
-    if k == 0 || n % k != 0 {
+    if k == 0 || !n.is_multiple_of(k) {
         return Err(crate::CoreError::InvalidArgument(format!(
             "batch of {n} rows is not a whole number of groups of {k} augmented copies"
         )));

@@ -96,7 +96,7 @@ impl Normalize {
                 self.mean.len()
             )));
         }
-        if example_len == 0 || features.len() % example_len != 0 {
+        if example_len == 0 || !features.len().is_multiple_of(example_len) {
             return Err(DataError::InvalidArgument(format!(
                 "{} values are not a whole number of examples of shape {example_shape:?}",
                 features.len()

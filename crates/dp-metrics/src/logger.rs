@@ -83,7 +83,7 @@ impl MetricsLogger {
     /// Whether `step` is a multiple of the logging period (§14: log every k steps and at the
     /// end — call [`log`](Self::log) unconditionally for the final step).
     pub fn is_due(&self, step: u64) -> bool {
-        step % self.every == 0
+        step.is_multiple_of(self.every)
     }
 
     /// The file path.

@@ -676,7 +676,7 @@ impl<M: Model> PrivateTrainer<M> {
                     b.set_message(format!("ε={e:.3} C={:.3}", rec.clip_norm));
                 }
             }
-            if self.step % per_epoch == 0 || self.step == self.total_steps {
+            if self.step.is_multiple_of(per_epoch) || self.step == self.total_steps {
                 self.end_epoch(test, device)?;
             }
         }

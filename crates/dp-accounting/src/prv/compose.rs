@@ -265,7 +265,7 @@ mod tests {
         assert_eq!(fast_even_len(1000), 1024);
         for n in [3usize, 100, 12345, 1_000_001] {
             let l = fast_even_len(n);
-            assert!(l >= n && l % 2 == 0 && (l as f64) < 1.2 * n as f64 + 2.0);
+            assert!(l >= n && l.is_multiple_of(2) && (l as f64) < 1.2 * n as f64 + 2.0);
         }
     }
 

@@ -190,8 +190,8 @@ fn missing_weight_grad(layer: &str) -> CoreError {
 
 fn validate(cfg: &Conv2dConfig) -> Result<()> {
     let bad = cfg.groups == 0
-        || cfg.in_channels % cfg.groups != 0
-        || cfg.out_channels % cfg.groups != 0
+        || !cfg.in_channels.is_multiple_of(cfg.groups)
+        || !cfg.out_channels.is_multiple_of(cfg.groups)
         || cfg.kernel.0 == 0
         || cfg.kernel.1 == 0
         || cfg.stride.0 == 0

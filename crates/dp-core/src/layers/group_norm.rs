@@ -27,7 +27,7 @@ pub struct GroupNorm {
 impl GroupNorm {
     /// Gain 1, bias 0; `channels` must be divisible by `groups`.
     pub fn new(groups: usize, channels: usize, eps: f64, device: &Device) -> Result<Self> {
-        if groups == 0 || channels % groups != 0 {
+        if groups == 0 || !channels.is_multiple_of(groups) {
             return Err(CoreError::InvalidArgument(format!(
                 "GroupNorm: {channels} channels cannot be split into {groups} groups"
             )));
