@@ -79,6 +79,8 @@ struct Args {
 }
 
 fn main() -> Result<()> {
+    // Before any tensor op: candle's element-wise pool must not spin against the GEMMs.
+    dp_lab::core::configure_cpu_threads();
     let args = Args::parse();
     let dataset = args.dataset.unwrap_or(if args.data_dir.is_some() {
         Data::Mnist

@@ -102,6 +102,8 @@ struct RunRecord {
 }
 
 fn main() -> Result<()> {
+    // Before any tensor op: candle's element-wise pool must not spin against the GEMMs.
+    dp_lab::core::configure_cpu_threads();
     let args = Args::parse();
     let dev = Device::Cpu;
     let (name, norm, label) = match args.dataset {

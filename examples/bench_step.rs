@@ -123,6 +123,8 @@ fn peak_rss_mb() -> Option<f64> {
 }
 
 fn main() -> Result<()> {
+    // Before any tensor op: candle's element-wise pool must not spin against the GEMMs.
+    dp_lab::core::configure_cpu_threads();
     let args = Args::parse();
     let dev = Device::Cpu;
     let data = dp_lab::data::load_bundled_mnist()?;

@@ -171,6 +171,8 @@ struct Args {
 }
 
 fn main() -> Result<()> {
+    // Before any tensor op: candle's element-wise pool must not spin against the GEMMs.
+    dp_lab::core::configure_cpu_threads();
     let args = Args::parse();
     anyhow::ensure!(
         args.grid >= 2 && args.slice_points >= 3,

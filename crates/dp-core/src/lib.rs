@@ -51,6 +51,7 @@ mod model;
 pub mod models;
 mod noise;
 pub mod patches;
+mod runtime;
 mod seq_linear;
 
 pub use candle_core;
@@ -65,3 +66,4 @@ pub use layer::{GradMode, Layer, Param, PerSampleGrad};
 pub use loss::{accuracy, CrossEntropy, HalfSquaredError, Loss};
 pub use model::{Model, Sequential};
 pub use noise::{GaussianNoise, NoiseState};
+pub use runtime::configure_cpu_threads;

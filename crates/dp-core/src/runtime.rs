@@ -1,0 +1,32 @@
+//! Process-wide CPU settings for training.
+
+/// Keeps candle's element-wise thread pool from competing with the matrix products: call it
+/// first thing in `main`, before any tensor operation and before starting threads.
+///
+/// candle runs element-wise ops on tensors of 64k elements or more on its own "barrier
+/// pool", whose workers busy-wait for 25,000 iterations after each op before sleeping;
+/// the matrix products (the `gemm` crate) and dp-core's kernels run on rayon's pool. With a
+/// pool of each per core, the spinning workers take cores from the products: on the 2-core
+/// benchmark machine candle's worker was a third of all CPU time in an MLP DP step, and
+/// single-threaded element-wise ops made DP steps 1.1–1.5× faster (`bench_step`). This sets
+/// `CANDLE_NUM_THREADS=1` (element-wise ops on the calling thread) unless the variable is
+/// already set, and returns the value in effect. It cannot change a pool candle has
+/// already started.
+///
+/// The environment is process-global: calling this while other threads read it is a data
+/// race in the C library, hence "before starting threads".
+///
+/// ```
+/// let n = dp_core::configure_cpu_threads();
+/// assert!(!n.is_empty());
+/// ```
+pub fn configure_cpu_threads() -> String {
+    const VAR: &str = "CANDLE_NUM_THREADS";
+    match std::env::var(VAR) {
+        Ok(v) => v,
+        Err(_) => {
+            std::env::set_var(VAR, "1");
+            "1".to_string()
+        }
+    }
+}
