@@ -32,9 +32,12 @@ struct Args {
     /// Print one JSON object per line instead of a table.
     #[arg(long)]
     json: bool,
-    /// Seconds to measure each (model, mode) pair.
+    /// Seconds to measure each (model, mode) pair, split over the rounds.
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
+    /// Interleaved measurement rounds per model; the median round is reported.
+    #[arg(long, default_value_t = 7)]
+    rounds: usize,
     /// Only models whose name contains this string.
     #[arg(long)]
     filter: Option<String>,
@@ -186,42 +189,90 @@ fn main() -> Result<()> {
             cifar_batch(b)?
         };
         let x = x.to_dtype(DType::F32)?;
-        let mut base_ms = None;
+        // Every mode of this model is set up first and measured in interleaved rounds;
+        // each mode's time is the median over rounds, so a burst of background load on a
+        // shared machine does not land on one mode only.
+        struct Run {
+            mode: Mode,
+            model: Sequential,
+            clip: Box<dyn ClipStrategy>,
+            noise: GaussianNoise,
+            round_ms: Vec<f64>,
+            steps: usize,
+        }
+        let mut runs = Vec::new();
         for mode in [Mode::NonPrivate, Mode::Materialize, Mode::Ghost] {
             if args.mode.as_deref().is_some_and(|m| m != mode.name()) {
                 continue;
             }
-            let mut model = build()?;
-            let mut clip: Box<dyn ClipStrategy> = match mode {
-                Mode::NonPrivate => Box::new(NoClip),
-                _ => Box::new(FlatClip::new(1.0)?),
+            let mut run = Run {
+                mode,
+                model: build()?,
+                clip: match mode {
+                    Mode::NonPrivate => Box::new(NoClip),
+                    _ => Box::new(FlatClip::new(1.0)?),
+                },
+                noise: GaussianNoise::seeded(0),
+                round_ms: Vec::new(),
+                steps: 0,
             };
-            let mut noise = GaussianNoise::seeded(0);
             for _ in 0..2 {
-                step(&mut model, &x, &y, mode, clip.as_mut(), &mut noise)?;
+                step(
+                    &mut run.model,
+                    &x,
+                    &y,
+                    mode,
+                    run.clip.as_mut(),
+                    &mut run.noise,
+                )?;
             }
-            let start = Instant::now();
-            let mut steps = 0usize;
-            while steps < 3 || start.elapsed().as_secs_f64() < args.seconds {
-                step(&mut model, &x, &y, mode, clip.as_mut(), &mut noise)?;
-                steps += 1;
+            runs.push(run);
+        }
+        let per_round = args.seconds / args.rounds.max(1) as f64;
+        for _ in 0..args.rounds.max(1) {
+            for run in runs.iter_mut() {
+                let start = Instant::now();
+                let mut steps = 0usize;
+                while steps < 2 || start.elapsed().as_secs_f64() < per_round {
+                    step(
+                        &mut run.model,
+                        &x,
+                        &y,
+                        run.mode,
+                        run.clip.as_mut(),
+                        &mut run.noise,
+                    )?;
+                    steps += 1;
+                }
+                run.round_ms
+                    .push(start.elapsed().as_secs_f64() * 1e3 / steps as f64);
+                run.steps += steps;
             }
-            let ms = start.elapsed().as_secs_f64() * 1e3 / steps as f64;
-            if mode == Mode::NonPrivate {
-                base_ms = Some(ms);
-            }
+        }
+        let median = |v: &[f64]| {
+            let mut v = v.to_vec();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let base_ms = runs
+            .iter()
+            .find(|r| r.mode == Mode::NonPrivate)
+            .map(|r| median(&r.round_ms));
+        for run in &runs {
+            let ms = median(&run.round_ms);
             let ratio = base_ms.map(|b| ms / b).unwrap_or(1.0);
             let sps = b as f64 / (ms / 1e3);
             if args.json {
                 println!(
                     "{}",
                     serde_json::json!({
-                        "model": name, "mode": mode.name(), "batch": b,
+                        "model": name, "mode": run.mode.name(), "batch": b,
                         "samples_per_s": (sps * 10.0).round() / 10.0,
                         "ms_per_step": (ms * 1000.0).round() / 1000.0,
                         "time_vs_non_private": (ratio * 1000.0).round() / 1000.0,
                         "peak_rss_mb": peak_rss_mb(),
-                        "steps_measured": steps,
+                        "steps_measured": run.steps,
+                        "rounds": run.round_ms.len(),
                         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
                     })
                 );
@@ -229,7 +280,7 @@ fn main() -> Result<()> {
                 println!(
                     "{:<22} {:<22} {:>6} {:>12.0} {:>10.2} {:>8.2}",
                     name,
-                    mode.name(),
+                    run.mode.name(),
                     b,
                     sps,
                     ms,

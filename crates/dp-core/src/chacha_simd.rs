@@ -63,6 +63,7 @@ impl KeyStream {
 }
 
 impl RngCore for KeyStream {
+    #[inline]
     fn next_u32(&mut self) -> u32 {
         if self.idx >= BUF_WORDS {
             self.refill();
@@ -74,6 +75,7 @@ impl RngCore for KeyStream {
 
     /// Two consecutive words, the first in the low half — including across a refill, as
     /// `rand_core::block::BlockRng` does.
+    #[inline]
     fn next_u64(&mut self) -> u64 {
         if self.idx + 1 < BUF_WORDS {
             let (lo, hi) = (self.buf[self.idx], self.buf[self.idx + 1]);

@@ -23,7 +23,7 @@ pub(crate) fn applies(ts: &[&Tensor]) -> bool {
 }
 
 /// Runs `f` on the contiguous f32 host data of `t`.
-fn with_host<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+pub(crate) fn with_host<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
     let t = t.contiguous()?;
     let (s, l) = t.storage_and_layout();
     let Storage::Cpu(CpuStorage::F32(v)) = &*s else {

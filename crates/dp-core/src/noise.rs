@@ -215,16 +215,26 @@ impl GaussianNoise {
         let s = std as f32;
         let normals: Vec<Vec<f32>> = match prefetched {
             // Standard normals times s: the same f32 products `sample` computes.
-            Some(z) => z
-                .into_iter()
-                .map(|v| v.into_iter().map(|x| x * s).collect())
-                .collect(),
+            Some(mut z) => {
+                for v in z.iter_mut() {
+                    v.iter_mut().for_each(|x| *x *= s);
+                }
+                z
+            }
             None => sizes.iter().map(|&n| self.sample(n, std)).collect(),
         };
         tensors
             .iter()
             .zip(normals)
-            .map(|(t, z)| {
+            .map(|(t, mut z)| {
+                if crate::cpu_ops::fast_path(t) {
+                    // f32 on the host: `t + z` into z's buffer, one pass, the same f32 sums
+                    // as the tensor addition below.
+                    crate::host_gemm::with_host(t, |tv| {
+                        z.iter_mut().zip(tv).for_each(|(zi, ti)| *zi += *ti)
+                    })?;
+                    return Ok(Tensor::from_vec(z, t.dims(), t.device())?);
+                }
                 let mut z = Tensor::from_vec(z, t.dims(), t.device())?;
                 if z.dtype() != t.dtype() {
                     z = z.to_dtype(t.dtype())?;
