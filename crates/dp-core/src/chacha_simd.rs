@@ -101,6 +101,32 @@ impl RngCore for KeyStream {
     }
 }
 
+impl crate::ziggurat::WordSource for KeyStream {
+    #[inline]
+    fn next_u64(&mut self) -> u64 {
+        RngCore::next_u64(self)
+    }
+
+    /// Eight words from the buffer when they do not straddle a refill.
+    #[inline]
+    fn peek8(&mut self) -> Option<[u64; 8]> {
+        if self.idx + 16 > BUF_WORDS {
+            return None;
+        }
+        let b = &self.buf[self.idx..self.idx + 16];
+        let mut w = [0u64; 8];
+        for (j, v) in w.iter_mut().enumerate() {
+            *v = (u64::from(b[2 * j + 1]) << 32) | u64::from(b[2 * j]);
+        }
+        Some(w)
+    }
+
+    #[inline]
+    fn skip(&mut self, n: usize) {
+        self.idx += 2 * n;
+    }
+}
+
 /// Sixteen consecutive ChaCha20 blocks (counters `counter..counter+16`), lane `b` of
 /// every register holding block `b`; written out block after block.
 #[cfg(target_arch = "x86_64")]

@@ -53,6 +53,7 @@ mod noise;
 pub mod patches;
 mod runtime;
 mod seq_linear;
+mod ziggurat;
 
 pub use candle_core;
 pub use clipping::{ClipStrategy, LayerSqNorms};

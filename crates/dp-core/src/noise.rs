@@ -15,10 +15,10 @@ use crate::error::{CoreError, Result};
 use candle_core::Tensor;
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
-use rand_distr::StandardNormal;
 use rayon::prelude::*;
 
 use crate::chacha_simd::KeyStream;
+use crate::ziggurat;
 
 /// Elements per independent noise stream (fixed: reproducibility must not depend on
 /// the thread count).
@@ -84,22 +84,18 @@ impl Clone for GaussianNoise {
 /// uses ChaCha20 stream `k` of the key), filled in parallel on rayon's pool.
 ///
 /// The keystream comes from [`KeyStream`] (sixteen blocks per AVX-512 pass) where the CPU
-/// has AVX-512F and from `rand_chacha` elsewhere: the same words either way.
+/// has AVX-512F and from `rand_chacha` elsewhere: the same words either way, turned into
+/// normals by [`ziggurat::fill`] (the draws of `rand_distr::StandardNormal`, faster).
 fn fill_normals(key: [u8; 32], n: usize, std: f32) -> Vec<f32> {
-    fn fill_with<R: Rng>(r: &mut R, chunk: &mut [f32], std: f32) {
-        for v in chunk.iter_mut() {
-            *v = r.sample::<f32, _>(StandardNormal) * std;
-        }
-    }
     let mut out = vec![0f32; n];
     out.par_chunks_mut(NOISE_CHUNK)
         .enumerate()
         .for_each(|(k, chunk)| match KeyStream::new(key, k as u64) {
-            Some(mut r) => fill_with(&mut r, chunk, std),
+            Some(mut r) => ziggurat::fill(&mut r, chunk, std),
             None => {
                 let mut r = ChaCha20Rng::from_seed(key);
                 r.set_stream(k as u64);
-                fill_with(&mut r, chunk, std);
+                ziggurat::fill(&mut ziggurat::Scalar(&mut r), chunk, std);
             }
         });
     out
@@ -267,7 +263,7 @@ mod tests {
             let mut r = ChaCha20Rng::from_seed(key);
             r.set_stream(k as u64);
             let len = NOISE_CHUNK.min(n - k * NOISE_CHUNK);
-            slow.extend((0..len).map(|_| r.sample::<f32, _>(StandardNormal) * 0.5));
+            slow.extend((0..len).map(|_| r.sample::<f32, _>(rand_distr::StandardNormal) * 0.5));
         }
         assert_eq!(fast, slow);
     }
