@@ -16,7 +16,8 @@
 
 use std::sync::OnceLock;
 
-/// Right edge of the base layer (Marsaglia & Tsang, 256 layers).
+/// Right edge of the base layer (Marsaglia & Tsang, 256 layers), as published.
+#[allow(clippy::excessive_precision)]
 const R: f64 = 3.654_152_885_361_008_8;
 /// Area of every layer.
 const V: f64 = 0.004_928_673_233_99;
