@@ -43,6 +43,7 @@ mod cpu_ops;
 mod engine;
 mod error;
 mod host_gemm;
+mod host_norm;
 mod init;
 mod layer;
 pub mod layers;

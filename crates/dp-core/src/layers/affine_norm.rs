@@ -22,6 +22,9 @@ pub(crate) struct AffineNorm {
     rstd: Option<Tensor>,
     /// The input's shape.
     shape: Vec<usize>,
+    /// Per-example `(∂γ, ∂β, squared norms)` once computed (host path), reused by
+    /// `sq_norms` and `weighted_sum`.
+    materialized: Option<(Tensor, Tensor, Tensor)>,
 }
 
 impl AffineNorm {
@@ -35,6 +38,7 @@ impl AffineNorm {
             g: None,
             rstd: None,
             shape: Vec::new(),
+            materialized: None,
         })
     }
 
@@ -82,18 +86,83 @@ impl AffineNorm {
         let y = xhat
             .broadcast_mul(&self.gamma.value)?
             .broadcast_add(&self.beta.value)?;
+        self.record(xhat, rstd, x, train);
+        Ok(y.reshape(x.dims())?)
+    }
+
+    /// Whether the fused host kernels (`host_norm`) apply to input `x`.
+    pub fn host(&self, x: &Tensor) -> bool {
+        crate::host_gemm::applies(&[x, &self.gamma.value, &self.beta.value])
+    }
+
+    /// The forward pass on the host: `x3` is `[N, S, C]` normalised per (row, group).
+    pub fn forward_host(
+        &mut self,
+        x3: &Tensor,
+        groups: usize,
+        x: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
+        let (y, xhat, rstd) =
+            crate::host_norm::forward(x3, groups, self.eps, &self.gamma.value, &self.beta.value)?;
+        let (b, _, c) = x3.dims3()?;
+        let xhat = if x.dims()[0] == b {
+            xhat
+        } else {
+            xhat.reshape((x.dims()[0], (), c))?
+        };
+        self.record(xhat, rstd, x, train);
+        Ok(y.reshape(x.dims())?)
+    }
+
+    /// The backward pass on the host; `groups` and the `[N, S, C]` view as in
+    /// [`AffineNorm::forward_host`].
+    pub fn backward_host(
+        &mut self,
+        grad_out: &Tensor,
+        view: (usize, usize, usize),
+        groups: usize,
+        need_input_grad: bool,
+        layer: &str,
+    ) -> Result<Option<Tensor>> {
+        let (xhat, rstd, g) = self.backward_record(grad_out, layer)?;
+        if !need_input_grad {
+            return Ok(None);
+        }
+        let dx = crate::host_norm::backward(
+            &xhat.reshape(view)?,
+            &rstd,
+            &g.reshape(view)?,
+            &self.gamma.value,
+            groups,
+        )?;
+        Ok(Some(dx.reshape(self.input_shape())?))
+    }
+
+    fn record(&mut self, xhat: Tensor, rstd: Tensor, x: &Tensor, train: bool) {
         if train {
             self.xhat = Some(xhat);
             self.g = None;
             self.rstd = Some(rstd);
             self.shape = x.dims().to_vec();
+            self.materialized = None;
         }
-        Ok(y.reshape(x.dims())?)
     }
 
     /// Records the output gradient; returns `(x̂, rstd, ∂L/∂x̂ = G ⊙ γ)`, all `[B, S, C]`
     /// except `rstd`.
     pub fn backward(&mut self, grad_out: &Tensor, layer: &str) -> Result<(Tensor, Tensor, Tensor)> {
+        let (xhat, rstd, g) = self.backward_record(grad_out, layer)?;
+        let dxhat = g.broadcast_mul(&self.gamma.value)?;
+        Ok((xhat, rstd, dxhat))
+    }
+
+    /// Records the output gradient (as `[B, S, C]`); returns `(x̂, rstd, G)`.
+    fn backward_record(
+        &mut self,
+        grad_out: &Tensor,
+        layer: &str,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
         let (xhat, rstd) = match (&self.xhat, &self.rstd) {
             (Some(x), Some(r)) => (x.clone(), r.clone()),
             _ => {
@@ -105,9 +174,9 @@ impl AffineNorm {
         };
         let (b, s, c) = xhat.dims3()?;
         let g = grad_out.reshape((b, s, c))?;
-        let dxhat = g.broadcast_mul(&self.gamma.value)?;
-        self.g = Some(g);
-        Ok((xhat, rstd, dxhat))
+        self.g = Some(g.clone());
+        self.materialized = None;
+        Ok((xhat, rstd, g))
     }
 
     /// The input's shape recorded by the last training forward pass.
@@ -127,6 +196,7 @@ impl AffineNorm {
         self.xhat = None;
         self.g = None;
         self.rstd = None;
+        self.materialized = None;
     }
 
     /// Augmentation multiplicity: see `seq_linear::fold_examples`.
@@ -135,6 +205,7 @@ impl AffineNorm {
             self.xhat = Some(crate::seq_linear::fold_examples(x, k, false)?);
             self.g = Some(crate::seq_linear::fold_examples(g, k, true)?);
         }
+        self.materialized = None;
         Ok(())
     }
 
@@ -151,10 +222,36 @@ impl AffineNorm {
             .g
             .as_ref()
             .ok_or_else(|| missing("no recorded output gradient"))?;
+        if crate::host_gemm::applies(&[xhat, g]) {
+            return Ok(self
+                .materialize_host(layer)?
+                .map(|(dg, db, _)| vec![dg, db])
+                .unwrap_or_default());
+        }
         Ok(vec![(g * xhat)?.sum(1)?, g.sum(1)?])
     }
 
-    pub fn sq_norms(&self, layer: &str) -> Result<Tensor> {
+    /// Per-example gradients and norms from the host kernel, computed once per backward.
+    fn materialize_host(&self, _layer: &str) -> Result<Option<(Tensor, Tensor, Tensor)>> {
+        if let Some(m) = &self.materialized {
+            return Ok(Some(m.clone()));
+        }
+        match (&self.xhat, &self.g) {
+            (Some(x), Some(g)) => Ok(Some(crate::host_norm::affine_per_sample(x, g)?)),
+            _ => Ok(None),
+        }
+    }
+
+    pub fn sq_norms(&mut self, layer: &str) -> Result<Tensor> {
+        if let (Some(x), Some(g)) = (&self.xhat, &self.g) {
+            if crate::host_gemm::applies(&[x, g]) {
+                if let Some(m) = self.materialize_host(layer)? {
+                    let n = m.2.clone();
+                    self.materialized = Some(m);
+                    return Ok(n);
+                }
+            }
+        }
         let v = self.per_sample(layer)?;
         Ok((v[0].sqr()?.sum(1)? + v[1].sqr()?.sum(1)?)?)
     }

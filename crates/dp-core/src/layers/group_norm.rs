@@ -72,6 +72,9 @@ impl Layer for GroupNorm {
 
     fn forward(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
         let x3 = self.norm.input(x, &self.name())?;
+        if self.norm.host(&x3) {
+            return self.norm.forward_host(&x3, self.groups, x, train);
+        }
         let (b, s, c) = x3.dims3()?;
         let (xg, rstd) = normalize_last(&self.to_groups(&x3)?, self.norm.eps)?;
         let xhat = self.ungroup(&xg, b, s, c)?;
@@ -80,6 +83,18 @@ impl Layer for GroupNorm {
 
     fn backward(&mut self, grad_out: &Tensor, need_input_grad: bool) -> Result<Option<Tensor>> {
         let name = self.name();
+        if self.norm.host(grad_out) {
+            let shape = self.norm.input_shape();
+            let (b, c) = (shape[0], shape[shape.len() - 1]);
+            let s = grad_out.elem_count() / (b * c).max(1);
+            return self.norm.backward_host(
+                grad_out,
+                (b, s, c),
+                self.groups,
+                need_input_grad,
+                &name,
+            );
+        }
         let (xhat, rstd, dxhat) = self.norm.backward(grad_out, &name)?;
         if !need_input_grad {
             return Ok(None);

@@ -50,12 +50,25 @@ impl Layer for LayerNorm {
     fn forward(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
         let x3 = self.norm.input(x, &self.name())?;
         let (b, s, d) = x3.dims3()?;
+        if self.norm.host(&x3) {
+            // Every position is its own normalisation row: [B·S, 1, D], one group.
+            return self
+                .norm
+                .forward_host(&x3.reshape((b * s, 1, d))?, 1, x, train);
+        }
         let (xhat, rstd) = normalize_last(&x3.reshape((b * s, d))?, self.norm.eps)?;
         self.norm.output(xhat.reshape((b, s, d))?, rstd, x, train)
     }
 
     fn backward(&mut self, grad_out: &Tensor, need_input_grad: bool) -> Result<Option<Tensor>> {
         let name = self.name();
+        if self.norm.host(grad_out) {
+            let d = self.norm.channels();
+            let rows = grad_out.elem_count() / d.max(1);
+            return self
+                .norm
+                .backward_host(grad_out, (rows, 1, d), 1, need_input_grad, &name);
+        }
         let (xhat, rstd, dxhat) = self.norm.backward(grad_out, &name)?;
         if !need_input_grad {
             return Ok(None);

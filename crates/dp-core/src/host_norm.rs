@@ -1,0 +1,309 @@
+//! GroupNorm / LayerNorm forward, backward and per-example affine gradients as single
+//! passes over f32 host data.
+//!
+//! The generic path (`layers::norm_common` on candle ops) regroups channels-last data into
+//! `[B·G, S·C/G]` with a transposed copy and then makes about ten passes over it (mean,
+//! centring, variance, scaling, affine map, and as many for the backward): on the GroupNorm
+//! CIFAR convnet that was two thirds of a training step. Here one example is one task:
+//! per-group sums are accumulated in f64 straight from the channels-last layout and every
+//! output is written once. LayerNorm is the case `S = 1, G = 1` on `[B·T, 1, C]`.
+//!
+//! Layout: `x`, `x̂`, `y`, gradients `[N, S, C]`; `G` groups of `C/G` consecutive channels;
+//! a group's statistics run over all `S` positions and its channels; `rstd` is `[N·G, 1]`
+//! (the generic path's shape, group-minor).
+
+use crate::host_gemm::with_host;
+use candle_core::{Device, Tensor};
+use rayon::prelude::*;
+
+fn shape_ok(n: usize, s: usize, c: usize, groups: usize, len: usize) -> candle_core::Result<()> {
+    if groups == 0 || c % groups != 0 || n * s * c != len {
+        candle_core::bail!(
+            "host norm: [{n}, {s}, {c}] with {groups} groups does not fit {len} values"
+        );
+    }
+    Ok(())
+}
+
+/// `(y, x̂, rstd)` with `x̂ = (x − μ_g)/sqrt(σ²_g + eps)` per (example, group) and
+/// `y = x̂ ⊙ γ + β`.
+pub(crate) fn forward(
+    x: &Tensor,
+    groups: usize,
+    eps: f64,
+    gamma: &Tensor,
+    beta: &Tensor,
+) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+    let (n, s, c) = x.dims3()?;
+    let per = s * c;
+    let cg = c / groups.max(1);
+    let mut y = vec![0f32; n * per];
+    let mut xhat = vec![0f32; n * per];
+    let mut rstd = vec![0f32; n * groups];
+    with_host(x, |xv| {
+        shape_ok(n, s, c, groups, xv.len())?;
+        with_host(gamma, |gv| {
+            with_host(beta, |bv| {
+                y.par_chunks_mut(per.max(1))
+                    .zip(xhat.par_chunks_mut(per.max(1)))
+                    .zip(rstd.par_chunks_mut(groups))
+                    .enumerate()
+                    .for_each(|(i, ((yi, hi), ri))| {
+                        let xi = &xv[i * per..(i + 1) * per];
+                        let count = (s * cg) as f64;
+                        let mut mean = vec![0f64; groups];
+                        for row in xi.chunks_exact(c) {
+                            for (m, grp) in mean.iter_mut().zip(row.chunks_exact(cg)) {
+                                *m += grp.iter().map(|&v| f64::from(v)).sum::<f64>();
+                            }
+                        }
+                        mean.iter_mut().for_each(|m| *m /= count);
+                        let mut var = vec![0f64; groups];
+                        for row in xi.chunks_exact(c) {
+                            for ((v, grp), m) in var.iter_mut().zip(row.chunks_exact(cg)).zip(&mean)
+                            {
+                                *v += grp
+                                    .iter()
+                                    .map(|&a| {
+                                        let d = f64::from(a) - m;
+                                        d * d
+                                    })
+                                    .sum::<f64>();
+                            }
+                        }
+                        let mf: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
+                        for (r, v) in ri.iter_mut().zip(&var) {
+                            *r = (1.0 / (v / count + eps).sqrt()) as f32;
+                        }
+                        for ((xr, hr), yr) in xi
+                            .chunks_exact(c)
+                            .zip(hi.chunks_exact_mut(c))
+                            .zip(yi.chunks_exact_mut(c))
+                        {
+                            for (k, ((&a, h), o)) in
+                                xr.iter().zip(hr.iter_mut()).zip(yr.iter_mut()).enumerate()
+                            {
+                                let g = k / cg;
+                                let v = (a - mf[g]) * ri[g];
+                                *h = v;
+                                *o = v * gv[k] + bv[k];
+                            }
+                        }
+                    });
+                Ok::<(), candle_core::Error>(())
+            })
+        })
+    })????;
+    let dev = Device::Cpu;
+    Ok((
+        Tensor::from_vec(y, (n, s, c), &dev)?,
+        Tensor::from_vec(xhat, (n, s, c), &dev)?,
+        Tensor::from_vec(rstd, (n * groups, 1), &dev)?,
+    ))
+}
+
+/// `dx = rstd·(d − mean(d) − x̂·mean(d ⊙ x̂))` per (example, group), with `d = g ⊙ γ`.
+pub(crate) fn backward(
+    xhat: &Tensor,
+    rstd: &Tensor,
+    g: &Tensor,
+    gamma: &Tensor,
+    groups: usize,
+) -> candle_core::Result<Tensor> {
+    let (n, s, c) = xhat.dims3()?;
+    let per = s * c;
+    let cg = c / groups.max(1);
+    let mut dx = vec![0f32; n * per];
+    with_host(xhat, |hv| {
+        shape_ok(n, s, c, groups, hv.len())?;
+        with_host(g, |gv| {
+            with_host(gamma, |wv| {
+                with_host(rstd, |rv| {
+                    if gv.len() != hv.len() || rv.len() != n * groups {
+                        candle_core::bail!("host norm backward: record and gradient disagree");
+                    }
+                    dx.par_chunks_mut(per.max(1))
+                        .enumerate()
+                        .for_each(|(i, di)| {
+                            let hi = &hv[i * per..(i + 1) * per];
+                            let gi = &gv[i * per..(i + 1) * per];
+                            let ri = &rv[i * groups..(i + 1) * groups];
+                            let count = (s * cg) as f64;
+                            let mut md = vec![0f64; groups];
+                            let mut mdx = vec![0f64; groups];
+                            for (hr, gr) in hi.chunks_exact(c).zip(gi.chunks_exact(c)) {
+                                for (k, (&h, &gg)) in hr.iter().zip(gr).enumerate() {
+                                    let d = f64::from(gg * wv[k]);
+                                    md[k / cg] += d;
+                                    mdx[k / cg] += d * f64::from(h);
+                                }
+                            }
+                            let md: Vec<f32> = md.iter().map(|v| (v / count) as f32).collect();
+                            let mdx: Vec<f32> = mdx.iter().map(|v| (v / count) as f32).collect();
+                            for ((dr, hr), gr) in di
+                                .chunks_exact_mut(c)
+                                .zip(hi.chunks_exact(c))
+                                .zip(gi.chunks_exact(c))
+                            {
+                                for (k, ((o, &h), &gg)) in dr.iter_mut().zip(hr).zip(gr).enumerate()
+                                {
+                                    let grp = k / cg;
+                                    *o = ri[grp] * (gg * wv[k] - md[grp] - h * mdx[grp]);
+                                }
+                            }
+                        });
+                    Ok(())
+                })
+            })
+        })
+    })?????;
+    Tensor::from_vec(dx, (n, s, c), &Device::Cpu)
+}
+
+/// Per-example affine gradients `∂γ_i = Σ_s G_{i,s} ⊙ x̂_{i,s}`, `∂β_i = Σ_s G_{i,s}`
+/// (`[B, C]` each) and their squared norms `[B]`.
+pub(crate) fn affine_per_sample(
+    xhat: &Tensor,
+    g: &Tensor,
+) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+    let (b, s, c) = xhat.dims3()?;
+    let per = s * c;
+    let mut dg = vec![0f32; b * c];
+    let mut db = vec![0f32; b * c];
+    let mut norms = vec![0f32; b];
+    with_host(xhat, |hv| {
+        with_host(g, |gv| {
+            if hv.len() != b * per || gv.len() != hv.len() {
+                candle_core::bail!("host norm: record and gradient disagree");
+            }
+            dg.par_chunks_mut(c.max(1))
+                .zip(db.par_chunks_mut(c.max(1)))
+                .zip(norms.par_iter_mut())
+                .enumerate()
+                .for_each(|(i, ((dgi, dbi), ni))| {
+                    let hi = &hv[i * per..(i + 1) * per];
+                    let gi = &gv[i * per..(i + 1) * per];
+                    for (hr, gr) in hi.chunks_exact(c).zip(gi.chunks_exact(c)) {
+                        for (((a, bb), &h), &gg) in
+                            dgi.iter_mut().zip(dbi.iter_mut()).zip(hr).zip(gr)
+                        {
+                            *a += gg * h;
+                            *bb += gg;
+                        }
+                    }
+                    *ni = dgi.iter().chain(dbi.iter()).map(|v| v * v).sum();
+                });
+            Ok(())
+        })
+    })???;
+    let dev = Device::Cpu;
+    Ok((
+        Tensor::from_vec(dg, (b, c), &dev)?,
+        Tensor::from_vec(db, (b, c), &dev)?,
+        Tensor::from_vec(norms, b, &dev)?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The host kernels against the generic candle path (taken for f64 tensors).
+    use crate::layer::{GradMode, Layer, PerSampleGrad};
+    use crate::layers::{GroupNorm, LayerNorm};
+    use candle_core::{DType, Device, Tensor};
+    use proptest::prelude::*;
+
+    fn rand(shape: &[usize], seed: u64) -> Tensor {
+        crate::Init::seeded(seed)
+            .normal(shape, 1.0, &Device::Cpu)
+            .unwrap()
+    }
+
+    fn close(a: &Tensor, b: &Tensor, tol: f64) -> Result<(), TestCaseError> {
+        let a: Vec<f64> = a
+            .flatten_all()
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let b: Vec<f64> = b
+            .flatten_all()
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        prop_assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(&b) {
+            prop_assert!((x - y).abs() <= tol * (1.0 + y.abs()), "{} vs {}", x, y);
+        }
+        Ok(())
+    }
+
+    /// Forward, input gradient, per-example gradients and norms of `fast` (f32, host
+    /// kernels) and `slow` (the same layer on f64 inputs, generic path).
+    fn compare<L: Layer + PerSampleGrad>(
+        fast: &mut L,
+        slow: &mut L,
+        x: &Tensor,
+        g: &Tensor,
+    ) -> Result<(), TestCaseError> {
+        let f64_ = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+        let yf = fast.forward(x, true).unwrap();
+        let ys = slow.forward(&f64_(x), true).unwrap();
+        close(&yf, &ys, 2e-5)?;
+        let df = fast.backward(g, true).unwrap().unwrap();
+        let ds = slow.backward(&f64_(g), true).unwrap().unwrap();
+        close(&df, &ds, 5e-5)?;
+        let nf = fast.sq_norms(GradMode::Auto).unwrap();
+        let ns = slow.sq_norms(GradMode::Auto).unwrap();
+        close(&nf, &ns, 5e-5)?;
+        for (a, b) in fast
+            .per_sample_grads()
+            .unwrap()
+            .iter()
+            .zip(slow.per_sample_grads().unwrap())
+        {
+            close(a, &b, 5e-5)?;
+        }
+        let w = rand(&[x.dim(0).unwrap()], 99);
+        for (a, b) in fast
+            .weighted_sum(&w)
+            .unwrap()
+            .iter()
+            .zip(slow.weighted_sum(&f64_(&w)).unwrap())
+        {
+            close(a, &b, 5e-5)?;
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(16))]
+        #[test]
+        fn group_norm_matches_the_generic_path(b in 1usize..4, h in 1usize..5, w in 1usize..5,
+                                               groups in 1usize..4, per in 1usize..4, seed in 0u64..100) {
+            let c = groups * per;
+            let gamma = (rand(&[c], seed) + 1.0).unwrap();
+            let beta = rand(&[c], seed + 1);
+            let mk = |dt| GroupNorm::new(groups, c, 1e-5, &Device::Cpu).unwrap()
+                .with_affine(gamma.to_dtype(dt).unwrap(), beta.to_dtype(dt).unwrap()).unwrap();
+            let x = (rand(&[b, h, w, c], seed + 2) * 3.0).unwrap();
+            let g = rand(&[b, h, w, c], seed + 3);
+            compare(&mut mk(DType::F32), &mut mk(DType::F64), &x, &g)?;
+        }
+
+        #[test]
+        fn layer_norm_matches_the_generic_path(b in 1usize..4, t in 1usize..5, d in 1usize..9,
+                                               seq in any::<bool>(), seed in 0u64..100) {
+            let gamma = (rand(&[d], seed) + 1.0).unwrap();
+            let beta = rand(&[d], seed + 1);
+            let mk = |dt| LayerNorm::new(d, 1e-5, &Device::Cpu).unwrap()
+                .with_affine(gamma.to_dtype(dt).unwrap(), beta.to_dtype(dt).unwrap()).unwrap();
+            let shape: Vec<usize> = if seq { vec![b, t, d] } else { vec![b, d] };
+            let x = (rand(&shape, seed + 2) * 3.0).unwrap();
+            let g = rand(&shape, seed + 3);
+            compare(&mut mk(DType::F32), &mut mk(DType::F64), &x, &g)?;
+        }
+    }
+}
