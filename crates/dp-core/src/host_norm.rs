@@ -17,7 +17,7 @@ use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
 fn shape_ok(n: usize, s: usize, c: usize, groups: usize, len: usize) -> candle_core::Result<()> {
-    if groups == 0 || c % groups != 0 || n * s * c != len {
+    if groups == 0 || !c.is_multiple_of(groups) || n * s * c != len {
         candle_core::bail!(
             "host norm: [{n}, {s}, {c}] with {groups} groups does not fit {len} values"
         );
