@@ -183,15 +183,41 @@ unsafe fn blocks16(key: &[u32; 8], stream: u64, counter: u64, out: &mut [u32; BU
         qr(&mut x, 2, 7, 8, 13);
         qr(&mut x, 3, 4, 9, 14);
     }
-    let mut words = [[0u32; 16]; 16];
+    let mut r = [_mm512_setzero_si512(); 16];
     for j in 0..16 {
-        let v = _mm512_add_epi32(x[j], init[j]);
-        _mm512_storeu_si512(words[j].as_mut_ptr() as *mut _, v);
+        r[j] = _mm512_add_epi32(x[j], init[j]);
     }
-    // Transpose: word j of block b.
-    for (b, block) in out.chunks_exact_mut(16).enumerate() {
-        for (j, w) in block.iter_mut().enumerate() {
-            *w = words[j][b];
+    // Transpose (register j = word j of blocks 0..16 → block b's 16 words): 32-bit and
+    // 64-bit interleaves leave, in 128-bit lane L of u[4k+m], words 4k..4k+3 of block
+    // 4L+m; two rounds of 128-bit lane shuffles gather each block's four quarters.
+    let mut t = [_mm512_setzero_si512(); 16];
+    for k in 0..8 {
+        t[2 * k] = _mm512_unpacklo_epi32(r[2 * k], r[2 * k + 1]);
+        t[2 * k + 1] = _mm512_unpackhi_epi32(r[2 * k], r[2 * k + 1]);
+    }
+    let mut u = [_mm512_setzero_si512(); 16];
+    for k in 0..4 {
+        u[4 * k] = _mm512_unpacklo_epi64(t[4 * k], t[4 * k + 2]);
+        u[4 * k + 1] = _mm512_unpackhi_epi64(t[4 * k], t[4 * k + 2]);
+        u[4 * k + 2] = _mm512_unpacklo_epi64(t[4 * k + 1], t[4 * k + 3]);
+        u[4 * k + 3] = _mm512_unpackhi_epi64(t[4 * k + 1], t[4 * k + 3]);
+    }
+    let dst = out.as_mut_ptr();
+    for m in 0..4 {
+        let (a, b, c, d) = (u[m], u[4 + m], u[8 + m], u[12 + m]);
+        let v0 = _mm512_shuffle_i32x4::<0x44>(a, b);
+        let v1 = _mm512_shuffle_i32x4::<0x44>(c, d);
+        let v2 = _mm512_shuffle_i32x4::<0xEE>(a, b);
+        let v3 = _mm512_shuffle_i32x4::<0xEE>(c, d);
+        let blocks = [
+            _mm512_shuffle_i32x4::<0x88>(v0, v1),
+            _mm512_shuffle_i32x4::<0xDD>(v0, v1),
+            _mm512_shuffle_i32x4::<0x88>(v2, v3),
+            _mm512_shuffle_i32x4::<0xDD>(v2, v3),
+        ];
+        for (l, blk) in blocks.iter().enumerate() {
+            // SAFETY: block 4l+m of 16, inside the 256-word buffer.
+            _mm512_storeu_si512(dst.add((4 * l + m) * 16) as *mut _, *blk);
         }
     }
 }
