@@ -170,10 +170,17 @@ pub(crate) fn linear_forward(
     let mut accumulate = false;
     if let Some(b) = bias {
         with_host(b, |bv| {
-            for row in out.chunks_mut(r.max(1)) {
-                row.copy_from_slice(&bv[..r]);
+            if bv.len() != r {
+                candle_core::bail!(
+                    "linear_forward: bias of {} values for {r} outputs",
+                    bv.len()
+                );
             }
-        })?;
+            for row in out.chunks_mut(r.max(1)) {
+                row.copy_from_slice(bv);
+            }
+            Ok(())
+        })??;
         accumulate = true;
     }
     with_host(x, |xv| {
@@ -551,6 +558,8 @@ mod tests {
         let w = rand(&[5, 6], 1);
         assert!(linear_forward(&x, &w, None).is_err());
         assert!(input_grad(&x, &w).is_err());
+        let w = rand(&[5, 4], 1);
+        assert!(linear_forward(&x, &w, Some(&rand(&[4], 2))).is_err());
         let a = rand(&[2, 1, 4], 0);
         let g = rand(&[2, 1, 3], 1);
         assert!(weighted_sum(&a, &g, &rand(&[3], 2), false).is_err());

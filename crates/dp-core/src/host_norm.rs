@@ -44,6 +44,9 @@ pub(crate) fn forward(
         shape_ok(n, s, c, groups, xv.len())?;
         with_host(gamma, |gv| {
             with_host(beta, |bv| {
+                if gv.len() != c || bv.len() != c {
+                    candle_core::bail!("host norm: affine parameters do not have {c} channels");
+                }
                 y.par_chunks_mut(per.max(1))
                     .zip(xhat.par_chunks_mut(per.max(1)))
                     .zip(rstd.par_chunks_mut(groups))
@@ -119,7 +122,7 @@ pub(crate) fn backward(
         with_host(g, |gv| {
             with_host(gamma, |wv| {
                 with_host(rstd, |rv| {
-                    if gv.len() != hv.len() || rv.len() != n * groups {
+                    if gv.len() != hv.len() || rv.len() != n * groups || wv.len() != c {
                         candle_core::bail!("host norm backward: record and gradient disagree");
                     }
                     dx.par_chunks_mut(per.max(1))
