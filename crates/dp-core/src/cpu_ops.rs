@@ -383,26 +383,14 @@ mod tests {
 
     /// Seeded inputs (candle's CPU RNG cannot be seeded): the test is deterministic.
     fn rand(shape: &[usize]) -> Tensor {
-        crate::Init::seeded(shape.iter().product::<usize>() as u64)
-            .normal(shape, 1.0, &Device::Cpu)
-            .unwrap()
+        crate::test_util::seeded_normal(shape, shape.iter().product::<usize>() as u64)
     }
 
     fn close(a: &Tensor, b: &Tensor, tol: f64) {
-        let a: Vec<f64> = a
-            .flatten_all()
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let b: Vec<f64> = b
-            .flatten_all()
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let (a, b) = (
+            crate::test_util::f64_values(a),
+            crate::test_util::f64_values(b),
+        );
         assert_eq!(a.len(), b.len());
         for (x, y) in a.iter().zip(&b) {
             assert!((x - y).abs() <= tol, "{x} vs {y}");

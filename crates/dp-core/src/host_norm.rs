@@ -215,27 +215,10 @@ mod tests {
     use candle_core::{DType, Device, Tensor};
     use proptest::prelude::*;
 
-    fn rand(shape: &[usize], seed: u64) -> Tensor {
-        crate::Init::seeded(seed)
-            .normal(shape, 1.0, &Device::Cpu)
-            .unwrap()
-    }
+    use crate::test_util::{f64_values, seeded_normal as rand};
 
     fn close(a: &Tensor, b: &Tensor, tol: f64) -> Result<(), TestCaseError> {
-        let a: Vec<f64> = a
-            .flatten_all()
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let b: Vec<f64> = b
-            .flatten_all()
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let (a, b) = (f64_values(a), f64_values(b));
         prop_assert_eq!(a.len(), b.len());
         for (x, y) in a.iter().zip(&b) {
             prop_assert!((x - y).abs() <= tol * (1.0 + y.abs()), "{} vs {}", x, y);

@@ -54,6 +54,8 @@ mod noise;
 pub mod patches;
 mod runtime;
 mod seq_linear;
+#[cfg(test)]
+mod test_util;
 mod ziggurat;
 
 pub use candle_core;

@@ -1,0 +1,20 @@
+//! Helpers shared by the unit tests of the host kernels.
+
+use candle_core::{DType, Device, Tensor};
+
+/// Seeded standard normals of `shape` (candle's own CPU RNG cannot be seeded).
+pub(crate) fn seeded_normal(shape: &[usize], seed: u64) -> Tensor {
+    crate::Init::seeded(seed)
+        .normal(shape, 1.0, &Device::Cpu)
+        .unwrap()
+}
+
+/// All values of `t` as f64, flattened.
+pub(crate) fn f64_values(t: &Tensor) -> Vec<f64> {
+    t.flatten_all()
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
