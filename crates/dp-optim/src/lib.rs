@@ -10,6 +10,8 @@
 //!   noise calibration from a target ε, physical batches under a memory cap, per-step and
 //!   per-epoch records, and checkpoints that resume the accountant.
 //!
+//! On the CPU, call `dp_core::configure_cpu_threads()` at the start of `main` (see there).
+//!
 //! ```
 //! use dp_optim::{AdaptiveQuantileClip, PrivateTrainer, Sgd, TrainerConfig};
 //! let data = dp_data::load_bundled_mnist().unwrap();
