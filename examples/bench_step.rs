@@ -7,7 +7,7 @@
 //!
 //! A "step" is everything a training step does: forward, backward, per-example norms,
 //! clip weights, clipped sum, Gaussian noise (DP modes), division by the expected batch
-//! size and an SGD update. Inputs are real digits from the bundled MNIST subset for the
+//! size and an SGD update (dp-optim's `Sgd`). Inputs are real digits from the bundled MNIST subset for the
 //! MNIST models and random images for the CIFAR-sized models (no CIFAR-10 offline; the
 //! speed does not depend on pixel values).
 
@@ -25,6 +25,7 @@ use dp_lab::core::{
     batch_gradient, clipped_gradient, models, privatize, CrossEntropy, GaussianNoise, GradMode,
     GradOptions, Model, Sequential,
 };
+use dp_lab::optim::{BaseOptimizer, Sgd};
 use std::time::Instant;
 
 #[derive(Parser)]
@@ -63,17 +64,6 @@ impl Mode {
     }
 }
 
-fn sgd(model: &mut Sequential, grads: &[Tensor], lr: f64) -> Result<()> {
-    let new: Vec<Tensor> = model
-        .param_tensors()
-        .iter()
-        .zip(grads)
-        .map(|(p, g)| p - (g * lr)?)
-        .collect::<candle_core::Result<_>>()?;
-    model.set_param_tensors(&new)?;
-    Ok(())
-}
-
 fn step(
     model: &mut Sequential,
     x: &Tensor,
@@ -81,6 +71,7 @@ fn step(
     mode: Mode,
     clip: &mut dyn ClipStrategy,
     noise: &mut GaussianNoise,
+    opt: &mut Sgd,
 ) -> Result<()> {
     let b = x.dim(0)? as f64;
     let grads = match mode {
@@ -115,7 +106,9 @@ fn step(
             privatize(c, 1.0, noise)?.normalized(b)?
         }
     };
-    sgd(model, &grads, 0.01)
+    let new = opt.step(&model.param_tensors(), &grads)?;
+    model.set_param_tensors(&new)?;
+    Ok(())
 }
 
 fn peak_rss_mb() -> Option<f64> {
@@ -197,6 +190,7 @@ fn main() -> Result<()> {
             model: Sequential,
             clip: Box<dyn ClipStrategy>,
             noise: GaussianNoise,
+            opt: Sgd,
             round_ms: Vec<f64>,
             steps: usize,
         }
@@ -213,6 +207,7 @@ fn main() -> Result<()> {
                     _ => Box::new(FlatClip::new(1.0)?),
                 },
                 noise: GaussianNoise::seeded(0),
+                opt: Sgd::new(0.01),
                 round_ms: Vec::new(),
                 steps: 0,
             };
@@ -224,6 +219,7 @@ fn main() -> Result<()> {
                     mode,
                     run.clip.as_mut(),
                     &mut run.noise,
+                    &mut run.opt,
                 )?;
             }
             runs.push(run);
@@ -241,6 +237,7 @@ fn main() -> Result<()> {
                         run.mode,
                         run.clip.as_mut(),
                         &mut run.noise,
+                        &mut run.opt,
                     )?;
                     steps += 1;
                 }

@@ -120,6 +120,53 @@ pub(crate) fn tanh(x: &Tensor) -> candle_core::Result<Tensor> {
     }
 }
 
+/// `f(x)` element-wise on a host f32 tensor, in parallel chunks above 64k elements (on
+/// rayon's pool, not candle's spinning element-wise pool).
+pub(crate) fn map1(x: &Tensor, f: impl Fn(f32) -> f32 + Sync) -> candle_core::Result<Tensor> {
+    let mut out = vec![0f32; x.elem_count()];
+    crate::host_gemm::with_host(x, |xv| {
+        let run = |o: &mut [f32], i: &[f32]| o.iter_mut().zip(i).for_each(|(y, &v)| *y = f(v));
+        if xv.len() < 1 << 16 {
+            run(&mut out, xv);
+        } else {
+            out.par_chunks_mut(1 << 14)
+                .zip(xv.par_chunks(1 << 14))
+                .for_each(|(o, i)| run(o, i));
+        }
+    })?;
+    Tensor::from_vec(out, x.dims(), x.device())
+}
+
+/// `f(a, b)` element-wise on two host f32 tensors of one shape.
+pub(crate) fn map2(
+    a: &Tensor,
+    b: &Tensor,
+    f: impl Fn(f32, f32) -> f32 + Sync,
+) -> candle_core::Result<Tensor> {
+    if a.dims() != b.dims() {
+        candle_core::bail!("map2: shapes {:?} and {:?} differ", a.dims(), b.dims());
+    }
+    let mut out = vec![0f32; a.elem_count()];
+    crate::host_gemm::with_host(a, |av| {
+        crate::host_gemm::with_host(b, |bv| {
+            let run = |o: &mut [f32], x: &[f32], y: &[f32]| {
+                for ((r, &u), &v) in o.iter_mut().zip(x).zip(y) {
+                    *r = f(u, v);
+                }
+            };
+            if av.len() < 1 << 16 {
+                run(&mut out, av, bv);
+            } else {
+                out.par_chunks_mut(1 << 14)
+                    .zip(av.par_chunks(1 << 14))
+                    .zip(bv.par_chunks(1 << 14))
+                    .for_each(|((o, x), y)| run(o, x, y));
+            }
+        })
+    })??;
+    Tensor::from_vec(out, a.dims(), a.device())
+}
+
 /// im2col: `[B, H·W·C]` image rows → `[B, L·k, C]` patch rows, `idx` giving the source
 /// pixel of each patch entry (`H·W` = padding, read as zero).
 pub(crate) struct Unfold {
@@ -394,6 +441,59 @@ mod tests {
         assert_eq!(a.len(), b.len());
         for (x, y) in a.iter().zip(&b) {
             assert!((x - y).abs() <= tol, "{x} vs {y}");
+        }
+    }
+
+    /// ReLU and tanh backward on the host equal the candle expressions (f64 path), NaN
+    /// included.
+    #[test]
+    fn activation_kernels_match_the_generic_path() {
+        use crate::layers::Relu;
+        for n in [10usize, 70_000] {
+            let mut xv: Vec<f32> = crate::test_util::f64_values(&rand(&[n]))
+                .iter()
+                .map(|&v| v as f32)
+                .collect();
+            xv[3] = f32::NAN;
+            let x = Tensor::from_vec(xv, n, &Device::Cpu).unwrap();
+            let mut gv: Vec<f32> = crate::test_util::f64_values(&rand(&[n, 1]))
+                .iter()
+                .map(|&v| v as f32)
+                .collect();
+            gv[5] = f32::NAN;
+            let g = Tensor::from_vec(gv, n, &Device::Cpu).unwrap();
+            let to64 = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+            let same = |a: &Tensor, b: &Tensor, tol: f64| {
+                let (a, b) = (
+                    crate::test_util::f64_values(a),
+                    crate::test_util::f64_values(b),
+                );
+                for (x, y) in a.iter().zip(&b) {
+                    assert!(
+                        x.is_nan() == y.is_nan() && (x.is_nan() || (x - y).abs() <= tol),
+                        "{x} vs {y}"
+                    );
+                }
+            };
+            let (mut fast, mut slow) = (Relu::default(), Relu::default());
+            same(
+                &fast.forward(&x, true).unwrap(),
+                &slow.forward(&to64(&x), true).unwrap(),
+                0.0,
+            );
+            same(
+                &fast.backward(&g, true).unwrap().unwrap(),
+                &slow.backward(&to64(&g), true).unwrap().unwrap(),
+                0.0,
+            );
+            let (mut fast, mut slow) = (Tanh::default(), Tanh::default());
+            fast.forward(&x, true).unwrap();
+            slow.forward(&to64(&x), true).unwrap();
+            same(
+                &fast.backward(&g, true).unwrap().unwrap(),
+                &slow.backward(&to64(&g), true).unwrap().unwrap(),
+                1e-5, // the rational tanh is within 5e-7 of libm's
+            );
         }
     }
 

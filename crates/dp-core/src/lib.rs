@@ -47,6 +47,7 @@ pub mod clipping;
 mod cpu_ops;
 mod engine;
 mod error;
+pub mod host;
 mod host_gemm;
 mod host_norm;
 mod init;

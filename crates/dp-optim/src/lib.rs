@@ -26,6 +26,7 @@
 mod accountant;
 mod checkpoint;
 mod error;
+mod fused;
 pub mod methods;
 mod optimizer;
 mod tensor_state;

@@ -130,7 +130,20 @@ impl BaseOptimizer for Sgd {
         }
         self.step += 1;
         let mut out = Vec::with_capacity(params.len());
+        let rule = crate::fused::SgdRule {
+            lr: self.lr as f32,
+            momentum: self.momentum as f32,
+            weight_decay: self.weight_decay as f32,
+            nesterov: self.nesterov,
+        };
         for (k, (p, g)) in params.iter().zip(grads).enumerate() {
+            let state: Vec<&Tensor> = self.velocity[k].iter().collect();
+            if dp_core::host::is_host_f32(&[&[p, g][..], &state].concat()) {
+                let (pn, vn) = crate::fused::sgd(p, g, self.velocity[k].as_ref(), &rule)?;
+                self.velocity[k] = vn;
+                out.push(pn);
+                continue;
+            }
             let mut g = g.clone();
             if self.weight_decay != 0.0 {
                 g = (g + (p * self.weight_decay)?)?;
@@ -263,7 +276,26 @@ impl BaseOptimizer for Adam {
         let bc1 = 1.0 - self.beta1.powi(t);
         let bc2 = 1.0 - self.beta2.powi(t);
         let mut out = Vec::with_capacity(params.len());
+        let rule = crate::fused::AdamRule {
+            lr: self.lr as f32,
+            beta1: self.beta1 as f32,
+            beta2: self.beta2 as f32,
+            eps: self.eps as f32,
+            weight_decay: self.weight_decay as f32,
+            decoupled: self.decoupled,
+            bc1: bc1 as f32,
+            bc2: bc2 as f32,
+        };
         for (k, (p, g)) in params.iter().zip(grads).enumerate() {
+            let state: Vec<&Tensor> = self.m[k].iter().chain(self.v[k].iter()).collect();
+            if dp_core::host::is_host_f32(&[&[p, g][..], &state].concat()) {
+                let (pn, mn, vn) =
+                    crate::fused::adam(p, g, self.m[k].as_ref(), self.v[k].as_ref(), &rule)?;
+                self.m[k] = Some(mn);
+                self.v[k] = Some(vn);
+                out.push(pn);
+                continue;
+            }
             let mut p = p.clone();
             let mut g = g.clone();
             if self.weight_decay != 0.0 {

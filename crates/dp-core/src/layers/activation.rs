@@ -29,7 +29,11 @@ impl Layer for Relu {
         "ReLU".into()
     }
     fn forward(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = x.relu()?;
+        let y = if crate::cpu_ops::fast_path(x) {
+            crate::cpu_ops::map1(x, |v| v.max(0.0))?
+        } else {
+            x.relu()?
+        };
         if train {
             // The output is kept; the 0/1 mask is derived in backward only when needed.
             self.mask = Some(y.clone());
@@ -40,6 +44,12 @@ impl Layer for Relu {
         let y = self.mask.as_ref().ok_or_else(|| missing("ReLU"))?;
         if !need {
             return Ok(None);
+        }
+        if crate::cpu_ops::fast_path(g) && crate::cpu_ops::fast_path(y) {
+            // g·1[y > 0] in one pass, the same products as below (NaN·0 stays NaN).
+            return Ok(Some(crate::cpu_ops::map2(g, y, |gi, yi| {
+                gi * if yi > 0.0 { 1.0 } else { 0.0 }
+            })?));
         }
         let m = y.gt(0f64)?.to_dtype(g.dtype())?;
         Ok(Some((g * m)?))
@@ -77,6 +87,12 @@ impl Layer for Tanh {
         let y = self.y.as_ref().ok_or_else(|| missing("Tanh"))?;
         if !need {
             return Ok(None);
+        }
+        if crate::cpu_ops::fast_path(g) && crate::cpu_ops::fast_path(y) {
+            // The same f32 operations as below, in one pass.
+            return Ok(Some(crate::cpu_ops::map2(g, y, |gi, yi| {
+                gi * (1.0 - yi * yi)
+            })?));
         }
         // d tanh = 1 − y²
         let d = y.sqr()?.affine(-1.0, 1.0)?;
