@@ -238,7 +238,9 @@ mod tests {
     fn mismatched_state_is_an_error() {
         let p = Tensor::zeros(4, DType::F32, &Device::Cpu).unwrap();
         let g = Tensor::zeros(5, DType::F32, &Device::Cpu).unwrap();
-        assert!(Sgd::new(0.1).step(&[p.clone()], &[g.clone()]).is_err());
+        assert!(Sgd::new(0.1)
+            .step(std::slice::from_ref(&p), std::slice::from_ref(&g))
+            .is_err());
         assert!(Adam::new(0.1).step(&[p], &[g]).is_err());
     }
 }
