@@ -209,48 +209,48 @@ impl AffineNorm {
         Ok(())
     }
 
-    pub fn per_sample(&self, layer: &str) -> Result<Vec<Tensor>> {
+    /// The recorded `(x̂, G)` of the last training forward/backward pass.
+    fn records(&self, layer: &str) -> Result<(Tensor, Tensor)> {
         let missing = |w: &str| CoreError::MissingRecord {
             layer: layer.to_string(),
             what: w.into(),
         };
         let xhat = self
             .xhat
-            .as_ref()
+            .clone()
             .ok_or_else(|| missing("no recorded input"))?;
         let g = self
             .g
-            .as_ref()
+            .clone()
             .ok_or_else(|| missing("no recorded output gradient"))?;
-        if crate::host_gemm::applies(&[xhat, g]) {
-            return Ok(self
-                .materialize_host(layer)?
-                .map(|(dg, db, _)| vec![dg, db])
-                .unwrap_or_default());
-        }
-        Ok(vec![(g * xhat)?.sum(1)?, g.sum(1)?])
+        Ok((xhat, g))
     }
 
-    /// Per-example gradients and norms from the host kernel, computed once per backward.
-    fn materialize_host(&self, _layer: &str) -> Result<Option<(Tensor, Tensor, Tensor)>> {
-        if let Some(m) = &self.materialized {
-            return Ok(Some(m.clone()));
+    /// Per-example `(∂γ, ∂β, squared norms)` from the host kernel, or its cached result.
+    fn host_materialized(&self, xhat: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        match &self.materialized {
+            Some(m) => Ok(m.clone()),
+            None => Ok(crate::host_norm::affine_per_sample(xhat, g)?),
         }
-        match (&self.xhat, &self.g) {
-            (Some(x), Some(g)) => Ok(Some(crate::host_norm::affine_per_sample(x, g)?)),
-            _ => Ok(None),
+    }
+
+    pub fn per_sample(&self, layer: &str) -> Result<Vec<Tensor>> {
+        let (xhat, g) = self.records(layer)?;
+        if crate::host_gemm::applies(&[&xhat, &g]) {
+            let (dg, db, _) = self.host_materialized(&xhat, &g)?;
+            return Ok(vec![dg, db]);
         }
+        Ok(vec![(&g * &xhat)?.sum(1)?, g.sum(1)?])
     }
 
     pub fn sq_norms(&mut self, layer: &str) -> Result<Tensor> {
-        if let (Some(x), Some(g)) = (&self.xhat, &self.g) {
-            if crate::host_gemm::applies(&[x, g]) {
-                if let Some(m) = self.materialize_host(layer)? {
-                    let n = m.2.clone();
-                    self.materialized = Some(m);
-                    return Ok(n);
-                }
-            }
+        let (xhat, g) = self.records(layer)?;
+        if crate::host_gemm::applies(&[&xhat, &g]) {
+            // Kept for the `weighted_sum` that follows.
+            let m = self.host_materialized(&xhat, &g)?;
+            let n = m.2.clone();
+            self.materialized = Some(m);
+            return Ok(n);
         }
         let v = self.per_sample(layer)?;
         Ok((v[0].sqr()?.sum(1)? + v[1].sqr()?.sum(1)?)?)
