@@ -208,29 +208,28 @@ impl GaussianNoise {
             }
             None => None,
         };
-        let s = std as f32;
+        // Standard normals, prefetched or drawn now; `(z as f32)·1` then `·s` is the same f32
+        // product `sample(n, std)` computes.
         let normals: Vec<Vec<f32>> = match prefetched {
-            // Standard normals times s: the same f32 products `sample` computes.
-            Some(mut z) => {
-                for v in z.iter_mut() {
-                    v.iter_mut().for_each(|x| *x *= s);
-                }
-                z
-            }
-            None => sizes.iter().map(|&n| self.sample(n, std)).collect(),
+            Some(z) => z,
+            None => sizes.iter().map(|&n| self.sample(n, 1.0)).collect(),
         };
+        let s = std as f32;
         tensors
             .iter()
             .zip(normals)
             .map(|(t, mut z)| {
                 if crate::cpu_ops::fast_path(t) {
-                    // f32 on the host: `t + z` into z's buffer, one pass, the same f32 sums
-                    // as the tensor addition below.
+                    // f32 on the host: `t + z·s` into z's buffer in one pass, the same f32
+                    // operations as the tensor expression below.
                     crate::host_gemm::with_host(t, |tv| {
-                        z.iter_mut().zip(tv).for_each(|(zi, ti)| *zi += *ti)
+                        z.iter_mut()
+                            .zip(tv)
+                            .for_each(|(zi, ti)| *zi = *ti + *zi * s)
                     })?;
                     return Ok(Tensor::from_vec(z, t.dims(), t.device())?);
                 }
+                z.iter_mut().for_each(|zi| *zi *= s);
                 let mut z = Tensor::from_vec(z, t.dims(), t.device())?;
                 if z.dtype() != t.dtype() {
                     z = z.to_dtype(t.dtype())?;

@@ -458,3 +458,20 @@ fn prefetched_noise_is_identical_and_cancellation_rewinds() {
         flat(&pre.add_noise(&ts, 1.0).unwrap())
     );
 }
+
+/// `add_noise` on f32 host tensors (the fused pass) adds exactly the values `sample` draws:
+/// `t + N(0, σ²)` with the same f32 products and sums.
+#[test]
+fn fused_noise_addition_equals_sample_plus_tensor() {
+    let d = Device::Cpu;
+    let n = 40_000;
+    let base: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+    let t = Tensor::from_vec(base.clone(), n, &d).unwrap();
+    let got = flat(&GaussianNoise::seeded(3).add_noise(&[t], 0.7).unwrap());
+    let z = GaussianNoise::seeded(3).sample(n, 0.7);
+    let want: Vec<f32> = base.iter().zip(&z).map(|(a, b)| a + b).collect();
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(*g, f64::from(*w)); // f32 → f64 is exact
+    }
+}
