@@ -115,13 +115,14 @@ impl AffineNorm {
         Ok(y.reshape(x.dims())?)
     }
 
-    /// The backward pass on the host; `groups` and the `[N, S, C]` view as in
-    /// [`AffineNorm::forward_host`].
+    /// The backward pass on the host. `groups` as in [`AffineNorm::forward_host`];
+    /// `per_position`: every position is its own normalisation row (LayerNorm, the
+    /// `[B·S, 1, C]` view) rather than every example (GroupNorm, `[B, S, C]`).
     pub fn backward_host(
         &mut self,
         grad_out: &Tensor,
-        view: (usize, usize, usize),
         groups: usize,
+        per_position: bool,
         need_input_grad: bool,
         layer: &str,
     ) -> Result<Option<Tensor>> {
@@ -129,6 +130,12 @@ impl AffineNorm {
         if !need_input_grad {
             return Ok(None);
         }
+        let (b, s, c) = xhat.dims3()?;
+        let view = if per_position {
+            (b * s, 1, c)
+        } else {
+            (b, s, c)
+        };
         let dx = crate::host_norm::backward(
             &xhat.reshape(view)?,
             &rstd,

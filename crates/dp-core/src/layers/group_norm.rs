@@ -84,16 +84,9 @@ impl Layer for GroupNorm {
     fn backward(&mut self, grad_out: &Tensor, need_input_grad: bool) -> Result<Option<Tensor>> {
         let name = self.name();
         if self.norm.host(grad_out) {
-            let shape = self.norm.input_shape();
-            let (b, c) = (shape[0], shape[shape.len() - 1]);
-            let s = grad_out.elem_count() / (b * c).max(1);
-            return self.norm.backward_host(
-                grad_out,
-                (b, s, c),
-                self.groups,
-                need_input_grad,
-                &name,
-            );
+            return self
+                .norm
+                .backward_host(grad_out, self.groups, false, need_input_grad, &name);
         }
         let (xhat, rstd, dxhat) = self.norm.backward(grad_out, &name)?;
         if !need_input_grad {

@@ -63,11 +63,9 @@ impl Layer for LayerNorm {
     fn backward(&mut self, grad_out: &Tensor, need_input_grad: bool) -> Result<Option<Tensor>> {
         let name = self.name();
         if self.norm.host(grad_out) {
-            let d = self.norm.channels();
-            let rows = grad_out.elem_count() / d.max(1);
             return self
                 .norm
-                .backward_host(grad_out, (rows, 1, d), 1, need_input_grad, &name);
+                .backward_host(grad_out, 1, true, need_input_grad, &name);
         }
         let (xhat, rstd, dxhat) = self.norm.backward(grad_out, &name)?;
         if !need_input_grad {
