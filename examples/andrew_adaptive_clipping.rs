@@ -159,13 +159,16 @@ fn main() -> Result<()> {
         let opt = Sgd::new(args.lr).with_momentum(0.9);
         let mut t = PrivateTrainer::new(model, Box::new(opt), method, cfg, &data.train)?;
         eprintln!(
-            "\n== {label_m}: q = {:.4}, {} steps, σ = {:.4} (gradient σ = {:.4})",
+            "\n== {label_m}: q = {:.4}, {} steps, σ = {:.4}",
             t.sampling_rate(),
             t.total_steps(),
             t.method().noise_multiplier(),
-            t.method().gradient_noise_multiplier()
         );
         let report = t.train(&data.train, Some(&data.test))?;
+        if let Some(first) = t.records().first() {
+            // σ_Δ of the gradient sum after Andrew et al.'s split (= σ for fixed clipping).
+            eprintln!("gradient σ = {:.4}", first.noise_std / first.sensitivity);
+        }
         let per_epoch = t.steps_per_epoch() as usize;
         for e in t.epoch_records() {
             let lo = (e.step as usize).saturating_sub(per_epoch);
@@ -191,7 +194,7 @@ fn main() -> Result<()> {
             "steps": report.steps,
             "seconds": (report.seconds * 10.0).round() / 10.0,
             "noise_multiplier": report.noise_multiplier,
-            "final_clip_norm": t.method().clip_norm(),
+            "final_clip_norm": t.records().last().map(|r| r.clip_norm),
         }));
         runs.push(RunRecord {
             method: label_m,

@@ -5,9 +5,10 @@
 //! cargo run --release --example bench_step -- --json
 //! ```
 //!
-//! A "step" is everything a training step does: forward, backward, per-example norms,
-//! clip weights, clipped sum, Gaussian noise (DP modes), division by the expected batch
-//! size and an SGD update (dp-optim's `Sgd`). Inputs are real digits from the bundled MNIST subset for the
+//! A "step" is everything a training step does, through the same function the trainer
+//! calls (`dp_optim::take_step`): forward, backward, per-example norms, clip weights,
+//! clipped sum, Gaussian noise (DP modes), division by the expected batch size and an SGD
+//! update (dp-optim's `Sgd`). Inputs are real digits from the bundled MNIST subset for the
 //! MNIST models and random images for the CIFAR-sized models (no CIFAR-10 offline; the
 //! speed does not depend on pixel values).
 
@@ -20,12 +21,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use clap::Parser;
-use dp_lab::core::clipping::{ClipStrategy, FlatClip, NoClip};
-use dp_lab::core::{
-    batch_gradient, clipped_gradient, models, privatize, CrossEntropy, GaussianNoise, GradMode,
-    GradOptions, Model, Sequential,
-};
-use dp_lab::optim::{BaseOptimizer, Sgd};
+use dp_lab::core::clipping::FlatClip;
+use dp_lab::core::{models, CrossEntropy, GaussianNoise, GradMode, GradOptions, Sequential};
+use dp_lab::optim::{batch_tensors, take_step, Regime, Sgd, StepEnv, StepPlan};
 use std::time::Instant;
 
 #[derive(Parser)]
@@ -64,50 +62,40 @@ impl Mode {
     }
 }
 
+/// One full step through dp-optim's step function (the trainer's): flat clipping to 1,
+/// σ = 1, divided by the batch size, plain SGD. Non-private steps take the ordinary
+/// gradient (no norms, no noise).
 fn step(
     model: &mut Sequential,
     x: &Tensor,
     y: &Tensor,
     mode: Mode,
-    clip: &mut dyn ClipStrategy,
     noise: &mut GaussianNoise,
     opt: &mut Sgd,
 ) -> Result<()> {
     let b = x.dim(0)? as f64;
-    let grads = match mode {
-        Mode::NonPrivate => batch_gradient(model, x, y, &CrossEntropy)?
-            .0
-            .iter()
-            .map(|g| g / b)
-            .collect::<candle_core::Result<Vec<_>>>()?,
-        Mode::Materialize | Mode::Ghost => {
-            // As the trainer does: draw the noise while the gradients are computed.
-            let sizes: Vec<usize> = model
-                .param_tensors()
-                .iter()
-                .map(|t| t.elem_count())
-                .collect();
-            noise.prefetch(&sizes);
-            // "Ghost" is the mixed rule of Bu et al. 2022: ghost norms where they are
-            // cheaper (linear layers), materialised norms elsewhere (early convs).
-            let gm = if mode == Mode::Ghost {
-                GradMode::Auto
-            } else {
-                GradMode::Materialize
-            };
-            let c = clipped_gradient(
-                model,
-                x,
-                y,
-                &CrossEntropy,
-                clip,
-                &GradOptions::with_mode(gm),
-            )?;
-            privatize(c, 1.0, noise)?.normalized(b)?
-        }
+    // "Ghost" is the mixed rule of Bu et al. 2022: ghost norms where they are cheaper
+    // (linear layers), materialised norms elsewhere (early convs).
+    let (regime, grad_mode) = match mode {
+        Mode::NonPrivate => (Regime::NonPrivate, GradMode::Auto),
+        Mode::Materialize => (Regime::Private, GradMode::Materialize),
+        Mode::Ghost => (Regime::Private, GradMode::Auto),
     };
-    let new = opt.step(&model.param_tensors(), &grads)?;
-    model.set_param_tensors(&new)?;
+    let opts = GradOptions::with_mode(grad_mode);
+    let env = StepEnv {
+        regime,
+        loss: &CrossEntropy,
+        grad_options: &opts,
+    };
+    let mut plan = StepPlan::new(Box::new(FlatClip::new(1.0)?), 1.0, b)?;
+    take_step(
+        model,
+        &mut std::iter::once(Ok((x.clone(), y.clone()))),
+        &mut plan,
+        &env,
+        noise,
+        opt,
+    )?;
     Ok(())
 }
 
@@ -126,11 +114,7 @@ fn main() -> Result<()> {
     let data = dp_lab::data::load_bundled_mnist()?;
     let mnist_batch = |b: usize| -> Result<(Tensor, Tensor)> {
         let idx: Vec<usize> = (0..b).collect();
-        let batch = data.train.gather(&idx);
-        Ok((
-            Tensor::from_vec(batch.features, (b, 784), &dev)?,
-            Tensor::from_vec(batch.labels, b, &dev)?,
-        ))
+        Ok(batch_tensors(&data.train, &idx, &dev)?)
     };
     let cifar_batch = |b: usize| -> Result<(Tensor, Tensor)> {
         let x = Tensor::randn(0f32, 1., (b, 3, 32, 32), &dev)?;
@@ -188,7 +172,6 @@ fn main() -> Result<()> {
         struct Run {
             mode: Mode,
             model: Sequential,
-            clip: Box<dyn ClipStrategy>,
             noise: GaussianNoise,
             opt: Sgd,
             round_ms: Vec<f64>,
@@ -202,25 +185,13 @@ fn main() -> Result<()> {
             let mut run = Run {
                 mode,
                 model: build()?,
-                clip: match mode {
-                    Mode::NonPrivate => Box::new(NoClip),
-                    _ => Box::new(FlatClip::new(1.0)?),
-                },
                 noise: GaussianNoise::seeded(0),
                 opt: Sgd::new(0.01),
                 round_ms: Vec::new(),
                 steps: 0,
             };
             for _ in 0..2 {
-                step(
-                    &mut run.model,
-                    &x,
-                    &y,
-                    mode,
-                    run.clip.as_mut(),
-                    &mut run.noise,
-                    &mut run.opt,
-                )?;
+                step(&mut run.model, &x, &y, mode, &mut run.noise, &mut run.opt)?;
             }
             runs.push(run);
         }
@@ -230,15 +201,7 @@ fn main() -> Result<()> {
                 let start = Instant::now();
                 let mut steps = 0usize;
                 while steps < 2 || start.elapsed().as_secs_f64() < per_round {
-                    step(
-                        &mut run.model,
-                        &x,
-                        &y,
-                        run.mode,
-                        run.clip.as_mut(),
-                        &mut run.noise,
-                        &mut run.opt,
-                    )?;
+                    step(&mut run.model, &x, &y, run.mode, &mut run.noise, &mut run.opt)?;
                     steps += 1;
                 }
                 run.round_ms

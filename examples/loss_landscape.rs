@@ -59,13 +59,9 @@ use dp_lab::accounting::{
     RdpAccountant,
 };
 use dp_lab::core::clipping::FlatClip;
-use dp_lab::core::{
-    accuracy, batch_gradient, clipped_gradient, models, privatize, ClippedBatch, CrossEntropy,
-    GaussianNoise, GradOptions, Model, Sequential,
-};
-use dp_lab::data::{
-    load_bundled_mnist, Batch, Dataset, Normalize, PoissonSampler, ShuffledSampler,
-};
+use dp_lab::core::{models, CrossEntropy, GaussianNoise, GradOptions, Model, Sequential};
+use dp_lab::data::{load_bundled_mnist, Dataset, Normalize, PoissonSampler, ShuffledSampler};
+use dp_lab::optim::{batch_tensors, evaluate, take_step, Regime, Sgd, StepEnv, StepPlan};
 use dp_lab::metrics::plot::{
     line_plot, plot_slice_2d, plot_slices_1d, write_json, write_series_csv, write_slice_2d_csv,
     LinePlot, Series, SurfaceOptions, SurfaceStyle,
@@ -217,9 +213,8 @@ fn main() -> Result<()> {
     let mut dp_model = build_model(args.model, &dev, args.seed)?;
     let dp_losses = train_dp_sgd(&mut dp_model, &data.train, &args, steps, sigma, &dev)?;
     let train_seconds = t_train.elapsed().as_secs_f64();
-    let (test_x, test_y) = batch_tensors(&data.test.as_batch(), &dev)?;
-    let np_acc = test_accuracy(&mut non_private, &test_x, &test_y)?;
-    let dp_acc = test_accuracy(&mut dp_model, &test_x, &test_y)?;
+    let np_acc = evaluate(&mut non_private, &data.test, &dev, 500)?.1;
+    let dp_acc = evaluate(&mut dp_model, &data.test, &dev, 500)?.1;
     eprintln!(
         "trained in {train_seconds:.1}s: test accuracy non-private {:.2}%, DP-SGD {:.2}%",
         100.0 * np_acc,
@@ -478,23 +473,45 @@ fn build_model(kind: ModelArg, dev: &Device, seed: u64) -> Result<Sequential> {
     })
 }
 
-/// A batch as (features `[b, 1, 28, 28]`, labels `[b]`) tensors.
-fn batch_tensors(batch: &Batch, dev: &Device) -> Result<(Tensor, Tensor)> {
-    let x = Tensor::from_slice(&batch.features, batch.shape(), dev)?;
-    let y = Tensor::from_slice(&batch.labels, batch.len(), dev)?;
-    Ok((x, y))
+/// Gradient-descent steps through dp-optim's one step function: plain SGD updates, the
+/// regime and plan deciding clipping and noise.
+struct Stepper {
+    env_regime: Regime,
+    noise: GaussianNoise,
+    opt: Sgd,
 }
 
-/// θ ← θ − lr·g.
-fn sgd_step(model: &mut Sequential, grads: &[Tensor], lr: f64) -> Result<()> {
-    let updated = model
-        .param_tensors()
-        .iter()
-        .zip(grads)
-        .map(|(p, g)| p - (g * lr)?)
-        .collect::<candle_core::Result<Vec<_>>>()?;
-    model.set_param_tensors(&updated)?;
-    Ok(())
+impl Stepper {
+    fn new(regime: Regime, seed: u64, lr: f64) -> Self {
+        Self {
+            env_regime: regime,
+            noise: GaussianNoise::seeded(seed),
+            opt: Sgd::new(lr),
+        }
+    }
+
+    /// One step on rows `idx` of `train`; returns the mean batch loss (analysis only).
+    fn step(
+        &mut self,
+        model: &mut Sequential,
+        train: &Dataset,
+        idx: &[usize],
+        mut plan: StepPlan,
+        dev: &Device,
+    ) -> Result<Option<f64>> {
+        let opts = GradOptions::default();
+        let env = StepEnv {
+            regime: self.env_regime,
+            loss: &CrossEntropy,
+            grad_options: &opts,
+        };
+        // An empty Poisson draw is still a step: it releases pure noise.
+        let mut batches = (!idx.is_empty())
+            .then(|| batch_tensors(train, idx, dev).map_err(Into::into))
+            .into_iter();
+        let r = take_step(model, &mut batches, &mut plan, &env, &mut self.noise, &mut self.opt)?;
+        Ok((r.examples > 0).then(|| r.loss_sum / r.examples as f64))
+    }
 }
 
 /// Plain minibatch SGD on shuffled fixed-size batches; returns each step's mean batch loss.
@@ -507,18 +524,15 @@ fn train_non_private(
 ) -> Result<Vec<f64>> {
     let mut sampler =
         ShuffledSampler::new(train.len(), args.batch_size, Some(args.seed ^ SAMPLER_SEED))?;
+    let mut stepper = Stepper::new(Regime::NonPrivate, args.seed ^ NOISE_SEED, args.lr);
     let mut losses = Vec::with_capacity(steps as usize);
     for _ in 0..steps {
-        let batch = train.gather(&sampler.next_batch());
-        let (x, y) = batch_tensors(&batch, dev)?;
-        let (sum, loss_sum) = batch_gradient(model, &x, &y, &CrossEntropy)?;
-        let b = batch.len() as f64;
-        let mean = sum
-            .iter()
-            .map(|g| g / b)
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        sgd_step(model, &mean, args.lr)?;
-        losses.push(loss_sum / b);
+        let idx = sampler.next_batch();
+        // Non-private: the mean over the realised batch (the clip bound is unused).
+        let plan = StepPlan::new(Box::new(FlatClip::new(args.clip)?), 1.0, idx.len() as f64)?;
+        if let Some(l) = stepper.step(model, train, &idx, plan, dev)? {
+            losses.push(l);
+        }
     }
     Ok(losses)
 }
@@ -538,45 +552,16 @@ fn train_dp_sgd(
     let q = args.batch_size as f64 / train.len() as f64;
     let mut sampler = PoissonSampler::new(train.len(), q, Some(args.seed ^ SAMPLER_SEED))?;
     let expected = sampler.expected_batch_size();
-    let mut clip = FlatClip::new(args.clip)?;
-    let mut noise = GaussianNoise::seeded(args.seed ^ NOISE_SEED);
+    let mut stepper = Stepper::new(Regime::Private, args.seed ^ NOISE_SEED, args.lr);
     let mut losses = Vec::with_capacity(steps as usize);
     for _ in 0..steps {
         let idx = sampler.next_batch();
-        // An empty Poisson draw is still a step: it releases pure noise.
-        let clipped = if idx.is_empty() {
-            ClippedBatch::empty(model, args.clip, args.clip)?
-        } else {
-            let (x, y) = batch_tensors(&train.gather(&idx), dev)?;
-            clipped_gradient(
-                model,
-                &x,
-                &y,
-                &CrossEntropy,
-                &mut clip,
-                &GradOptions::default(),
-            )?
-        };
-        if clipped.examples > 0 {
-            losses.push(clipped.loss_sum / clipped.examples as f64);
+        let plan = StepPlan::new(Box::new(FlatClip::new(args.clip)?), sigma, expected)?;
+        if let Some(l) = stepper.step(model, train, &idx, plan, dev)? {
+            losses.push(l);
         }
-        let grad = privatize(clipped, sigma, &mut noise)?.normalized(expected)?;
-        sgd_step(model, &grad, args.lr)?;
     }
     Ok(losses)
-}
-
-/// Test accuracy, evaluated in chunks to bound memory.
-fn test_accuracy(model: &mut Sequential, x: &Tensor, y: &Tensor) -> Result<f64> {
-    let n = x.dim(0)?;
-    let chunk = 500;
-    let mut correct = 0.0;
-    for start in (0..n).step_by(chunk) {
-        let len = chunk.min(n - start);
-        let logits = model.forward(&x.narrow(0, start, len)?, false)?;
-        correct += accuracy(&logits, &y.narrow(0, start, len)?)? * len as f64;
-    }
-    Ok(correct / n as f64)
 }
 
 /// A seeded random subset of `size` training examples, in the analysis dtype.
@@ -590,7 +575,7 @@ fn probe_set(
     let mut idx: Vec<usize> = (0..train.len()).collect();
     idx.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ PROBE_SEED));
     idx.truncate(size.min(train.len()));
-    let (x, y) = batch_tensors(&train.gather(&idx), dev)?;
+    let (x, y) = batch_tensors(train, &idx, dev)?;
     Ok((x.to_dtype(dtype)?, y))
 }
 

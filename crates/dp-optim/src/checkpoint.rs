@@ -7,16 +7,30 @@
 
 use crate::error::{Result, TrainError};
 use crate::methods::PrivacyMethod;
-use crate::optimizer::BaseOptimizer;
-use crate::trainer::{PrivateTrainer, TrainerState};
+use crate::optim::BaseOptimizer;
+use crate::state::TrainerState;
+use crate::trainer::{BoxedSampler, PrivateTrainer};
 use candle_core::{Device, Tensor};
 use dp_core::{GaussianNoise, Model};
-use dp_data::{Dataset, PoissonSampler};
+use dp_data::{
+    Dataset, FixedSizeSampler, PoissonSampler, SamplerState, SamplingScheme, ShuffledSampler,
+};
 use std::collections::HashMap;
 use std::path::Path;
 
 const WEIGHTS: &str = "weights.safetensors";
 const STATE: &str = "state.json";
+
+/// Rebuilds a sampler of the scheme that wrote `state`, continuing its stream.
+fn sampler_from_state(state: SamplerState) -> Result<BoxedSampler> {
+    Ok(match state.scheme {
+        SamplingScheme::Poisson { .. } => Box::new(PoissonSampler::from_state(state)?),
+        SamplingScheme::Shuffled { .. } => Box::new(ShuffledSampler::from_state(state)?),
+        SamplingScheme::FixedSizeWithoutReplacement { .. } => {
+            Box::new(FixedSizeSampler::from_state(state)?)
+        }
+    })
+}
 
 fn ck_err(path: &Path, reason: impl Into<String>) -> TrainError {
     TrainError::Checkpoint {
@@ -45,7 +59,8 @@ impl<M: Model> PrivateTrainer<M> {
     /// Resumes a run saved by [`PrivateTrainer::save_checkpoint`] into a freshly built
     /// `model`, `optimizer` and `method` of the same kinds. The accountant, sampler and
     /// noise streams continue where they stopped: ε after resuming equals ε of an
-    /// uninterrupted run (tested).
+    /// uninterrupted run (tested). The loss is the default (cross-entropy): set another with
+    /// [`PrivateTrainer::set_loss`].
     pub fn resume(
         dir: impl AsRef<Path>,
         mut model: M,
@@ -94,7 +109,7 @@ impl<M: Model> PrivateTrainer<M> {
         }
         optimizer.load_state(&state.optimizer, device)?;
         method.load_state(&state.method)?;
-        let sampler = PoissonSampler::from_state(state.sampler.clone())?;
+        let sampler = sampler_from_state(state.sampler.clone())?;
         let noise = GaussianNoise::from_state(&state.noise);
         PrivateTrainer::from_parts(model, optimizer, method, state, sampler, noise)
     }

@@ -20,6 +20,9 @@ pub enum TrainError {
     /// A configuration that cannot be trained privately.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
+    /// A sampler whose scheme the accountant's events do not describe.
+    #[error("sampling does not match the accounting: {0}")]
+    SamplingMismatch(String),
     /// A checkpoint that cannot be read or does not match the model.
     #[error("checkpoint {path}: {reason}")]
     Checkpoint {

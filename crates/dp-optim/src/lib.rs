@@ -2,13 +2,20 @@
 //!
 //! - [`BaseOptimizer`]: what happens to a private gradient ([`Sgd`] with momentum and weight
 //!   decay, [`Adam`] / AdamW) — knows nothing of privacy.
-//! - [`PrivacyMethod`]: how a step clips, how much noise it adds, what it releases and how
-//!   it adapts ([`FixedClip`] = DP-SGD; [`AdaptiveQuantileClip`] = Andrew et al. 2021).
-//!   Each adaptive method of the literature is one new file in [`methods`].
-//! - [`PrivateTrainer`]: dataset → Poisson sampler → per-sample clipping (dp-core) → noise
-//!   → optimiser → accountant (dp-accounting), with a budget that is never exceeded,
-//!   noise calibration from a target ε, physical batches under a memory cap, per-step and
-//!   per-epoch records, and checkpoints that resume the accountant.
+//! - [`PrivacyMethod`]: plans each step as a [`StepPlan`] (clip strategy, noise multiplier,
+//!   public divisor, noisy statistics, optional per-example objective) and adapts from the
+//!   [`StepOutcome`] ([`FixedClip`] = DP-SGD; [`ClipWith`] = DP-SGD with any dp-core clip
+//!   strategy, AUTO-S and per-layer among them; [`AdaptiveQuantileClip`] = Andrew et al.
+//!   2021). Each method of the literature is one new file in [`methods`].
+//! - [`take_step`]: the one step (gradients → clip → noise → divisor → update), in any
+//!   [`Regime`] (DP, clip-only, noise-only, non-private); the trainer, `bench_step` and
+//!   `loss_landscape` all call it.
+//! - [`PrivateTrainer`]: sampler → plan → step → accountant (dp-accounting), with the
+//!   accounting event derived from the sampler's scheme and the plan's releases, a budget
+//!   that is never exceeded, noise calibration from a target ε (schedules and multi-query
+//!   steps included), any loss and sampler, physical batches under a memory cap, per-step
+//!   and per-epoch records that say what their ε certifies, and checkpoints that resume
+//!   the accountant.
 //!
 //! On the CPU, call `dp_core::configure_cpu_threads()` at the start of `main` (see there).
 //!
@@ -23,20 +30,31 @@
 //! assert!(report.epsilon <= 3.0);
 //! ```
 
-mod accountant;
+mod accounting;
 mod checkpoint;
+mod config;
 mod error;
-mod fused;
+mod evaluate;
 pub mod methods;
-mod optimizer;
+pub mod optim;
+mod plan;
+mod records;
+mod state;
+mod step;
 mod tensor_state;
 mod trainer;
 
-pub use accountant::AnyAccountant;
+pub use config::TrainerConfig;
+/// The accountant a trainer uses, chosen at run time (from dp-accounting).
+pub use dp_accounting::AnyAccountant;
 pub use error::{Result, TrainError};
-pub use methods::{AdaptiveQuantileClip, FixedClip, PrivacyMethod};
-pub use optimizer::{Adam, BaseOptimizer, OptimizerState, Sgd};
-pub use tensor_state::TensorState;
-pub use trainer::{
-    evaluate, EpochRecord, PrivateTrainer, StepRecord, StopReason, TrainReport, TrainerConfig,
+pub use evaluate::{batch_tensors, evaluate, evaluate_with};
+pub use methods::{AdaptiveQuantileClip, ClipWith, FixedClip, PrivacyMethod};
+pub use optim::{Adam, BaseOptimizer, OptimizerState, Sgd};
+pub use plan::{
+    PerExampleObjective, PlanContext, Regime, StatisticQuery, StepOutcome, StepPlan,
 };
+pub use records::{EpochRecord, Guarantee, StepRecord, StopReason, TrainReport};
+pub use step::{take_step, StepEnv, StepResult};
+pub use tensor_state::TensorState;
+pub use trainer::{BoxedLoss, BoxedSampler, PrivateTrainer, TrainerBuilder};

@@ -2,10 +2,11 @@
 
 use candle_core::Device;
 use dp_accounting::{calibration::epsilon_for, AccountantKind};
-use dp_core::{models, ClipStats, GaussianNoise, Model};
+use dp_core::{models, GaussianNoise, Model};
 use dp_optim::methods::split_noise_multiplier;
 use dp_optim::{
-    AdaptiveQuantileClip, FixedClip, PrivacyMethod, PrivateTrainer, Sgd, StopReason, TrainerConfig,
+    AdaptiveQuantileClip, FixedClip, PlanContext, PrivacyMethod, PrivateTrainer, Sgd, StopReason,
+    TrainerConfig,
 };
 use rand::SeedableRng;
 use rand_distr::Distribution;
@@ -42,6 +43,19 @@ fn noise_split_matches_the_worked_values() {
     assert!(((sd.powi(-2) + (2.0 * sb).powi(-2)).powf(-0.5) - s).abs() < 1e-12);
 }
 
+/// One adaptive step on given norms: the plan's count query released, then the update.
+fn adapt(m: &mut AdaptiveQuantileClip, norms: &[f32], b: f64, noise: &mut GaussianNoise) {
+    let ctx = PlanContext {
+        step: 0,
+        expected_batch_size: b,
+        rescale_by_clip_norm: false,
+    };
+    let plan = m.plan(&ctx).unwrap();
+    assert_eq!(plan.statistics.len(), 1);
+    let count = plan.statistics[0].release(norms, noise);
+    m.update_from_count(count, b).unwrap();
+}
+
 #[test]
 fn adaptive_clip_converges_to_the_median_norm() {
     // Norms ~ LogNormal(μ=ln 2, 0.5): median 2. Start at C₀ = 0.1 (paper default).
@@ -52,11 +66,7 @@ fn adaptive_clip_converges_to_the_median_norm() {
     let dist = rand_distr::LogNormal::new(2f64.ln(), 0.5).unwrap();
     for _ in 0..400 {
         let norms: Vec<f32> = (0..256).map(|_| dist.sample(&mut rng) as f32).collect();
-        let stats = ClipStats {
-            norms,
-            ..ClipStats::default()
-        };
-        m.after_step(&stats, b, &mut noise).unwrap();
+        adapt(&mut m, &norms, b, &mut noise);
     }
     let c = m.clip_norm();
     assert!((c - 2.0).abs() / 2.0 < 0.15, "C = {c}, median 2");
@@ -64,15 +74,7 @@ fn adaptive_clip_converges_to_the_median_norm() {
     let mut m = AdaptiveQuantileClip::with_params(1.0, 0.1, 0.9, 0.2, b / 20.0).unwrap();
     for _ in 0..600 {
         let norms: Vec<f32> = (0..256).map(|_| dist.sample(&mut rng) as f32).collect();
-        m.after_step(
-            &ClipStats {
-                norms,
-                ..ClipStats::default()
-            },
-            b,
-            &mut noise,
-        )
-        .unwrap();
+        adapt(&mut m, &norms, b, &mut noise);
     }
     assert!(
         (m.clip_norm() - 3.79).abs() / 3.79 < 0.15,
@@ -87,15 +89,18 @@ fn adaptive_count_divides_by_the_expected_batch_size() {
     // only by the noise.
     let mut m = AdaptiveQuantileClip::with_params(1.0, 1.0, 0.5, 0.2, 1e-9 + 0.6).unwrap();
     let mut noise = GaussianNoise::seeded(0);
-    m.after_step(&ClipStats::default(), 100.0, &mut noise)
-        .unwrap();
+    adapt(&mut m, &[], 100.0, &mut noise);
     let b = m.last_unclipped_fraction().unwrap();
     assert!((b - 0.5).abs() < 0.05, "{b}");
-    assert_eq!(
-        m.step_events(0.01).unwrap().len(),
-        1,
-        "one SGM(q, σ) covers both releases"
-    );
+    // The two releases combine into one SGM(q, σ) with the budgeted σ.
+    let ctx = PlanContext {
+        step: 0,
+        expected_batch_size: 100.0,
+        rescale_by_clip_norm: false,
+    };
+    let q = m.plan(&ctx).unwrap().query_multipliers();
+    let combined = dp_accounting::combined_noise_multiplier(&q).unwrap();
+    assert!((combined - 1.0).abs() < 1e-12, "{combined}");
 }
 
 #[test]
@@ -192,7 +197,11 @@ fn resume_continues_the_run_exactly() {
     assert_eq!(r_res.steps, r_whole.steps);
     assert_eq!(r_res.epsilon, r_whole.epsilon);
     assert_eq!(flat(resumed.model()), flat(whole.model()));
-    assert_eq!(resumed.method().clip_norm(), whole.method().clip_norm());
+    assert_eq!(
+        resumed.method().state().unwrap(),
+        whole.method().state().unwrap()
+    );
+    assert_eq!(resumed.records(), whole.records());
     // A mismatched model is refused.
     let wrong = models::mlp(&[784, 8, 10], &Device::Cpu, 5).unwrap();
     assert!(PrivateTrainer::resume(&dir, wrong, opt(), method(), &d.train, &Device::Cpu).is_err());

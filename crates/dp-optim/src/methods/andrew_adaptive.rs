@@ -1,7 +1,7 @@
 use super::PrivacyMethod;
 use crate::error::{Result, TrainError};
-use dp_accounting::DpEvent;
-use dp_core::{ClipStats, GaussianNoise};
+use crate::plan::{PlanContext, StatisticQuery, StepOutcome, StepPlan};
+use dp_core::clipping::FlatClip;
 use serde::{Deserialize, Serialize};
 
 /// Adaptive clipping to a private quantile of the gradient norms (Andrew, Thakkar,
@@ -19,17 +19,23 @@ use serde::{Deserialize, Serialize};
 /// std `σ_b`) are two Gaussian queries on the same Poisson sample; together they have
 /// exactly the RDP of one subsampled Gaussian with `σ = (σ_Δ⁻² + (2σ_b)⁻²)^(−1/2)`. So the
 /// user budgets `σ` and the gradient gets `σ_Δ = (σ⁻² − (2σ_b)⁻²)^(−1/2)` (paper §3.1,
-/// Theorem 1); a step is accounted as one `PoissonSampledGaussian(q, σ)`. Requires
+/// Theorem 1). The plan releases both queries and the step combines them into one
+/// `PoissonSampledGaussian(q, σ)`. Requires
 /// `σ < 2σ_b`. Opacus's AdaClip differs (no −½ shift, division by the realised batch
 /// size), which breaks its own split; this follows TF Privacy's
 /// `QuantileEstimatorQuery` instead.
 ///
 /// ```
-/// use dp_optim::{AdaptiveQuantileClip, PrivacyMethod};
+/// use dp_optim::{AdaptiveQuantileClip, PlanContext, PrivacyMethod};
 /// // σ = 1, B = 256, σ_b = B/20 = 12.8  →  σ_Δ = 1.000764
-/// let m = AdaptiveQuantileClip::new(1.0, 256.0).unwrap();
+/// let mut m = AdaptiveQuantileClip::new(1.0, 256.0).unwrap();
 /// assert!((m.gradient_noise_multiplier() - 1.000764).abs() < 1e-6);
 /// assert_eq!(m.clip_norm(), 0.1);
+/// let ctx = PlanContext { step: 0, expected_batch_size: 256.0, rescale_by_clip_norm: false };
+/// let plan = m.plan(&ctx).unwrap();
+/// // The gradient (σ_Δ) and the count (σ_b / ½) are the step's two queries.
+/// let q = plan.query_multipliers();
+/// assert!((q[0] - 1.000764).abs() < 1e-6 && q[1] == 25.6);
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AdaptiveQuantileClip {
@@ -120,17 +126,35 @@ impl AdaptiveQuantileClip {
     pub fn count_noise_std(&self) -> f64 {
         self.count_noise_std
     }
+
+    /// The clip bound `C` of the next step.
+    pub fn clip_norm(&self) -> f64 {
+        self.clip_norm
+    }
+
+    /// The gradient sum's noise multiplier `σ_Δ` after the split.
+    pub fn gradient_noise_multiplier(&self) -> f64 {
+        self.gradient_noise_multiplier
+    }
+
+    /// Updates `C` from a released noisy count `Σ_i (u_i − ½) + N(0, σ_b²)` (Alg. 1, the
+    /// geometric update), dividing by the **expected** batch size.
+    pub fn update_from_count(&mut self, noisy_shifted_count: f64, expected_batch_size: f64) -> Result<()> {
+        if !(expected_batch_size.is_finite() && expected_batch_size > 0.0) {
+            return Err(TrainError::InvalidConfig(format!(
+                "expected batch size {expected_batch_size} must be > 0"
+            )));
+        }
+        let b = (noisy_shifted_count / expected_batch_size + 0.5).clamp(0.0, 1.0);
+        self.last_fraction = Some(b);
+        self.clip_norm *= (-self.clip_lr * (b - self.target_quantile)).exp();
+        Ok(())
+    }
 }
 
 impl PrivacyMethod for AdaptiveQuantileClip {
     fn name(&self) -> String {
         "andrew_adaptive".into()
-    }
-    fn clip_norm(&self) -> f64 {
-        self.clip_norm
-    }
-    fn gradient_noise_multiplier(&self) -> f64 {
-        self.gradient_noise_multiplier
     }
     fn noise_multiplier(&self) -> f64 {
         self.noise_multiplier
@@ -140,39 +164,30 @@ impl PrivacyMethod for AdaptiveQuantileClip {
         self.noise_multiplier = sigma;
         Ok(())
     }
-    /// One SGM with the budgeted σ covers both releases (see the type's docs).
-    fn step_events(&self, q: f64) -> Result<Vec<DpEvent>> {
-        Ok(vec![DpEvent::poisson_gaussian(q, self.noise_multiplier)?])
+    /// Clip to `C`, noise `σ_Δ C`, and release the shifted count `Σ_i (1[‖g_i‖ ≤ C] − ½)`
+    /// (sensitivity ½, std `σ_b`). Non-finite norms (examples dropped by the NaN policy)
+    /// count as clipped: any 0/1 indicator keeps the sensitivity at ½.
+    fn plan(&mut self, ctx: &PlanContext) -> Result<StepPlan> {
+        let c = self.clip_norm;
+        let count = StatisticQuery::new("unclipped_count", 0.5, self.count_noise_std, move |n| {
+            if n <= c {
+                0.5
+            } else {
+                -0.5
+            }
+        })?;
+        Ok(StepPlan::new(
+            Box::new(FlatClip::new(c)?),
+            self.gradient_noise_multiplier,
+            ctx.standard_divisor(c),
+        )?
+        .with_statistic(count))
     }
-    fn after_step(
-        &mut self,
-        stats: &ClipStats,
-        expected_batch_size: f64,
-        noise: &mut GaussianNoise,
-    ) -> Result<()> {
-        if !(expected_batch_size.is_finite() && expected_batch_size > 0.0) {
-            return Err(TrainError::InvalidConfig(format!(
-                "expected batch size {expected_batch_size} must be > 0"
-            )));
-        }
-        // Non-finite norms (examples dropped by the NaN policy) count as clipped: any
-        // 0/1 indicator keeps the sensitivity at ½.
-        let shifted: f64 = stats
-            .norms
-            .iter()
-            .map(|&n| {
-                if (n as f64) <= self.clip_norm {
-                    0.5
-                } else {
-                    -0.5
-                }
-            })
-            .sum();
-        let z = noise.sample(1, self.count_noise_std)[0] as f64;
-        let b = ((shifted + z) / expected_batch_size + 0.5).clamp(0.0, 1.0);
-        self.last_fraction = Some(b);
-        self.clip_norm *= (-self.clip_lr * (b - self.target_quantile)).exp();
-        Ok(())
+    fn after_step(&mut self, outcome: &StepOutcome) -> Result<()> {
+        let count = *outcome.statistics.first().ok_or_else(|| {
+            TrainError::InvalidConfig("adaptive clipping: the noisy count was not released".into())
+        })?;
+        self.update_from_count(count, outcome.expected_batch_size)
     }
     fn state(&self) -> Result<serde_json::Value> {
         Ok(serde_json::to_value(self)?)

@@ -1,17 +1,20 @@
 use super::PrivacyMethod;
 use crate::error::{Result, TrainError};
-use dp_accounting::DpEvent;
-use dp_core::{ClipStats, GaussianNoise};
+use crate::plan::{PlanContext, StepOutcome, StepPlan};
+use dp_core::clipping::FlatClip;
 use serde::{Deserialize, Serialize};
 
 /// DP-SGD's fixed clipping (Abadi et al. 2016, Alg. 1): clip every example to `C`, add
 /// `N(0, σ²C²)` to the sum; one Poisson-subsampled Gaussian `(q, σ)` per step.
 ///
 /// ```
-/// use dp_optim::{FixedClip, PrivacyMethod};
-/// let m = FixedClip::new(0.1, 1.1).unwrap();
-/// assert_eq!(m.clip_norm(), 0.1);
-/// assert_eq!(m.step_events(0.01).unwrap().len(), 1);
+/// use dp_optim::{FixedClip, PlanContext, PrivacyMethod};
+/// let mut m = FixedClip::new(0.1, 1.1).unwrap();
+/// let ctx = PlanContext { step: 0, expected_batch_size: 256.0, rescale_by_clip_norm: false };
+/// let plan = m.plan(&ctx).unwrap();
+/// assert_eq!(plan.sensitivity(), 0.1);
+/// assert_eq!(plan.query_multipliers(), vec![1.1]);
+/// assert_eq!(plan.divisor, 256.0);
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FixedClip {
@@ -35,17 +38,15 @@ impl FixedClip {
         m.set_noise_multiplier(noise_multiplier)?;
         Ok(m)
     }
+    /// The clip bound `C`.
+    pub fn clip_norm(&self) -> f64 {
+        self.clip_norm
+    }
 }
 
 impl PrivacyMethod for FixedClip {
     fn name(&self) -> String {
         "fixed".into()
-    }
-    fn clip_norm(&self) -> f64 {
-        self.clip_norm
-    }
-    fn gradient_noise_multiplier(&self) -> f64 {
-        self.noise_multiplier
     }
     fn noise_multiplier(&self) -> f64 {
         self.noise_multiplier
@@ -59,10 +60,14 @@ impl PrivacyMethod for FixedClip {
         self.noise_multiplier = sigma;
         Ok(())
     }
-    fn step_events(&self, q: f64) -> Result<Vec<DpEvent>> {
-        Ok(vec![DpEvent::poisson_gaussian(q, self.noise_multiplier)?])
+    fn plan(&mut self, ctx: &PlanContext) -> Result<StepPlan> {
+        StepPlan::new(
+            Box::new(FlatClip::new(self.clip_norm)?),
+            self.noise_multiplier,
+            ctx.standard_divisor(self.clip_norm),
+        )
     }
-    fn after_step(&mut self, _: &ClipStats, _: f64, _: &mut GaussianNoise) -> Result<()> {
+    fn after_step(&mut self, _: &StepOutcome) -> Result<()> {
         Ok(())
     }
     fn state(&self) -> Result<serde_json::Value> {

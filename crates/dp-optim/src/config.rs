@@ -1,0 +1,144 @@
+//! A run's configuration: serialisable, stored in checkpoints.
+
+use crate::plan::Regime;
+use dp_accounting::AccountantKind;
+use dp_core::{GradMode, NonFinitePolicy};
+use serde::{Deserialize, Serialize};
+
+/// How a run is configured (serialisable, stored in checkpoints).
+///
+/// ```
+/// use dp_optim::TrainerConfig;
+/// let cfg = TrainerConfig::new(10.0, 256.0, 1e-5).with_budget(3.0).calibrate_noise_from_budget();
+/// assert_eq!(cfg.target_epsilon, Some(3.0));
+/// assert!(cfg.calibrate_noise);
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainerConfig {
+    /// Epochs to train (steps = ⌈epochs/q⌉).
+    pub epochs: f64,
+    /// Expected logical batch size `B = q·N` (the public normaliser).
+    pub expected_batch_size: f64,
+    /// Largest physical batch (memory cap); 0 means no cap.
+    pub max_physical_batch: usize,
+    /// Target δ.
+    pub delta: f64,
+    /// Privacy budget ε: training stops before a step that would exceed it.
+    pub target_epsilon: Option<f64>,
+    /// Calibrate the method's noise multiplier so that the planned steps spend exactly
+    /// the budget (requires `target_epsilon`).
+    pub calibrate_noise: bool,
+    /// Which accountant decides the budget.
+    pub accountant: AccountantKind,
+    /// DP (default), clip-only, noise-only or non-private. Only [`Regime::Private`] runs
+    /// have a finite ε; the others say so in every record.
+    #[serde(default)]
+    pub regime: Regime,
+    /// Account a sampler that is not Poisson (shuffled or fixed-size batches) as if it were
+    /// Poisson with `q = B/N`. Off by default: such a run is refused. When on, every record
+    /// says that its ε holds only under this assumption.
+    #[serde(default)]
+    pub assume_poisson_accounting: bool,
+    /// Seed for sampling and noise; `None` seeds from the OS.
+    pub seed: Option<u64>,
+    /// Per-sample gradient mode.
+    pub grad_mode: GradMode,
+    /// NaN/Inf policy.
+    pub non_finite: NonFinitePolicy,
+    /// Show an indicatif progress bar.
+    pub progress: bool,
+    /// Evaluation batch size.
+    pub eval_batch: usize,
+    /// Divide the noisy sum by `B·C` instead of `B` (De et al. 2022's
+    /// `rescale_to_unit_norm`): the update no longer grows with the clip norm, so one
+    /// learning rate serves every `C`, fixed or adaptive. `C` is public (fixed, or derived
+    /// from noisy releases), so this divisor is too.
+    #[serde(default)]
+    pub rescale_by_clip_norm: bool,
+    /// Augmentation multiplicity (De et al. 2022, §3.1): each sampled example is
+    /// augmented `K` times and the mean of the `K` gradients is clipped once (sensitivity
+    /// and accounting unchanged). `None`: no augmentation.
+    #[serde(default)]
+    pub augmentation: Option<(dp_data::Augmentation, usize)>,
+}
+
+impl TrainerConfig {
+    /// `epochs` of Poisson-sampled batches of expected size `expected_batch_size`, at `δ`.
+    pub fn new(epochs: f64, expected_batch_size: f64, delta: f64) -> Self {
+        Self {
+            epochs,
+            expected_batch_size,
+            max_physical_batch: 0,
+            delta,
+            target_epsilon: None,
+            calibrate_noise: false,
+            accountant: AccountantKind::Rdp,
+            regime: Regime::Private,
+            assume_poisson_accounting: false,
+            seed: None,
+            grad_mode: GradMode::Auto,
+            non_finite: NonFinitePolicy::Error,
+            progress: false,
+            eval_batch: 1000,
+            rescale_by_clip_norm: false,
+            augmentation: None,
+        }
+    }
+    /// Augment each sampled example `k` times (random crop/flip per `aug`) and clip the
+    /// mean of its `k` gradients (De et al. 2022).
+    pub fn with_augmentation_multiplicity(mut self, aug: dp_data::Augmentation, k: usize) -> Self {
+        self.augmentation = Some((aug, k));
+        self
+    }
+    /// Normalise updates by `B·C` (see [`TrainerConfig::rescale_by_clip_norm`]).
+    pub fn with_rescale_by_clip_norm(mut self, on: bool) -> Self {
+        self.rescale_by_clip_norm = on;
+        self
+    }
+    /// Never spend more than `epsilon` (at the configured δ).
+    pub fn with_budget(mut self, epsilon: f64) -> Self {
+        self.target_epsilon = Some(epsilon);
+        self
+    }
+    /// Derive σ from the budget instead of taking the method's.
+    pub fn calibrate_noise_from_budget(mut self) -> Self {
+        self.calibrate_noise = true;
+        self
+    }
+    /// Train in `regime` (see [`Regime`]).
+    pub fn with_regime(mut self, regime: Regime) -> Self {
+        self.regime = regime;
+        self
+    }
+    /// Account a non-Poisson sampler as Poisson (see
+    /// [`TrainerConfig::assume_poisson_accounting`]).
+    pub fn assume_poisson_accounting(mut self, on: bool) -> Self {
+        self.assume_poisson_accounting = on;
+        self
+    }
+    /// Use this accountant.
+    pub fn with_accountant(mut self, kind: AccountantKind) -> Self {
+        self.accountant = kind;
+        self
+    }
+    /// Reproducible run.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+    /// Memory cap on physical batches.
+    pub fn with_max_physical_batch(mut self, max: usize) -> Self {
+        self.max_physical_batch = max;
+        self
+    }
+    /// Progress bar on or off.
+    pub fn with_progress(mut self, on: bool) -> Self {
+        self.progress = on;
+        self
+    }
+    /// Per-sample gradient mode.
+    pub fn with_grad_mode(mut self, mode: GradMode) -> Self {
+        self.grad_mode = mode;
+        self
+    }
+}

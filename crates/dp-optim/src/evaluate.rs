@@ -1,0 +1,85 @@
+//! Evaluation and the one conversion of dataset rows into tensors.
+
+use crate::error::{Result, TrainError};
+use candle_core::{Device, Tensor};
+use dp_core::{CrossEntropy, Loss, Model};
+use dp_data::Dataset;
+
+/// The rows `idx` of `data` as `(inputs, labels)` tensors on `device`: inputs shaped
+/// `[rows, example_shape...]`, labels `[rows]`.
+///
+/// ```
+/// let data = dp_data::load_bundled_mnist().unwrap();
+/// let (x, y) = dp_optim::batch_tensors(&data.test, &[0, 1, 2], &candle_core::Device::Cpu).unwrap();
+/// assert_eq!(x.dims()[0], 3);
+/// assert_eq!(y.dims(), &[3]);
+/// ```
+pub fn batch_tensors(data: &Dataset, idx: &[usize], device: &Device) -> Result<(Tensor, Tensor)> {
+    rows_to_tensors(data.try_gather(idx)?, data.example_shape(), device)
+}
+
+/// A gathered batch (features and labels, possibly augmented) as tensors.
+pub(crate) fn rows_to_tensors(
+    batch: dp_data::Batch,
+    example_shape: &[usize],
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let rows = batch.labels.len();
+    let mut shape = vec![rows];
+    shape.extend_from_slice(example_shape);
+    let x = Tensor::from_vec(batch.features, shape, device)?;
+    let y = Tensor::from_vec(batch.labels, rows, device)?;
+    Ok((x, y))
+}
+
+/// Mean cross-entropy and accuracy of `model` on `data`, in chunks of `batch`.
+///
+/// ```
+/// let data = dp_data::load_bundled_mnist().unwrap();
+/// let mut m = dp_core::models::mlp(&[784, 8, 10], &candle_core::Device::Cpu, 0).unwrap();
+/// let (_loss, acc) = dp_optim::evaluate(&mut m, &data.test, &candle_core::Device::Cpu, 500).unwrap();
+/// assert!((0.0..=1.0).contains(&acc));
+/// ```
+pub fn evaluate<M: Model + ?Sized>(
+    model: &mut M,
+    data: &Dataset,
+    device: &Device,
+    batch: usize,
+) -> Result<(f64, f64)> {
+    evaluate_with(model, data, device, batch, &CrossEntropy)
+}
+
+/// [`evaluate`] with another loss (accuracy is the arg-max accuracy of the outputs).
+///
+/// ```
+/// let data = dp_data::load_bundled_mnist().unwrap();
+/// let mut m = dp_core::models::mlp(&[784, 8, 10], &candle_core::Device::Cpu, 0).unwrap();
+/// let (l, _) = dp_optim::evaluate_with(&mut m, &data.test, &candle_core::Device::Cpu, 500, &dp_core::CrossEntropy).unwrap();
+/// assert!(l > 0.0);
+/// ```
+pub fn evaluate_with<M: Model + ?Sized>(
+    model: &mut M,
+    data: &Dataset,
+    device: &Device,
+    batch: usize,
+    loss_fn: &dyn Loss,
+) -> Result<(f64, f64)> {
+    let n = data.len();
+    if n == 0 {
+        return Err(TrainError::InvalidConfig("empty evaluation set".into()));
+    }
+    let batch = batch.max(1);
+    let (mut loss, mut correct) = (0.0, 0.0);
+    let idx: Vec<usize> = (0..n).collect();
+    for chunk in idx.chunks(batch) {
+        let (x, y) = batch_tensors(data, chunk, device)?;
+        let logits = model.forward(&x, false)?;
+        loss += loss_fn
+            .loss(&logits, &y)?
+            .to_dtype(candle_core::DType::F64)?
+            .sum_all()?
+            .to_scalar::<f64>()?;
+        correct += dp_core::accuracy(&logits, &y)? * chunk.len() as f64;
+    }
+    Ok((loss / n as f64, correct / n as f64))
+}

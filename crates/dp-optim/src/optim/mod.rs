@@ -1,0 +1,184 @@
+//! Base optimisers: what happens to a gradient once it is private. One file per optimiser,
+//! holding its update rule and its fused single-pass form for f32 CPU tensors.
+//!
+//! They know nothing of privacy: the step hands them the privatised, normalised gradient
+//! and the standard deviation of the noise in it. Every adaptive *privacy* method lives in
+//! [`crate::methods`] instead, so that DP-SGD = `Sgd` + `FixedClip`, DP-Adam = `Adam` +
+//! `FixedClip`, and so on.
+
+mod adam;
+mod sgd;
+
+pub use adam::Adam;
+pub use sgd::Sgd;
+
+use crate::error::{Result, TrainError};
+use crate::tensor_state::TensorState;
+use candle_core::{Device, Tensor};
+use dp_core::host::with_host_f32;
+use serde::{Deserialize, Serialize};
+
+/// Serialisable optimiser state (hyper-parameters, step count and buffers).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OptimizerState {
+    /// Which optimiser wrote it.
+    pub kind: String,
+    /// Updates taken.
+    pub step: u64,
+    /// Buffers (momentum, first/second moments), each one tensor per parameter.
+    pub buffers: Vec<Vec<TensorState>>,
+}
+
+/// One update rule: new parameters from parameters and a gradient.
+pub trait BaseOptimizer: Send {
+    /// Returns the updated parameters (same order and shapes as `params`).
+    fn step(&mut self, params: &[Tensor], grads: &[Tensor]) -> Result<Vec<Tensor>>;
+    /// The current learning rate.
+    fn learning_rate(&self) -> f64;
+    /// Changes the learning rate (schedules).
+    fn set_learning_rate(&mut self, lr: f64);
+    /// State for checkpoints.
+    fn state(&self) -> Result<OptimizerState>;
+    /// Restores [`BaseOptimizer::state`].
+    fn load_state(&mut self, state: &OptimizerState, device: &Device) -> Result<()>;
+    /// Told before each [`BaseOptimizer::step`]: the standard deviation of the Gaussian
+    /// noise in each coordinate of the gradient it is about to receive (0 when the run adds
+    /// none). Optimisers that correct for the noise (DP-AdamBC subtracts its variance from
+    /// Adam's second moment) use it; the others ignore it.
+    fn set_gradient_noise_std(&mut self, _std: f64) {}
+}
+
+pub(crate) fn check_lengths(params: &[Tensor], grads: &[Tensor]) -> Result<()> {
+    if params.len() != grads.len() {
+        return Err(TrainError::InvalidConfig(format!(
+            "{} gradients for {} parameters",
+            grads.len(),
+            params.len()
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn save(bufs: &[Option<Tensor>]) -> Result<Vec<TensorState>> {
+    bufs.iter()
+        .map(|b| match b {
+            Some(t) => TensorState::from_tensor(t),
+            None => Ok(TensorState {
+                shape: vec![],
+                data: vec![],
+            }),
+        })
+        .collect()
+}
+
+pub(crate) fn load(states: &[TensorState], device: &Device) -> Result<Vec<Option<Tensor>>> {
+    states
+        .iter()
+        .map(|s| {
+            if s.shape.is_empty() && s.data.is_empty() {
+                Ok(None)
+            } else {
+                s.to_tensor(device).map(Some)
+            }
+        })
+        .collect()
+}
+
+
+// Helpers of the fused updates (f32 CPU tensors).
+pub(crate) const CHUNK: usize = 1 << 14;
+
+pub(crate) fn tensor(v: Vec<f32>, like: &Tensor) -> candle_core::Result<Tensor> {
+    Tensor::from_vec(v, like.dims(), &Device::Cpu)
+}
+
+/// Values of an optional state buffer (empty when absent).
+pub(crate) fn values(t: Option<&Tensor>) -> candle_core::Result<Vec<f32>> {
+    match t {
+        Some(t) => with_host_f32(t, |v| v.to_vec()),
+        None => Ok(Vec::new()),
+    }
+}
+
+pub(crate) fn check(n: usize, others: &[usize]) -> candle_core::Result<()> {
+    if others.iter().any(|&m| m != n && m != 0) {
+        candle_core::bail!("fused update: parameter, gradient and state sizes differ");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The fused updates against the candle expressions (taken for f64 tensors).
+    use super::{Adam, BaseOptimizer, Sgd};
+    use candle_core::{DType, Device, Tensor};
+
+    fn tensors(seed: u64, dtype: DType) -> Vec<Tensor> {
+        // Sizes below and above one chunk, and a matrix.
+        [vec![7usize], vec![3, 40_000], vec![5, 5]]
+            .iter()
+            .enumerate()
+            .map(|(k, shape)| {
+                dp_core::Init::seeded(seed + k as u64)
+                    .normal(shape, 1.0, &Device::Cpu)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    fn run(opt: &mut dyn BaseOptimizer, dtype: DType) -> Vec<Vec<f64>> {
+        let mut p = tensors(1, dtype);
+        for step in 0..4 {
+            let g = tensors(10 + step, dtype);
+            p = opt.step(&p, &g).unwrap();
+        }
+        p.iter()
+            .map(|t| {
+                t.flatten_all()
+                    .unwrap()
+                    .to_dtype(DType::F64)
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    fn agree(make: &dyn Fn() -> Box<dyn BaseOptimizer>) {
+        let fast = run(make().as_mut(), DType::F32);
+        let slow = run(make().as_mut(), DType::F64);
+        for (a, b) in fast.iter().zip(&slow) {
+            for (x, y) in a.iter().zip(b) {
+                assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "{x} vs {y}");
+            }
+        }
+    }
+
+    #[test]
+    fn sgd_variants_match_the_candle_path() {
+        agree(&|| Box::new(Sgd::new(0.1)));
+        agree(&|| Box::new(Sgd::new(0.1).with_momentum(0.9)));
+        agree(&|| Box::new(Sgd::new(0.1).with_momentum(0.9).with_nesterov(true)));
+        agree(&|| Box::new(Sgd::new(0.1).with_momentum(0.5).with_weight_decay(0.01)));
+    }
+
+    #[test]
+    fn adam_variants_match_the_candle_path() {
+        agree(&|| Box::new(Adam::new(0.01)));
+        agree(&|| Box::new(Adam::new(0.01).with_weight_decay(0.1)));
+        agree(&|| Box::new(Adam::adamw(0.01, 0.1)));
+        agree(&|| Box::new(Adam::new(0.01).with_betas(0.5, 0.9).with_eps(1e-6)));
+    }
+
+    #[test]
+    fn mismatched_state_is_an_error() {
+        let p = Tensor::zeros(4, DType::F32, &Device::Cpu).unwrap();
+        let g = Tensor::zeros(5, DType::F32, &Device::Cpu).unwrap();
+        assert!(Sgd::new(0.1)
+            .step(std::slice::from_ref(&p), std::slice::from_ref(&g))
+            .is_err());
+        assert!(Adam::new(0.1).step(&[p], &[g]).is_err());
+    }
+}

@@ -1,0 +1,177 @@
+//! What a run records: per step, per epoch, and at the end. Every record says what its ε
+//! means ([`Guarantee`]); a run that is not differentially private reports ε = ∞, written
+//! `"inf"` in JSON (never a number, never `null`).
+
+use crate::plan::Regime;
+use serde::{Deserialize, Serialize};
+
+/// What the ε of a record certifies.
+///
+/// ```
+/// use dp_optim::{Guarantee, Regime};
+/// assert!(Guarantee::Dp.is_private());
+/// let g = Guarantee::NotPrivate { regime: Regime::ClipOnly };
+/// assert!(!g.is_private());
+/// assert_eq!(serde_json::to_string(&g).unwrap(), r#"{"kind":"not_private","regime":"clip_only"}"#);
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Guarantee {
+    /// (ε, δ)-DP: the batches were Poisson-sampled, as the accountant assumes.
+    Dp,
+    /// (ε, δ)-DP **only if** the batches had been Poisson-sampled: the sampler was another
+    /// (the user opted in with [`crate::TrainerConfig::assume_poisson_accounting`]).
+    DpAssumingPoisson {
+        /// The sampler actually used.
+        sampler: String,
+    },
+    /// Not differentially private (ε = ∞).
+    NotPrivate {
+        /// The regime of the run.
+        regime: Regime,
+    },
+}
+
+impl Guarantee {
+    /// Whether ε is finite.
+    pub fn is_private(&self) -> bool {
+        !matches!(self, Guarantee::NotPrivate { .. })
+    }
+}
+
+/// ε and other values that may be infinite, as JSON numbers or the string `"inf"`.
+pub(crate) mod maybe_inf {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        Num(f64),
+        Text(String),
+    }
+
+    fn parse(r: Repr) -> Result<f64, String> {
+        match r {
+            Repr::Num(x) => Ok(x),
+            Repr::Text(t) if t == "inf" || t == "infinity" => Ok(f64::INFINITY),
+            Repr::Text(t) => Err(format!("expected a number or \"inf\", got {t:?}")),
+        }
+    }
+
+    pub fn serialize<S: Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if *x == f64::INFINITY {
+            s.serialize_str("inf")
+        } else {
+            s.serialize_f64(*x)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        parse(Repr::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+
+    pub mod option {
+        use super::*;
+        pub fn serialize<S: Serializer>(x: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+            match x {
+                Some(v) => super::serialize(v, s),
+                None => s.serialize_none(),
+            }
+        }
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+            match Option::<Repr>::deserialize(d)? {
+                Some(r) => parse(r).map(Some).map_err(serde::de::Error::custom),
+                None => Ok(None),
+            }
+        }
+    }
+}
+
+/// What one step did (analysis values are computed from private data and are **not**
+/// differentially private: log them, never feed them back).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// 1-based step number.
+    pub step: u64,
+    /// Epochs completed (fractional).
+    pub epoch: f64,
+    /// ε spent after this step: every step for accountants whose ε is cheap to evaluate
+    /// (RDP), `None` between epochs for the others (PRV); ∞ for a run that is not DP.
+    #[serde(with = "maybe_inf::option")]
+    pub epsilon: Option<f64>,
+    /// What ε certifies.
+    pub guarantee: Guarantee,
+    /// Mean loss over the realised batch (analysis only).
+    pub loss: f64,
+    /// The clip bound (the strategy's threshold) used by this step.
+    pub clip_norm: f64,
+    /// L2 sensitivity of the gradient sum (∞ when the regime does not clip).
+    #[serde(with = "maybe_inf")]
+    pub sensitivity: f64,
+    /// Fraction of examples whose norm exceeded the bound (analysis only).
+    pub fraction_clipped: f64,
+    /// Realised batch size (analysis only).
+    pub batch_size: usize,
+    /// Median per-example gradient norm (analysis only; `None` when no norms were taken).
+    pub median_norm: Option<f64>,
+    /// Std of the noise added to the gradient sum (`σ·S`; 0 without noise).
+    pub noise_std: f64,
+    /// The noisy statistics the method asked for (private releases), in its order.
+    pub statistics: Vec<f64>,
+}
+
+/// End-of-epoch evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// Epoch number (1-based).
+    pub epoch: u64,
+    /// Steps so far.
+    pub step: u64,
+    /// ε spent so far (∞ for a run that is not DP).
+    #[serde(with = "maybe_inf")]
+    pub epsilon: f64,
+    /// What ε certifies.
+    pub guarantee: Guarantee,
+    /// Test accuracy in [0, 1] (if a test set was given).
+    pub test_accuracy: Option<f64>,
+    /// Mean test loss.
+    pub test_loss: Option<f64>,
+    /// Clip bound of the last step of the epoch.
+    pub clip_norm: f64,
+}
+
+/// Why training stopped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum StopReason {
+    /// All planned steps were taken.
+    Completed,
+    /// The next step would have spent more than the budget.
+    BudgetExhausted {
+        /// ε that the next step would have reached.
+        would_reach: f64,
+        /// The budget.
+        budget: f64,
+    },
+}
+
+/// Summary of a [`crate::PrivateTrainer::train`] call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainReport {
+    /// Steps taken in total.
+    pub steps: u64,
+    /// ε spent (the configured accountant; PRV: certified upper bound; ∞ when not DP).
+    #[serde(with = "maybe_inf")]
+    pub epsilon: f64,
+    /// δ.
+    pub delta: f64,
+    /// What ε certifies.
+    pub guarantee: Guarantee,
+    /// The budgeted noise multiplier.
+    pub noise_multiplier: f64,
+    /// Test accuracy after the last epoch, if evaluated.
+    pub test_accuracy: Option<f64>,
+    /// Why it stopped.
+    pub stop: StopReason,
+    /// Wall-clock seconds of this call.
+    pub seconds: f64,
+}

@@ -1,0 +1,192 @@
+//! The one training step: the trainer, `bench_step` and `loss_landscape` all call
+//! [`take_step`], so there is a single place where clipping, noise, the divisor and the
+//! update meet.
+
+use crate::error::{Result, TrainError};
+use crate::optim::BaseOptimizer;
+use crate::plan::{Regime, StepPlan};
+use candle_core::Tensor;
+use dp_core::clipping::NoClip;
+use dp_core::{
+    batch_gradient, clipped_gradient, privatize, ClipStats, ClipStrategy, ClippedBatch,
+    GaussianNoise, GradOptions, Loss, Model,
+};
+
+/// How a step computes its gradient, apart from the plan: the regime, the loss and the
+/// per-sample gradient options.
+#[derive(Clone, Copy)]
+pub struct StepEnv<'a> {
+    /// DP, clip-only, noise-only or non-private.
+    pub regime: Regime,
+    /// The per-example loss.
+    pub loss: &'a dyn Loss,
+    /// Per-sample gradient mode, NaN policy, augmentation multiplicity.
+    pub grad_options: &'a GradOptions,
+}
+
+/// What one step released and did.
+#[derive(Debug, Clone)]
+pub struct StepResult {
+    /// The gradient the optimiser received: the (noisy) sum divided by the plan's divisor.
+    pub gradient: Vec<Tensor>,
+    /// Std of the noise in each coordinate of `gradient` (0 when the regime adds none).
+    pub noise_std: f64,
+    /// Std of the noise added to the sum, before the divisor (`σ·S`, or 0).
+    pub sum_noise_std: f64,
+    /// L2 sensitivity of the gradient sum (∞ when the regime does not clip).
+    pub sensitivity: f64,
+    /// The noisy statistics of the plan, in its order.
+    pub statistics: Vec<f64>,
+    /// Per-example norm statistics (not private; empty when the regime needed no norms).
+    pub stats: ClipStats,
+    /// Sum of the per-example losses (not private).
+    pub loss_sum: f64,
+    /// Realised number of examples (private: analysis only).
+    pub examples: usize,
+}
+
+/// One step: gradients over `batches` (the physical batches of one logical batch, each
+/// `(inputs, targets)`), clipped and noised as `plan` and `env.regime` say, divided by the
+/// plan's public divisor, and applied by `optimizer` to `model`.
+///
+/// The Gaussian noise for the gradient is drawn on a background thread while the gradients
+/// are computed (same stream as drawing it in place); statistics are released after it,
+/// from the same stream. Accounting is the caller's: a [`crate::PrivateTrainer`] derives the
+/// event from [`StepPlan::query_multipliers`] before calling this.
+///
+/// ```
+/// use dp_optim::{take_step, Regime, Sgd, StepEnv, StepPlan};
+/// use dp_core::{clipping::FlatClip, models, CrossEntropy, GaussianNoise, GradOptions};
+/// use candle_core::{Device, Tensor};
+/// let dev = Device::Cpu;
+/// let mut model = models::mlp(&[20, 8, 4], &dev, 0).unwrap();
+/// let x = Tensor::randn(0f32, 1., (16, 20), &dev).unwrap();
+/// let y = Tensor::from_vec((0..16u32).map(|i| i % 4).collect::<Vec<_>>(), 16, &dev).unwrap();
+/// let mut plan = StepPlan::new(Box::new(FlatClip::new(1.0).unwrap()), 1.1, 16.0).unwrap();
+/// let env = StepEnv { regime: Regime::Private, loss: &CrossEntropy, grad_options: &GradOptions::default() };
+/// let r = take_step(&mut model, &mut std::iter::once(Ok((x, y))), &mut plan, &env,
+///                   &mut GaussianNoise::seeded(0), &mut Sgd::new(0.1)).unwrap();
+/// assert_eq!(r.examples, 16);
+/// assert!((r.noise_std - 1.1 / 16.0).abs() < 1e-12);
+/// ```
+pub fn take_step<M: Model>(
+    model: &mut M,
+    batches: &mut dyn Iterator<Item = Result<(Tensor, Tensor)>>,
+    plan: &mut StepPlan,
+    env: &StepEnv,
+    noise: &mut GaussianNoise,
+    optimizer: &mut dyn BaseOptimizer,
+) -> Result<StepResult> {
+    plan.validate()?;
+    let regime = env.regime;
+    if regime.adds_noise() {
+        // The noise does not depend on the data: draw it while the gradients are computed.
+        let sizes: Vec<usize> = model
+            .param_tensors()
+            .iter()
+            .map(|t| t.elem_count())
+            .collect();
+        noise.prefetch(&sizes);
+    }
+    let acc = gradient_sum(model, batches, plan, env)?;
+    let (examples, sensitivity) = (acc.examples, acc.sensitivity);
+    let (sum, sum_noise_std, stats, loss_sum) = match regime {
+        Regime::Private => {
+            let noisy = privatize(acc, plan.noise_multiplier, noise)?;
+            (noisy.sum, noisy.noise_std, noisy.stats, noisy.loss_sum)
+        }
+        Regime::NoiseOnly => {
+            let std = plan.gradient_noise_std();
+            (noise.add_noise(&acc.sum, std)?, std, acc.stats, acc.loss_sum)
+        }
+        Regime::ClipOnly | Regime::NonPrivate => (acc.sum, 0.0, acc.stats, acc.loss_sum),
+    };
+    let statistics: Vec<f64> = plan
+        .statistics
+        .iter()
+        .map(|q| q.release(&stats.norms, noise))
+        .collect();
+    let d = plan.divisor;
+    let gradient = sum
+        .iter()
+        .map(|t| t / d)
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let noise_std = sum_noise_std / d;
+    optimizer.set_gradient_noise_std(noise_std);
+    let new = optimizer.step(&model.param_tensors(), &gradient)?;
+    model.set_param_tensors(&new)?;
+    Ok(StepResult {
+        gradient,
+        noise_std,
+        sum_noise_std,
+        sensitivity,
+        statistics,
+        stats,
+        loss_sum,
+        examples,
+    })
+}
+
+/// The (clipped or plain) gradient sum over the physical batches.
+fn gradient_sum<M: Model>(
+    model: &mut M,
+    batches: &mut dyn Iterator<Item = Result<(Tensor, Tensor)>>,
+    plan: &mut StepPlan,
+    env: &StepEnv,
+) -> Result<ClippedBatch> {
+    let mut no_clip = NoClip;
+    let clips = env.regime.clips();
+    // Unclipped regimes need the norms only when a statistic or objective uses them.
+    let plain = !clips && plan.statistics.is_empty() && plan.objective.is_none();
+    let clip: &mut dyn ClipStrategy = if clips {
+        plan.clip.as_mut()
+    } else {
+        &mut no_clip
+    };
+    let (sensitivity, threshold) = (clip.sensitivity(), clip.threshold());
+    // The first physical batch is the accumulator (adding it to zeros would cost one
+    // element-wise pass per parameter and change nothing).
+    let mut acc: Option<ClippedBatch> = None;
+    for batch in batches {
+        let (x, y) = batch?;
+        let part = if plain {
+            let examples = x.dim(0)?;
+            let (sum, loss_sum) = if examples == 0 {
+                (ClippedBatch::empty(&*model, sensitivity, threshold)?.sum, 0.0)
+            } else {
+                batch_gradient(model, &x, &y, env.loss)?
+            };
+            ClippedBatch {
+                sum,
+                sensitivity,
+                stats: ClipStats {
+                    threshold,
+                    ..ClipStats::default()
+                },
+                loss_sum,
+                examples,
+            }
+        } else if let Some(obj) = plan.objective.as_mut() {
+            let part = obj.clipped_sum(model, &x, &y, env.loss, clip, env.grad_options)?;
+            if part.sensitivity != sensitivity {
+                return Err(TrainError::InvalidConfig(format!(
+                    "objective '{}' returned a sum of sensitivity {} for a clip of sensitivity {}",
+                    obj.name(),
+                    part.sensitivity,
+                    sensitivity
+                )));
+            }
+            part
+        } else {
+            clipped_gradient(model, &x, &y, env.loss, clip, env.grad_options)?
+        };
+        match acc.as_mut() {
+            Some(a) => a.accumulate(part)?,
+            None => acc = Some(part),
+        }
+    }
+    match acc {
+        Some(a) => Ok(a),
+        None => Ok(ClippedBatch::empty(&*model, sensitivity, threshold)?),
+    }
+}
