@@ -52,6 +52,14 @@ pub enum AccountingError {
     /// Noise calibration or step search could not meet the request.
     #[error("calibration failed: {0}")]
     CalibrationFailed(String),
+    /// The accountant cannot interpret this event (see [`crate::Accountant::supports`]); it was
+    /// not composed. Refusing is the only safe answer: an accountant that guessed would report
+    /// an ε that certifies nothing.
+    #[error("the accountant cannot interpret event {0}")]
+    UnsupportedEvent(String),
+    /// A mechanism description is malformed (for instance no queries at all).
+    #[error("invalid mechanism: {0}")]
+    InvalidMechanism(String),
 }
 
 /// Checks δ ∈ (0, 1).

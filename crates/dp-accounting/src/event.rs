@@ -118,7 +118,32 @@ impl DpEvent {
         self.gaussian_blocks().map(|_| ())
     }
 
+    /// Whether `pred` holds for every elementary event (everything that is not a
+    /// `SelfComposed` or `Composed`) inside this one. Accountants build
+    /// [`crate::Accountant::supports`] on it, so that the structure is walked in one place and
+    /// each accountant only lists the mechanisms it can analyse.
+    ///
+    /// ```
+    /// use dp_accounting::DpEvent;
+    /// let e = DpEvent::Composed(vec![DpEvent::gaussian(1.0).unwrap().repeated(3)]);
+    /// assert!(e.all_elementary(&|x| matches!(x, DpEvent::Gaussian { .. })));
+    /// assert!(!e.all_elementary(&|x| matches!(x, DpEvent::PoissonSampledGaussian { .. })));
+    /// ```
+    pub fn all_elementary(&self, pred: &impl Fn(&DpEvent) -> bool) -> bool {
+        match self {
+            DpEvent::SelfComposed { event, .. } => event.all_elementary(pred),
+            DpEvent::Composed(v) => v.iter().all(|e| e.all_elementary(pred)),
+            DpEvent::PoissonSampledGaussian { .. } | DpEvent::Gaussian { .. } => pred(self),
+        }
+    }
+
     /// Total number of elementary mechanism invocations (saturating).
+    ///
+    /// ```
+    /// use dp_accounting::DpEvent;
+    /// let g = DpEvent::gaussian(1.0).unwrap();
+    /// assert_eq!(DpEvent::Composed(vec![g.clone(), g.repeated(4)]).total_count(), 5);
+    /// ```
     pub fn total_count(&self) -> u64 {
         match self {
             DpEvent::PoissonSampledGaussian { .. } | DpEvent::Gaussian { .. } => 1,

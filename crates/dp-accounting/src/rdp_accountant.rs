@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::accountant::{Accountant, AccountantKind};
+use crate::accountant::{gaussian_only, unsupported, Accountant};
 use crate::error::AccountingError;
 use crate::event::{push_merged, DpEvent};
 use crate::rdp::{check_orders, default_orders, rdp_poisson_gaussian_orders};
@@ -251,6 +251,9 @@ impl Accountant for RdpAccountant {
     /// assert_eq!(acc.history(), &[step.repeated(1000)]);
     /// ```
     fn compose(&mut self, event: &DpEvent) -> Result<(), AccountingError> {
+        if !self.supports(event) {
+            return Err(unsupported(self.name(), event));
+        }
         check_orders(&self.orders)?;
         // Compute first, then record: on any error the accountant is unchanged.
         let add = self.event_rdp(event)?;
@@ -273,7 +276,34 @@ impl Accountant for RdpAccountant {
         &self.history
     }
 
-    fn kind(&self) -> AccountantKind {
-        AccountantKind::Rdp
+    /// The subsampled and plain Gaussian, in any nesting (Mironov, Talwar & Zhang 2019 give
+    /// their RDP; repetitions and compositions add).
+    fn supports(&self, event: &DpEvent) -> bool {
+        gaussian_only(event)
+    }
+
+    /// Same orders and conversion; the per-(q, σ) RDP cache is shared, since it depends on
+    /// the orders only.
+    ///
+    /// ```
+    /// use dp_accounting::{Accountant, Conversion, DpEvent, RdpAccountant};
+    /// let mut a = RdpAccountant::new().with_conversion(Conversion::Classic);
+    /// a.compose(&DpEvent::gaussian(1.0).unwrap()).unwrap();
+    /// let f = a.fresh();
+    /// assert!(f.history().is_empty() && f.rdp().iter().all(|&r| r == 0.0));
+    /// assert_eq!(f.conversion(), Conversion::Classic);
+    /// ```
+    fn fresh(&self) -> Self {
+        RdpAccountant {
+            orders: self.orders.clone(),
+            conversion: self.conversion,
+            history: Vec::new(),
+            total: vec![0.0; self.orders.len()],
+            cache: Arc::clone(&self.cache),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "rdp"
     }
 }

@@ -9,7 +9,7 @@
 
 use statrs::function::erf::erfc;
 
-use super::compose::Grid;
+use super::grid::Grid;
 use crate::error::AccountingError;
 
 /// PRV of one Poisson-subsampled Gaussian step.

@@ -9,12 +9,13 @@
 
 mod compose;
 mod discretise;
+mod grid;
 
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use crate::accountant::{Accountant, AccountantKind};
+use crate::accountant::{gaussian_only, unsupported, Accountant};
 use crate::error::{check_delta, check_epsilon, AccountingError};
 use crate::event::{push_merged, DpEvent, GaussianBlock};
 use compose::{compose_blocks, ComposedPrv};
@@ -258,6 +259,9 @@ impl PrvAccountant {
 
 impl Accountant for PrvAccountant {
     fn compose(&mut self, event: &DpEvent) -> Result<(), AccountingError> {
+        if !self.supports(event) {
+            return Err(unsupported(self.name(), event));
+        }
         event.validate()?;
         push_merged(&mut self.history, event)?;
         if event.total_count() > 0 {
@@ -281,7 +285,38 @@ impl Accountant for PrvAccountant {
         &self.history
     }
 
-    fn kind(&self) -> AccountantKind {
-        AccountantKind::Prv
+    /// The subsampled and plain Gaussian, in any nesting: the only PRVs discretised here
+    /// (Gopi et al. 2021 compose any PRV; a new mechanism needs its CDF and mean first).
+    fn supports(&self, event: &DpEvent) -> bool {
+        gaussian_only(event)
+    }
+
+    /// Same error budgets and grid cap, empty history and cache.
+    ///
+    /// ```
+    /// use dp_accounting::{Accountant, DpEvent, PrvAccountant};
+    /// let mut a = PrvAccountant::new().with_eps_error(0.05);
+    /// a.compose(&DpEvent::gaussian(1.0).unwrap()).unwrap();
+    /// let f = a.fresh();
+    /// assert!(f.history().is_empty() && f.eps_error() == 0.05);
+    /// ```
+    fn fresh(&self) -> Self {
+        PrvAccountant {
+            eps_error: self.eps_error,
+            delta_error: self.delta_error,
+            max_points: self.max_points,
+            history: Vec::new(),
+            cache: Arc::new(Cache::default()),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "prv"
+    }
+
+    /// `false`: the first query after a compose runs an FFT composition of the whole
+    /// history (tens of milliseconds for 10⁴ steps).
+    fn epsilon_is_cheap(&self) -> bool {
+        false
     }
 }
