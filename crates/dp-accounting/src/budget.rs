@@ -133,7 +133,7 @@ pub enum BudgetCheck {
 /// use dp_accounting::{AccountantKind, AnyAccountant, BudgetCheck, BudgetGuard, DpEvent, PrivacyBudget};
 /// let budget = PrivacyBudget::new(1.0, 1e-5).unwrap();
 /// let mut guard = BudgetGuard::new(AnyAccountant::new(AccountantKind::Rdp), 1e-5, Some(budget)).unwrap();
-/// let step = DpEvent::poisson_gaussian(0.05, 1.0).unwrap();
+/// let step = DpEvent::poisson_gaussian(0.01, 1.0).unwrap();
 /// while guard.check(&step).unwrap() == BudgetCheck::Within {
 ///     guard.record(&step).unwrap();
 /// }
@@ -256,9 +256,9 @@ impl<A: Accountant> BudgetGuard<A> {
     ///
     /// ```
     /// use dp_accounting::{BudgetCheck, BudgetGuard, DpEvent, PrivacyBudget, PrvAccountant};
-    /// let b = PrivacyBudget::new(0.5, 1e-5).unwrap();
+    /// let b = PrivacyBudget::new(1.0, 1e-5).unwrap();
     /// let mut g = BudgetGuard::new(PrvAccountant::new(), 1e-5, Some(b)).unwrap();
-    /// let step = DpEvent::gaussian(4.0).unwrap();
+    /// let step = DpEvent::gaussian(10.0).unwrap();
     /// assert_eq!(g.check(&step).unwrap(), BudgetCheck::Within);
     /// g.record(&step).unwrap();
     /// assert!(matches!(g.check(&step.repeated(50)).unwrap(), BudgetCheck::Exceeds { .. }));
