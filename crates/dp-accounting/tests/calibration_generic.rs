@@ -30,7 +30,11 @@ fn schedule_is_calibrated<A: Accountant>(proto: A) {
         NoiseSearch::default(),
     )
     .unwrap();
-    assert!(eps_of(&proto, &make(s).unwrap()) <= target, "{}", proto.name());
+    assert!(
+        eps_of(&proto, &make(s).unwrap()) <= target,
+        "{}",
+        proto.name()
+    );
     assert!(
         eps_of(&proto, &make(s * (1.0 - 1e-3)).unwrap()) > target,
         "{}",
@@ -47,7 +51,11 @@ fn schedule_is_calibrated<A: Accountant>(proto: A) {
         NoiseSearch::default(),
     )
     .unwrap();
-    assert!(c / 1.5 < s && s < c, "{}: schedule {s}, constant {c}", proto.name());
+    assert!(
+        c / 1.5 < s && s < c,
+        "{}: schedule {s}, constant {c}",
+        proto.name()
+    );
 }
 
 #[test]
@@ -157,7 +165,10 @@ fn two_query_calibration(kind: AccountantKind) {
     // The combined σ is the constant σ the accountant calibrates for one query.
     let sigma = combined_noise_multiplier(&[p, 10.0]).unwrap();
     let direct = calibrate_noise_multiplier(target, DELTA, q, steps, kind).unwrap();
-    assert!((sigma / direct - 1.0).abs() < 2e-3, "{kind}: {sigma} vs {direct}");
+    assert!(
+        (sigma / direct - 1.0).abs() < 2e-3,
+        "{kind}: {sigma} vs {direct}"
+    );
     let single = DpEvent::poisson_gaussian(q, sigma).unwrap().repeated(steps);
     assert_eq!(eps_of(&proto, &single), eps_p);
     // The count costs privacy: the gradient needs more noise than without it.
@@ -177,8 +188,8 @@ fn two_query_step_calibrates_with_prv() {
 #[test]
 fn noise_search_bounds_and_config() {
     let run = |s: f64| Ok(DpEvent::poisson_gaussian(0.01, s)?.repeated(100));
-    let free = calibrate_noise(RdpAccountant::new, run, 2.0, DELTA, NoiseSearch::default())
-        .unwrap();
+    let free =
+        calibrate_noise(RdpAccountant::new, run, 2.0, DELTA, NoiseSearch::default()).unwrap();
     // The target met already at `lower` does not constrain the noise; one not met at
     // `upper` cannot be met.
     let above = NoiseSearch {
@@ -191,7 +202,12 @@ fn noise_search_bounds_and_config() {
         upper: 0.5 * free,
         ..NoiseSearch::default()
     };
-    for search in [above, below, above.starting_at(1e9), below.starting_at(1e-9)] {
+    for search in [
+        above,
+        below,
+        above.starting_at(1e9),
+        below.starting_at(1e-9),
+    ] {
         assert!(
             matches!(
                 calibrate_noise(RdpAccountant::new, run, 2.0, DELTA, search),
@@ -207,7 +223,10 @@ fn noise_search_bounds_and_config() {
     }
     .starting_at(free * 50.0);
     let s = calibrate_noise(RdpAccountant::new, run, 2.0, DELTA, search).unwrap();
-    assert!(s >= search.lower && (s / free - 1.0).abs() < 1e-3, "{s} vs {free}");
+    assert!(
+        s >= search.lower && (s / free - 1.0).abs() < 1e-3,
+        "{s} vs {free}"
+    );
     // Malformed searches are configuration errors.
     for bad in [
         NoiseSearch::default().starting_at(0.0),
@@ -255,9 +274,15 @@ fn max_count_caps_without_failing() {
             "cap {cap}"
         );
     }
-    assert_eq!(max_count(RdpAccountant::new, run, budget, DELTA, 0).unwrap(), 0);
+    assert_eq!(
+        max_count(RdpAccountant::new, run, budget, DELTA, 0).unwrap(),
+        0
+    );
     // Even one step exceeds a tiny budget.
-    assert_eq!(max_count(RdpAccountant::new, run, 1e-6, DELTA, 100).unwrap(), 0);
+    assert_eq!(
+        max_count(RdpAccountant::new, run, 1e-6, DELTA, 100).unwrap(),
+        0
+    );
     assert!(max_count(RdpAccountant::new, run, f64::NAN, DELTA, 100).is_err());
 }
 
