@@ -352,7 +352,7 @@ fn unsupported_steps_are_refused_and_leave_the_guard_unchanged() {
     // Generic calibration propagates the refusal.
     let r = dp_accounting::calibrate_noise(
         || SubsampledOnly(RdpAccountant::new()),
-        |s| DpEvent::gaussian(s),
+        DpEvent::gaussian,
         1.0,
         DELTA,
         dp_accounting::NoiseSearch::default(),

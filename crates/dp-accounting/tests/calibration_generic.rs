@@ -107,8 +107,8 @@ fn combined_noise_multiplier_values() {
     let b = combined_noise_multiplier(&[7.0, 1.0, 3.0]).unwrap();
     assert!((a - b).abs() < 1e-15 && a < 1.0);
     // Andrew et al. 2021 §3.1: σ = 1 and σ_b = 12.8 give σ_Δ = 1.000764 for the gradient.
-    let sigma_b = 12.8;
-    let sigma_delta = (1.0 - (2.0 * sigma_b as f64).powi(-2)).powf(-0.5);
+    let sigma_b: f64 = 12.8;
+    let sigma_delta = (1.0 - (2.0 * sigma_b).powi(-2)).powf(-0.5);
     assert!((sigma_delta - 1.000764).abs() < 1e-6, "{sigma_delta}");
     let c = combined_noise_multiplier(&[sigma_delta, 2.0 * sigma_b]).unwrap();
     assert!((c - 1.0).abs() < 1e-12, "{c}");
