@@ -206,12 +206,15 @@ fn budgets_are_validated() {
 }
 
 #[test]
-fn guard_rejects_inconsistent_delta() {
+fn guard_uses_the_budgets_delta_and_validates_its_own() {
     let b = PrivacyBudget::new(1.0, 1e-5).unwrap();
-    assert!(matches!(
-        BudgetGuard::new(RdpAccountant::new(), 1e-6, Some(b)),
-        Err(AccountingError::InvalidConfig(_))
-    ));
+    let mut g = BudgetGuard::new(RdpAccountant::new(), 1e-3, Some(b)).unwrap();
+    assert_eq!(g.delta(), 1e-5);
+    let step = DpEvent::poisson_gaussian(0.02, 1.0).unwrap().repeated(50);
+    g.record(&step).unwrap();
+    let mut at_budget_delta = RdpAccountant::new();
+    at_budget_delta.compose(&step).unwrap();
+    assert_eq!(g.epsilon().unwrap(), at_budget_delta.epsilon(1e-5).unwrap());
     for d in [0.0, 1.0, f64::NAN] {
         assert!(matches!(
             BudgetGuard::new(RdpAccountant::new(), d, None),
@@ -241,13 +244,22 @@ fn guard_checkpoint_round_trip() {
         run_until_refused(&mut back, &step, 200),
         run_until_refused(&mut guard, &step, 200)
     );
-    // A checkpoint whose budget is invalid, or whose δ disagrees with its budget, is refused.
+    // A checkpoint whose budget or δ is invalid is refused; a δ that disagrees with the
+    // budget's is overridden by it, as in `new`.
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     let mut bad = v.clone();
     bad["budget"]["epsilon"] = (-1.0).into();
     assert!(serde_json::from_value::<BudgetGuard>(bad).is_err());
+    let mut other = v.clone();
+    other["delta"] = 1e-6.into();
+    assert_eq!(
+        serde_json::from_value::<BudgetGuard>(other)
+            .unwrap()
+            .delta(),
+        DELTA
+    );
     let mut bad = v.clone();
-    bad["delta"] = 1e-6.into();
+    bad["delta"] = 0.0.into();
     assert!(serde_json::from_value::<BudgetGuard>(bad).is_err());
     let mut bad = v;
     bad["delta"] = 0.0.into();
