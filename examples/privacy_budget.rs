@@ -11,14 +11,8 @@ use anyhow::{bail, Context, Result};
 use clap::{ArgGroup, Parser, ValueEnum};
 use dp_lab::accounting::calibration::{calibrate_noise_multiplier_with, epsilon_with};
 use dp_lab::accounting::{
-    steps_for_epochs, Accountant, Conversion, DpEvent, PrvAccountant, RdpAccountant,
+    steps_for_epochs, Accountant, AccountantKind, AnyAccountant, Conversion, DpEvent,
 };
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum AccountantArg {
-    Rdp,
-    Prv,
-}
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum ConversionArg {
@@ -49,9 +43,9 @@ struct Args {
     /// Target δ, in (0, 1).
     #[arg(long, default_value_t = 1e-5)]
     delta: f64,
-    /// Accountant.
-    #[arg(long, value_enum, default_value_t = AccountantArg::Rdp)]
-    accountant: AccountantArg,
+    /// Accountant: rdp or prv.
+    #[arg(long, default_value_t = AccountantKind::default())]
+    accountant: AccountantKind,
     /// RDP → (ε, δ) conversion (RDP only).
     #[arg(long, value_enum, default_value_t = ConversionArg::Balle)]
     conversion: ConversionArg,
@@ -81,28 +75,18 @@ fn run(args: Args) -> Result<()> {
         ConversionArg::Balle => Conversion::Balle,
         ConversionArg::Classic => Conversion::Classic,
     };
-    let rdp_proto = RdpAccountant::new().with_conversion(conversion);
-    let prv_proto = PrvAccountant::new();
+    // The selected accountant's prototype; the RDP conversion is its only option here.
+    let mut proto = AnyAccountant::new(args.accountant);
+    if let AnyAccountant::Rdp(rdp) = &mut proto {
+        *rdp = rdp.clone().with_conversion(conversion);
+    }
 
     let sigma = match (args.noise_multiplier, args.target_epsilon) {
         (Some(s), None) => s,
-        (None, Some(target)) => match args.accountant {
-            AccountantArg::Rdp => calibrate_noise_multiplier_with(
-                &rdp_proto,
-                target,
-                args.delta,
-                args.sampling_rate,
-                steps,
-            ),
-            AccountantArg::Prv => calibrate_noise_multiplier_with(
-                &prv_proto,
-                target,
-                args.delta,
-                args.sampling_rate,
-                steps,
-            ),
+        (None, Some(target)) => {
+            calibrate_noise_multiplier_with(&proto, target, args.delta, args.sampling_rate, steps)
+                .context("noise calibration failed")?
         }
-        .context("noise calibration failed")?,
         _ => bail!("give exactly one of --noise-multiplier or --target-epsilon"),
     };
     let event = DpEvent::poisson_gaussian(args.sampling_rate, sigma)
@@ -115,20 +99,20 @@ fn run(args: Args) -> Result<()> {
         "steps": steps,
         "sampling_rate": args.sampling_rate,
     });
-    let text;
-    match args.accountant {
-        AccountantArg::Rdp => {
-            let mut acc = rdp_proto;
-            acc.compose(&event)?;
+    let mut acc = proto.fresh();
+    acc.compose(&event)?;
+    out["accountant"] = acc.name().into();
+    // Accountant-specific reports: the optimal RDP order, or PRV's bounds.
+    let text = match &acc {
+        AnyAccountant::Rdp(acc) => {
             let r = acc
                 .epsilon_with_order(args.delta)
                 .context("ε computation failed")?;
-            out["accountant"] = "rdp".into();
             out["conversion"] = format!("{conversion:?}").to_lowercase().into();
             out["epsilon"] = r.epsilon.into();
             out["optimal_order"] = r.optimal_order.into();
             out["order_on_grid_edge"] = r.on_grid_edge.into();
-            text = format!(
+            format!(
                 "ε = {:.4} (RDP, {} conversion, optimal order α = {}){}",
                 r.epsilon,
                 format!("{conversion:?}").to_lowercase(),
@@ -138,43 +122,25 @@ fn run(args: Args) -> Result<()> {
                 } else {
                     ""
                 }
-            );
+            )
         }
-        AccountantArg::Prv => {
-            let mut acc = prv_proto;
-            acc.compose(&event)?;
+        AnyAccountant::Prv(acc) => {
             let b = acc
                 .epsilon_bounds(args.delta)
                 .context("ε computation failed")?;
-            out["accountant"] = "prv".into();
             out["epsilon"] = b.upper.into();
             out["epsilon_lower"] = b.lower.into();
             out["epsilon_estimate"] = b.estimate.into();
             out["eps_error"] = acc.eps_error().into();
-            text = format!(
+            format!(
                 "ε ≤ {:.4} (PRV certified upper bound; estimate {:.4}, lower bound {:.4})",
                 b.upper, b.estimate, b.lower
-            );
+            )
         }
-    }
+    };
     // Sanity check that the calibrated σ really meets the target with the same accountant.
     if let Some(target) = args.target_epsilon {
-        let eps = match args.accountant {
-            AccountantArg::Rdp => epsilon_with(
-                &RdpAccountant::new().with_conversion(conversion),
-                args.sampling_rate,
-                sigma,
-                steps,
-                args.delta,
-            )?,
-            AccountantArg::Prv => epsilon_with(
-                &PrvAccountant::new(),
-                args.sampling_rate,
-                sigma,
-                steps,
-                args.delta,
-            )?,
-        };
+        let eps = epsilon_with(&proto, args.sampling_rate, sigma, steps, args.delta)?;
         out["target_epsilon"] = target.into();
         if eps > target {
             bail!("internal error: calibrated σ = {sigma} gives ε = {eps} > target {target}");

@@ -133,7 +133,7 @@ pub enum BudgetCheck {
 /// use dp_accounting::{AccountantKind, AnyAccountant, BudgetCheck, BudgetGuard, DpEvent, PrivacyBudget};
 /// let budget = PrivacyBudget::new(1.0, 1e-5).unwrap();
 /// let mut guard = BudgetGuard::new(AnyAccountant::new(AccountantKind::Rdp), 1e-5, Some(budget)).unwrap();
-/// let step = DpEvent::poisson_gaussian(0.05, 1.0).unwrap();
+/// let step = DpEvent::poisson_gaussian(0.01, 1.0).unwrap();
 /// while guard.check(&step).unwrap() == BudgetCheck::Within {
 ///     guard.record(&step).unwrap();
 /// }
@@ -181,15 +181,8 @@ impl<A: Accountant> From<BudgetGuard<A>> for GuardState<A> {
 impl<A: Accountant> TryFrom<GuardState<A>> for BudgetGuard<A> {
     type Error = AccountingError;
     fn try_from(s: GuardState<A>) -> Result<Self, Self::Error> {
-        if let Some(b) = &s.budget {
-            if b.delta() != s.delta {
-                return Err(AccountingError::InvalidConfig(format!(
-                    "guard δ = {} differs from its budget's δ = {}",
-                    s.delta,
-                    b.delta()
-                )));
-            }
-        }
+        // The same validation as a new guard: δ checked, the budget's δ wins, and the budget
+        // itself was validated by its own deserialisation.
         let guard = BudgetGuard::new(s.accountant, s.delta, s.budget)?;
         Ok(match s.planned_steps {
             Some(n) => guard.with_planned_steps(n),
@@ -199,16 +192,18 @@ impl<A: Accountant> TryFrom<GuardState<A>> for BudgetGuard<A> {
 }
 
 impl<A: Accountant> BudgetGuard<A> {
-    /// A guard over `accountant` reporting ε at `delta`; `budget = None` never refuses (the
-    /// guard then only tracks ε). If a budget is given, its δ is the one used and `delta`
-    /// must equal it, so that ε is never compared to a budget measured at another δ.
+    /// A guard over `accountant` reporting ε at `delta` (validated: in (0, 1)); `budget =
+    /// None` never refuses (the guard then only tracks ε). If a budget is given, its δ is the
+    /// one used for everything, whatever `delta` says, so that ε is never compared to a
+    /// budget measured at another δ.
     ///
     /// ```
-    /// use dp_accounting::{BudgetGuard, PrivacyBudget, RdpAccountant};
+    /// use dp_accounting::{AccountingError, BudgetGuard, PrivacyBudget, RdpAccountant};
     /// let b = PrivacyBudget::new(3.0, 1e-5).unwrap();
-    /// assert!(BudgetGuard::new(RdpAccountant::new(), 1e-5, Some(b)).is_ok());
-    /// assert!(BudgetGuard::new(RdpAccountant::new(), 1e-6, Some(b)).is_err());
-    /// assert!(BudgetGuard::new(RdpAccountant::new(), 0.0, None).is_err());
+    /// let g = BudgetGuard::new(RdpAccountant::new(), 1e-6, Some(b)).unwrap();
+    /// assert_eq!(g.delta(), 1e-5);
+    /// let bad = BudgetGuard::new(RdpAccountant::new(), 0.0, None);
+    /// assert_eq!(bad.unwrap_err(), AccountingError::InvalidDelta(0.0));
     /// ```
     pub fn new(
         accountant: A,
@@ -216,17 +211,9 @@ impl<A: Accountant> BudgetGuard<A> {
         budget: Option<PrivacyBudget>,
     ) -> Result<Self, AccountingError> {
         check_delta(delta)?;
-        if let Some(b) = &budget {
-            if b.delta() != delta {
-                return Err(AccountingError::InvalidConfig(format!(
-                    "guard δ = {delta} differs from its budget's δ = {}",
-                    b.delta()
-                )));
-            }
-        }
         Ok(BudgetGuard {
             accountant,
-            delta,
+            delta: budget.map_or(delta, |b| b.delta()),
             budget,
             planned_steps: None,
             limit: None,
@@ -256,9 +243,9 @@ impl<A: Accountant> BudgetGuard<A> {
     ///
     /// ```
     /// use dp_accounting::{BudgetCheck, BudgetGuard, DpEvent, PrivacyBudget, PrvAccountant};
-    /// let b = PrivacyBudget::new(0.5, 1e-5).unwrap();
+    /// let b = PrivacyBudget::new(1.0, 1e-5).unwrap();
     /// let mut g = BudgetGuard::new(PrvAccountant::new(), 1e-5, Some(b)).unwrap();
-    /// let step = DpEvent::gaussian(4.0).unwrap();
+    /// let step = DpEvent::gaussian(10.0).unwrap();
     /// assert_eq!(g.check(&step).unwrap(), BudgetCheck::Within);
     /// g.record(&step).unwrap();
     /// assert!(matches!(g.check(&step.repeated(50)).unwrap(), BudgetCheck::Exceeds { .. }));
