@@ -3,10 +3,18 @@
 //!
 //! candle's element-wise ops allocate one tensor per op and, above 64k elements, hand the
 //! work to a spinning thread pool (see [`crate::configure_cpu_threads`]); a kernel that reads
-//! its inputs once and writes its outputs once is several times faster on the CPU. Use
-//! [`is_host_f32`] to decide and keep the candle expression for every other device/dtype.
+//! its inputs once and writes its outputs once is several times faster on the CPU. For an
+//! element-wise update, write the arithmetic as a scalar closure and call
+//! [`map_elementwise`]: it owns the host slices, the chunking and the threads, and says
+//! (`None`) when the caller must keep its candle expression. For anything else, use
+//! [`is_host_f32`] to decide and [`with_host_f32`] to read the values.
+//!
+//! The decision itself lives in dp-core's kernel dispatch module, which every host kernel
+//! and layer of dp-core uses too; these functions are its public face.
 
 use candle_core::Tensor;
+
+pub use crate::kernels::elementwise::map_elementwise;
 
 /// Whether every tensor is f32 on the CPU.
 ///
@@ -16,7 +24,7 @@ use candle_core::Tensor;
 /// assert!(dp_core::host::is_host_f32(&[&t]));
 /// ```
 pub fn is_host_f32(tensors: &[&Tensor]) -> bool {
-    crate::host_gemm::applies(tensors)
+    crate::kernels::dispatch::applies(tensors)
 }
 
 /// Runs `f` on the contiguous f32 values of `t` (copied only if `t` is not contiguous).
@@ -28,5 +36,5 @@ pub fn is_host_f32(tensors: &[&Tensor]) -> bool {
 /// assert_eq!(s, 6.0);
 /// ```
 pub fn with_host_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
-    crate::host_gemm::with_host(t, f)
+    crate::kernels::dispatch::with_host(t, f)
 }

@@ -42,15 +42,12 @@
 //! assert_eq!(grad.len(), 4);
 //! ```
 
-mod chacha_simd;
 pub mod clipping;
-mod cpu_ops;
 mod engine;
 mod error;
 pub mod host;
-mod host_gemm;
-mod host_norm;
 mod init;
+mod kernels;
 mod layer;
 pub mod layers;
 mod loss;
@@ -59,10 +56,8 @@ pub mod models;
 mod noise;
 pub mod patches;
 mod runtime;
-mod seq_linear;
 #[cfg(test)]
 mod test_util;
-mod ziggurat;
 
 pub use candle_core;
 pub use clipping::{ClipStrategy, LayerSqNorms};

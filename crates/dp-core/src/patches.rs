@@ -5,8 +5,9 @@
 //! and folding is the adjoint: one `index_add` into a zero image. Both are plain candle
 //! ops, so they run unchanged on CUDA.
 
-use crate::cpu_ops::{fast_path, Fold, Unfold};
 use crate::error::{CoreError, Result};
+use crate::kernels::dispatch::fast_path;
+use crate::kernels::im2col::{Fold, Unfold};
 use candle_core::{Device, Tensor};
 use std::sync::Arc;
 

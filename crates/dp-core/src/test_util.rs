@@ -18,3 +18,12 @@ pub(crate) fn f64_values(t: &Tensor) -> Vec<f64> {
         .to_vec1()
         .unwrap()
 }
+
+/// Asserts that `a` and `b` hold the same number of values, each pair within `tol`.
+pub(crate) fn assert_close(a: &Tensor, b: &Tensor, tol: f64) {
+    let (a, b) = (f64_values(a), f64_values(b));
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() <= tol, "{x} vs {y}");
+    }
+}

@@ -1,4 +1,7 @@
-//! MNIST-family loaders for the IDX format (gzip-compressed or raw).
+//! MNIST-family loaders for the IDX format (gzip-compressed or raw): parsing IDX files and
+//! reading a directory of the four standard files. Finding that directory (`DP_LAB_DATA`,
+//! the system location, ...) is [`crate::source`]'s job; this module depends on it only
+//! for the compatibility re-export of [`load_fashion_mnist`].
 //!
 //! IDX layout (big-endian): a 4-byte magic `0x0000TTDD` (`TT` = element type, `0x08` for
 //! unsigned bytes; `DD` = number of dimensions), then one `u32` per dimension, then the
@@ -219,26 +222,13 @@ pub fn load_mnist_idx(dir: &Path) -> Result<TrainTest, DataError> {
 /// Standard system location of the Debian/Ubuntu `dataset-fashion-mnist` package.
 pub const FASHION_MNIST_SYSTEM_DIR: &str = "/usr/share/datasets/fashion-mnist";
 
-/// Loads FashionMNIST (same IDX format and file names as MNIST).
-///
-/// With `dir = None` the files are looked up the same way as [`crate::load`] does
-/// (`DP_LAB_DATA`, then the system location [`FASHION_MNIST_SYSTEM_DIR`] installed by
-/// `apt-get install dataset-fashion-mnist`). Returns 60,000 training and 10,000 test
-/// examples of shape `[1, 28, 28]`, pixels in `[0, 1]`.
-///
-/// ```no_run
-/// let data = dp_data::load_fashion_mnist(None)?;
-/// assert_eq!(data.test.len(), 10_000);
-/// # Ok::<(), dp_data::DataError>(())
-/// ```
-pub fn load_fashion_mnist(dir: Option<&Path>) -> Result<TrainTest, DataError> {
-    match dir {
-        Some(d) => load_idx_dir(d, "fashion-mnist"),
-        None => crate::source::load(crate::source::DatasetName::FashionMnist, None).map(|(d, _)| d),
-    }
-}
+/// Kept at this path for compatibility: the loader that looks the files up lives in
+/// [`crate::source`], since finding a dataset is not IDX parsing.
+#[doc(no_inline)]
+pub use crate::source::load_fashion_mnist;
 
-/// Loads FashionMNIST from an explicit directory (used by the resolver).
+/// Loads FashionMNIST from an explicit directory (used by the resolver and by
+/// [`crate::load_fashion_mnist`]).
 pub(crate) fn load_fashion_mnist_dir(dir: &Path) -> Result<TrainTest, DataError> {
     load_idx_dir(dir, "fashion-mnist")
 }

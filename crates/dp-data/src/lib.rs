@@ -74,12 +74,12 @@ pub use cifar::{load_cifar10, load_cifar10_with_records};
 pub use csv::{load_csv, load_csv_split, ColumnKind, CsvSpec, TabularEncoder};
 pub use dataset::{Batch, Dataset, TrainTest};
 pub use error::DataError;
-pub use idx::{load_fashion_mnist, load_mnist_idx};
+pub use idx::load_mnist_idx;
 pub use sampling::{
     num_physical_batches, physical_batches, BatchSampler, FixedSizeSampler, PhysicalBatches,
     PoissonSampler, SamplerState, SamplingScheme, ShuffledSampler,
 };
-pub use source::{load, resolve, DataSource, DatasetName, DATA_ENV_VAR};
+pub use source::{load, load_fashion_mnist, resolve, DataSource, DatasetName, DATA_ENV_VAR};
 pub use subsets::{
     esipova_imbalanced_mnist, fixed_size_subset, imbalanced_indices, imbalanced_subset,
     random_split,

@@ -279,3 +279,22 @@ pub fn load(
     let data = load_from(name, &source)?;
     Ok((data, source))
 }
+
+/// Loads FashionMNIST (same IDX format and file names as MNIST).
+///
+/// With `dir = None` the files are looked up the same way as [`load`] does
+/// (`DP_LAB_DATA`, then the system location [`crate::idx::FASHION_MNIST_SYSTEM_DIR`] installed by
+/// `apt-get install dataset-fashion-mnist`). Returns 60,000 training and 10,000 test
+/// examples of shape `[1, 28, 28]`, pixels in `[0, 1]`.
+///
+/// ```no_run
+/// let data = dp_data::load_fashion_mnist(None)?;
+/// assert_eq!(data.test.len(), 10_000);
+/// # Ok::<(), dp_data::DataError>(())
+/// ```
+pub fn load_fashion_mnist(dir: Option<&Path>) -> Result<TrainTest, DataError> {
+    match dir {
+        Some(d) => crate::idx::load_fashion_mnist_dir(d),
+        None => load(DatasetName::FashionMnist, None).map(|(d, _)| d),
+    }
+}

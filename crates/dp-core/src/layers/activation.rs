@@ -1,6 +1,7 @@
 //! Elementwise activations (no parameters, so no per-sample rule).
 
 use crate::error::{CoreError, Result};
+use crate::kernels::{activation, dispatch};
 use crate::layer::Layer;
 use candle_core::Tensor;
 
@@ -29,8 +30,8 @@ impl Layer for Relu {
         "ReLU".into()
     }
     fn forward(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = if crate::cpu_ops::fast_path(x) {
-            crate::cpu_ops::map1(x, |v| v.max(0.0))?
+        let y = if dispatch::fast_path(x) {
+            activation::map1(x, |v| v.max(0.0))?
         } else {
             x.relu()?
         };
@@ -45,9 +46,9 @@ impl Layer for Relu {
         if !need {
             return Ok(None);
         }
-        if crate::cpu_ops::fast_path(g) && crate::cpu_ops::fast_path(y) {
+        if dispatch::fast_path(g) && dispatch::fast_path(y) {
             // g·1[y > 0] in one pass, the same products as below (NaN·0 stays NaN).
-            return Ok(Some(crate::cpu_ops::map2(g, y, |gi, yi| {
+            return Ok(Some(activation::map2(g, y, |gi, yi| {
                 gi * if yi > 0.0 { 1.0 } else { 0.0 }
             })?));
         }
@@ -77,7 +78,7 @@ impl Layer for Tanh {
         "Tanh".into()
     }
     fn forward(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = crate::cpu_ops::tanh(x)?;
+        let y = activation::tanh(x)?;
         if train {
             self.y = Some(y.clone());
         }
@@ -88,11 +89,9 @@ impl Layer for Tanh {
         if !need {
             return Ok(None);
         }
-        if crate::cpu_ops::fast_path(g) && crate::cpu_ops::fast_path(y) {
+        if dispatch::fast_path(g) && dispatch::fast_path(y) {
             // The same f32 operations as below, in one pass.
-            return Ok(Some(crate::cpu_ops::map2(g, y, |gi, yi| {
-                gi * (1.0 - yi * yi)
-            })?));
+            return Ok(Some(activation::map2(g, y, |gi, yi| gi * (1.0 - yi * yi))?));
         }
         // d tanh = 1 − y²
         let d = y.sqr()?.affine(-1.0, 1.0)?;
@@ -122,7 +121,7 @@ impl Layer for Sigmoid {
     }
     fn forward(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
         // σ(x) = (1 + tanh(x/2))/2: one fast tanh instead of exp + division.
-        let y = crate::cpu_ops::tanh(&(x * 0.5)?)?.affine(0.5, 0.5)?;
+        let y = activation::tanh(&(x * 0.5)?)?.affine(0.5, 0.5)?;
         if train {
             self.y = Some(y.clone());
         }

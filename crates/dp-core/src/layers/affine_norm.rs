@@ -5,9 +5,9 @@
 //! Per-example gradients are small (`[B, C]` each), so they are always materialised:
 //! `∂γ_i = Σ_s G_{i,s} ⊙ x̂_{i,s}`, `∂β_i = Σ_s G_{i,s}`.
 
+use super::seq_linear::weighted_sum_materialized;
 use crate::error::{shape_err, CoreError, Result};
 use crate::layer::Param;
-use crate::seq_linear::weighted_sum_materialized;
 use candle_core::{DType, Device, Tensor};
 
 pub(crate) struct AffineNorm {
@@ -90,9 +90,9 @@ impl AffineNorm {
         Ok(y.reshape(x.dims())?)
     }
 
-    /// Whether the fused host kernels (`host_norm`) apply to input `x`.
+    /// Whether the fused host kernels (`kernels::norm`) apply to input `x`.
     pub fn host(&self, x: &Tensor) -> bool {
-        crate::host_gemm::applies(&[x, &self.gamma.value, &self.beta.value])
+        crate::kernels::dispatch::applies(&[x, &self.gamma.value, &self.beta.value])
     }
 
     /// The forward pass on the host: `x3` is `[N, S, C]` normalised per (row, group).
@@ -103,8 +103,13 @@ impl AffineNorm {
         x: &Tensor,
         train: bool,
     ) -> Result<Tensor> {
-        let (y, xhat, rstd) =
-            crate::host_norm::forward(x3, groups, self.eps, &self.gamma.value, &self.beta.value)?;
+        let (y, xhat, rstd) = crate::kernels::norm::forward(
+            x3,
+            groups,
+            self.eps,
+            &self.gamma.value,
+            &self.beta.value,
+        )?;
         let (b, _, c) = x3.dims3()?;
         let xhat = if x.dims()[0] == b {
             xhat
@@ -136,7 +141,7 @@ impl AffineNorm {
         } else {
             (b, s, c)
         };
-        let dx = crate::host_norm::backward(
+        let dx = crate::kernels::norm::backward(
             &xhat.reshape(view)?,
             &rstd,
             &g.reshape(view)?,
@@ -209,8 +214,8 @@ impl AffineNorm {
     /// Augmentation multiplicity: see `seq_linear::fold_examples`.
     pub fn group(&mut self, k: usize) -> Result<()> {
         if let (Some(x), Some(g)) = (&self.xhat, &self.g) {
-            self.xhat = Some(crate::seq_linear::fold_examples(x, k, false)?);
-            self.g = Some(crate::seq_linear::fold_examples(g, k, true)?);
+            self.xhat = Some(super::seq_linear::fold_examples(x, k, false)?);
+            self.g = Some(super::seq_linear::fold_examples(g, k, true)?);
         }
         self.materialized = None;
         Ok(())
@@ -237,13 +242,13 @@ impl AffineNorm {
     fn host_materialized(&self, xhat: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         match &self.materialized {
             Some(m) => Ok(m.clone()),
-            None => Ok(crate::host_norm::affine_per_sample(xhat, g)?),
+            None => Ok(crate::kernels::norm::affine_per_sample(xhat, g)?),
         }
     }
 
     pub fn per_sample(&self, layer: &str) -> Result<Vec<Tensor>> {
         let (xhat, g) = self.records(layer)?;
-        if crate::host_gemm::applies(&[&xhat, &g]) {
+        if crate::kernels::dispatch::applies(&[&xhat, &g]) {
             let (dg, db, _) = self.host_materialized(&xhat, &g)?;
             return Ok(vec![dg, db]);
         }
@@ -252,7 +257,7 @@ impl AffineNorm {
 
     pub fn sq_norms(&mut self, layer: &str) -> Result<Tensor> {
         let (xhat, g) = self.records(layer)?;
-        if crate::host_gemm::applies(&[&xhat, &g]) {
+        if crate::kernels::dispatch::applies(&[&xhat, &g]) {
             // Kept for the `weighted_sum` that follows.
             let m = self.host_materialized(&xhat, &g)?;
             let n = m.2.clone();

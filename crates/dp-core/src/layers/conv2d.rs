@@ -1,10 +1,10 @@
 //! 2-D convolution (channels-last) with a per-sample rule.
 
+use super::seq_linear::{self, SeqLinearRecord};
 use crate::error::{shape_err, CoreError, Result};
 use crate::init::Init;
 use crate::layer::{GradMode, Layer, Param, PerSampleGrad};
 use crate::patches::{PatchCache, PatchIndex, Window2d};
-use crate::seq_linear::{self, SeqLinearRecord};
 use candle_core::{Device, Tensor};
 
 /// Hyper-parameters of a [`Conv2d`].
@@ -244,8 +244,8 @@ impl Layer for Conv2d {
             let wg = self.group_weight(g)?;
             let a2 = a.reshape((b * l, k * cg))?;
             let bias = self.group_bias(g)?;
-            let y = if crate::host_gemm::applies(&[&a2, &wg]) {
-                crate::host_gemm::linear_forward(&a2, &wg, bias.as_ref())?
+            let y = if crate::kernels::dispatch::applies(&[&a2, &wg]) {
+                crate::kernels::gemm::linear_forward(&a2, &wg, bias.as_ref())?
             } else {
                 let y = a2.matmul(&wg.t()?)?;
                 match &bias {
@@ -296,8 +296,8 @@ impl Layer for Conv2d {
             if need_input_grad {
                 let wg = self.group_weight(g)?;
                 let g2 = gg.reshape((b * l, og))?;
-                let d = if crate::host_gemm::applies(&[&g2, &wg]) {
-                    crate::host_gemm::input_grad(&g2, &wg)?
+                let d = if crate::kernels::dispatch::applies(&[&g2, &wg]) {
+                    crate::kernels::gemm::input_grad(&g2, &wg)?
                 } else {
                     g2.matmul(&wg)?
                 };

@@ -1,9 +1,9 @@
 //! Embedding table with a per-sample rule.
 
+use super::seq_linear::weighted_sum_materialized;
 use crate::error::{shape_err, CoreError, Result};
 use crate::init::Init;
 use crate::layer::{GradMode, Layer, Param, PerSampleGrad};
-use crate::seq_linear::weighted_sum_materialized;
 use candle_core::{DType, Device, Tensor};
 
 /// Looks up rows of a `[V, D]` table for token ids `[B]` or `[B, T]` (u32, as f32-free
@@ -194,8 +194,8 @@ impl PerSampleGrad for Embedding {
 
     fn group_examples(&mut self, k: usize) -> Result<()> {
         if let (Some(ids), Some(g)) = (&self.ids, &self.g) {
-            self.ids = Some(crate::seq_linear::fold_examples(ids, k, false)?);
-            self.g = Some(crate::seq_linear::fold_examples(g, k, true)?);
+            self.ids = Some(super::seq_linear::fold_examples(ids, k, false)?);
+            self.g = Some(super::seq_linear::fold_examples(g, k, true)?);
         }
         self.materialized = None;
         Ok(())

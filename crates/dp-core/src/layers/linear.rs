@@ -1,9 +1,9 @@
 //! Fully connected layer with a per-sample rule (ghost norm or materialised).
 
+use super::seq_linear::{self, SeqLinearRecord};
 use crate::error::{shape_err, Result};
 use crate::init::Init;
 use crate::layer::{GradMode, Layer, Param, PerSampleGrad};
-use crate::seq_linear::{self, SeqLinearRecord};
 use candle_core::{Device, Tensor};
 
 /// `y = x Wᵀ + b` on inputs `[B, in]` or `[B, T, in]` (a sequence of `T` positions per
@@ -89,8 +89,8 @@ impl Layer for Linear {
         let x3 = x.reshape((b, t, p))?;
         let x2 = x3.reshape((b * t, p))?;
         let bias = self.bias.as_ref().map(|b| &b.value);
-        let y = if crate::host_gemm::applies(&[&x2, &self.weight.value]) {
-            crate::host_gemm::linear_forward(&x2, &self.weight.value, bias)?
+        let y = if crate::kernels::dispatch::applies(&[&x2, &self.weight.value]) {
+            crate::kernels::gemm::linear_forward(&x2, &self.weight.value, bias)?
         } else {
             let y = x2.matmul(&self.weight.value.t()?)?;
             match bias {
@@ -128,8 +128,8 @@ impl Layer for Linear {
             return Ok(None);
         }
         let g2 = g3.reshape((b * t, r))?;
-        let dx = if crate::host_gemm::applies(&[&g2, &self.weight.value]) {
-            crate::host_gemm::input_grad(&g2, &self.weight.value)?
+        let dx = if crate::kernels::dispatch::applies(&[&g2, &self.weight.value]) {
+            crate::kernels::gemm::input_grad(&g2, &self.weight.value)?
         } else {
             g2.matmul(&self.weight.value)?
         };

@@ -3,6 +3,12 @@
 //! Images are channels-last (`[B, H, W, C]`); use [`ChannelsLast`] first to feed PyTorch-
 //! layout `[B, C, H, W]` batches. Layers with parameters implement
 //! [`crate::PerSampleGrad`]; activations, pooling, flattening and dropout need no rule.
+//!
+//! Besides the layers, this folder holds the rules they share: `seq_linear` (the
+//! per-sample rule of every linear-type layer: Linear, Conv2d, Embedding's weighted sum)
+//! and `norm_common` / `affine_norm` (GroupNorm and LayerNorm). Layers call the host
+//! kernels of `crate::kernels` for f32 CPU tensors, deciding through
+//! `crate::kernels::dispatch`; the kernels never call back into a layer.
 
 mod activation;
 mod affine_norm;
@@ -15,6 +21,7 @@ mod layer_norm;
 mod linear;
 mod norm_common;
 mod pool;
+mod seq_linear;
 mod shape;
 
 pub use activation::{Relu, Sigmoid, Tanh};

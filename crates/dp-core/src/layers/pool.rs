@@ -4,8 +4,9 @@
 //! kernel ≠ stride, which the DP-literature MNIST CNN needs (MaxPool(2, stride 1)); these
 //! layers use the patch gather of [`crate::patches`] and are tested by finite differences.
 
-use crate::cpu_ops::{fast_path, AvgPool, MaxPoolBwd, MaxPoolFwd};
 use crate::error::{shape_err, CoreError, Result};
+use crate::kernels::dispatch::fast_path;
+use crate::kernels::pool::{AvgPool, MaxPoolBwd, MaxPoolFwd};
 use crate::layer::Layer;
 use crate::patches::{PatchCache, PatchIndex, Window2d};
 use candle_core::Tensor;

@@ -1,5 +1,12 @@
 //! Gaussian noise from a ChaCha20 stream.
 //!
+//! This folder holds everything the noise of a DP step needs: this module (the
+//! [`GaussianNoise`] generator, its checkpointable [`NoiseState`], sampling and adding noise
+//! to tensors in fixed-size independent streams), `chacha_simd` (the ChaCha20 keystream of
+//! `rand_chacha`, sixteen blocks at a time with AVX-512) and `ziggurat` (standard normals
+//! from that keystream, draw for draw those of `rand_distr`). Adding noise to f32 host
+//! tensors goes through the kernel dispatch (`crate::kernels::dispatch`) like every layer.
+//!
 //! # Floating-point caveat
 //! The noise is sampled in floating point (ziggurat on a ChaCha20 stream, then added in
 //! f32). Mironov (CCS 2012) and later work (Jin et al. 2022, "Are we there yet?") show that
@@ -17,8 +24,10 @@ use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use rayon::prelude::*;
 
-use crate::chacha_simd::KeyStream;
-use crate::ziggurat;
+mod chacha_simd;
+mod ziggurat;
+
+use chacha_simd::KeyStream;
 
 /// Elements per independent noise stream (fixed: reproducibility must not depend on
 /// the thread count).
@@ -219,10 +228,10 @@ impl GaussianNoise {
             .iter()
             .zip(normals)
             .map(|(t, mut z)| {
-                if crate::cpu_ops::fast_path(t) {
+                if crate::kernels::dispatch::fast_path(t) {
                     // f32 on the host: `t + z·s` into z's buffer in one pass, the same f32
                     // operations as the tensor expression below.
-                    crate::host_gemm::with_host(t, |tv| {
+                    crate::kernels::dispatch::with_host(t, |tv| {
                         z.iter_mut()
                             .zip(tv)
                             .for_each(|(zi, ti)| *zi = *ti + *zi * s)

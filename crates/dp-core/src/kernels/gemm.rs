@@ -7,33 +7,16 @@
 //! per-example gradients *and* their norms in one pass over the batch, the Gram matrices of
 //! the ghost norm without a `[B, T, T]` tensor, or a weighted batch reduction split across
 //! cores. Each function here computes exactly what the generic candle expression in
-//! `seq_linear` / the layers computes (tested against it); other devices and dtypes keep the
-//! candle path.
+//! `layers::seq_linear` / the layers computes (tested against it); other devices and
+//! dtypes keep the candle path (the layers decide, through `kernels::dispatch`).
 //!
 //! Parallelism is over examples (rayon, the pool `gemm` itself uses) with single-threaded
 //! products inside, or — for one large product — the `gemm` crate's own splitting.
 
-use candle_core::{CpuStorage, Device, Storage, Tensor};
+use super::dispatch::with_host;
+use candle_core::{Device, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
-
-/// Whether the host kernels apply to every tensor in `ts` (f32 on the CPU).
-pub(crate) fn applies(ts: &[&Tensor]) -> bool {
-    ts.iter().all(|t| crate::cpu_ops::fast_path(t))
-}
-
-/// Runs `f` on the contiguous f32 host data of `t`.
-pub(crate) fn with_host<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
-    let t = t.contiguous()?;
-    let (s, l) = t.storage_and_layout();
-    let Storage::Cpu(CpuStorage::F32(v)) = &*s else {
-        candle_core::bail!("host kernels need f32 CPU tensors")
-    };
-    let (a, b) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("host kernels need contiguous data".into()))?;
-    Ok(f(&v[a..b]))
-}
 
 fn host_tensor(v: Vec<f32>, shape: &[usize]) -> candle_core::Result<Tensor> {
     Tensor::from_vec(v, shape, &Device::Cpu)

@@ -12,7 +12,7 @@
 //! a group's statistics run over all `S` positions and its channels; `rstd` is `[N·G, 1]`
 //! (the generic path's shape, group-minor).
 
-use crate::host_gemm::with_host;
+use super::dispatch::with_host;
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 

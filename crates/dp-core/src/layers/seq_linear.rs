@@ -4,9 +4,14 @@
 //! Notation: activations `A` of shape `[B, T, p]`, output gradients `G` of shape
 //! `[B, T, r]`; the weight is `[r, p]`. The per-example weight gradient is `G_iᵀ A_i` and
 //! the bias gradient `Σ_t G_{i,t}` (Opacus's Linear grad sampler).
+//!
+//! This is a layer rule, not a kernel: it keeps the records, picks ghost or materialised
+//! norms ([`GradMode`]) and writes each step as a candle expression, handing f32 host
+//! tensors to `crate::kernels::gemm` (decided by `crate::kernels::dispatch::applies`).
 
 use crate::error::Result;
-use crate::host_gemm;
+use crate::kernels::dispatch;
+use crate::kernels::gemm as host_gemm;
 use crate::layer::GradMode;
 use candle_core::{Tensor, D};
 
@@ -69,7 +74,7 @@ pub(crate) fn prefer_ghost(t: usize, p: usize, r: usize) -> bool {
 /// `‖G_iᵀA_i‖²_F = ⟨A_iA_iᵀ, G_iG_iᵀ⟩_F` (Li et al. 2021, §4), which for `T = 1` reduces to
 /// `‖a_i‖²‖g_i‖²`; the bias part is `‖Σ_t G_{i,t}‖²`.
 pub(crate) fn ghost_sq_norms(a: &Tensor, g: &Tensor, bias: bool) -> Result<Tensor> {
-    if host_gemm::applies(&[a, g]) {
+    if dispatch::applies(&[a, g]) {
         return Ok(host_gemm::ghost_sq_norms(a, g, bias)?);
     }
     let (_b, t, _p) = a.dims3()?;
@@ -92,7 +97,7 @@ pub(crate) fn ghost_sq_norms(a: &Tensor, g: &Tensor, bias: bool) -> Result<Tenso
 
 /// Materialised per-example gradients: weight `[B, r, p]`, bias `[B, r]`.
 pub(crate) fn per_sample(a: &Tensor, g: &Tensor, bias: bool) -> Result<(Tensor, Option<Tensor>)> {
-    if host_gemm::applies(&[a, g]) {
+    if dispatch::applies(&[a, g]) {
         let (w, b, _) = host_gemm::per_sample_with_norms(a, g, bias)?;
         return Ok((w, b));
     }
@@ -119,7 +124,7 @@ pub(crate) fn weighted_sum(
     weights: &Tensor,
     bias: bool,
 ) -> Result<(Tensor, Option<Tensor>)> {
-    if host_gemm::applies(&[a, g]) {
+    if dispatch::applies(&[a, g]) {
         return Ok(host_gemm::weighted_sum(a, g, weights, bias)?);
     }
     let (b, t, p) = a.dims3()?;
@@ -139,7 +144,7 @@ pub(crate) fn weighted_sum(
 
 /// `Σ_i w_i X_i` for materialised per-example tensors `X` of shape `[B, ...]`.
 pub(crate) fn weighted_sum_materialized(x: &Tensor, weights: &Tensor) -> Result<Tensor> {
-    if host_gemm::applies(&[x]) {
+    if dispatch::applies(&[x]) {
         return Ok(host_gemm::weighted_sum_materialized(x, weights)?);
     }
     let dims = x.dims().to_vec();
@@ -167,7 +172,7 @@ pub(crate) fn rule_sq_norms(
     if ghost {
         rec.materialized = None;
         ghost_sq_norms(&a, &g, bias)
-    } else if host_gemm::applies(&[&a, &g]) {
+    } else if dispatch::applies(&[&a, &g]) {
         let (w, b, n) = host_gemm::per_sample_with_norms(&a, &g, bias)?;
         rec.materialized = Some((w, b));
         Ok(n)
@@ -212,7 +217,7 @@ pub(crate) fn rule_weighted_sum(
     let (a, g) = record(rec, layer)?;
     let (_, t, p) = a.dims3()?;
     let r = g.dim(2)?;
-    if !prefer_ghost(t, p, r) && !host_gemm::applies(&[&a, &g]) {
+    if !prefer_ghost(t, p, r) && !dispatch::applies(&[&a, &g]) {
         // Long sequences (early convolutions): one GEMM with a reduction over B·T rows
         // and a tiny `r×p` output runs on one core; the per-example products
         // (`B·r·p` values, small exactly when this branch is taken) parallelise over the

@@ -101,7 +101,7 @@ impl RngCore for KeyStream {
     }
 }
 
-impl crate::ziggurat::WordSource for KeyStream {
+impl super::ziggurat::WordSource for KeyStream {
     #[inline]
     fn next_u64(&mut self) -> u64 {
         RngCore::next_u64(self)
