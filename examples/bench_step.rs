@@ -201,7 +201,14 @@ fn main() -> Result<()> {
                 let start = Instant::now();
                 let mut steps = 0usize;
                 while steps < 2 || start.elapsed().as_secs_f64() < per_round {
-                    step(&mut run.model, &x, &y, run.mode, &mut run.noise, &mut run.opt)?;
+                    step(
+                        &mut run.model,
+                        &x,
+                        &y,
+                        run.mode,
+                        &mut run.noise,
+                        &mut run.opt,
+                    )?;
                     steps += 1;
                 }
                 run.round_ms

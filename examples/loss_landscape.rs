@@ -61,7 +61,6 @@ use dp_lab::accounting::{
 use dp_lab::core::clipping::FlatClip;
 use dp_lab::core::{models, CrossEntropy, GaussianNoise, GradOptions, Model, Sequential};
 use dp_lab::data::{load_bundled_mnist, Dataset, Normalize, PoissonSampler, ShuffledSampler};
-use dp_lab::optim::{batch_tensors, evaluate, take_step, Regime, Sgd, StepEnv, StepPlan};
 use dp_lab::metrics::plot::{
     line_plot, plot_slice_2d, plot_slices_1d, write_json, write_series_csv, write_slice_2d_csv,
     LinePlot, Series, SurfaceOptions, SurfaceStyle,
@@ -73,6 +72,7 @@ use dp_lab::metrics::{
     Interpolation, Kappa, LossSurface, PowerIterationConfig, SharpnessConfig, SharpnessReport,
     Slice1d, Slice2d, SliceSummary1d, TraceEstimate, TvSummary2d,
 };
+use dp_lab::optim::{batch_tensors, evaluate, take_step, Regime, Sgd, StepEnv, StepPlan};
 
 // Seed offsets, so that every random stream of the run derives from `--seed` alone and no two
 // streams coincide.
@@ -213,6 +213,8 @@ fn main() -> Result<()> {
     let mut dp_model = build_model(args.model, &dev, args.seed)?;
     let dp_losses = train_dp_sgd(&mut dp_model, &data.train, &args, steps, sigma, &dev)?;
     let train_seconds = t_train.elapsed().as_secs_f64();
+    let test_idx: Vec<usize> = (0..data.test.len()).collect();
+    let (test_x, _) = batch_tensors(&data.test, &test_idx, &dev)?;
     let np_acc = evaluate(&mut non_private, &data.test, &dev, 500)?.1;
     let dp_acc = evaluate(&mut dp_model, &data.test, &dev, 500)?.1;
     eprintln!(
@@ -509,7 +511,14 @@ impl Stepper {
         let mut batches = (!idx.is_empty())
             .then(|| batch_tensors(train, idx, dev).map_err(Into::into))
             .into_iter();
-        let r = take_step(model, &mut batches, &mut plan, &env, &mut self.noise, &mut self.opt)?;
+        let r = take_step(
+            model,
+            &mut batches,
+            &mut plan,
+            &env,
+            &mut self.noise,
+            &mut self.opt,
+        )?;
         Ok((r.examples > 0).then(|| r.loss_sum / r.examples as f64))
     }
 }

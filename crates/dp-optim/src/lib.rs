@@ -51,9 +51,7 @@ pub use error::{Result, TrainError};
 pub use evaluate::{batch_tensors, evaluate, evaluate_with};
 pub use methods::{AdaptiveQuantileClip, ClipWith, FixedClip, PrivacyMethod};
 pub use optim::{Adam, BaseOptimizer, OptimizerState, Sgd};
-pub use plan::{
-    PerExampleObjective, PlanContext, Regime, StatisticQuery, StepOutcome, StepPlan,
-};
+pub use plan::{PerExampleObjective, PlanContext, Regime, StatisticQuery, StepOutcome, StepPlan};
 pub use records::{EpochRecord, Guarantee, StepRecord, StopReason, TrainReport};
 pub use step::{take_step, StepEnv, StepResult};
 pub use tensor_state::TensorState;

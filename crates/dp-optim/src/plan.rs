@@ -264,7 +264,11 @@ impl std::fmt::Debug for StepPlan {
             .field("extra_events", &self.extra_events)
             .field(
                 "objective",
-                &self.objective.as_ref().map(|o| o.name()).unwrap_or_default(),
+                &self
+                    .objective
+                    .as_ref()
+                    .map(|o| o.name())
+                    .unwrap_or_default(),
             )
             .finish()
     }

@@ -97,7 +97,12 @@ pub fn take_step<M: Model>(
         }
         Regime::NoiseOnly => {
             let std = plan.gradient_noise_std();
-            (noise.add_noise(&acc.sum, std)?, std, acc.stats, acc.loss_sum)
+            (
+                noise.add_noise(&acc.sum, std)?,
+                std,
+                acc.stats,
+                acc.loss_sum,
+            )
         }
         Regime::ClipOnly | Regime::NonPrivate => (acc.sum, 0.0, acc.stats, acc.loss_sum),
     };
@@ -152,7 +157,10 @@ fn gradient_sum<M: Model>(
         let part = if plain {
             let examples = x.dim(0)?;
             let (sum, loss_sum) = if examples == 0 {
-                (ClippedBatch::empty(&*model, sensitivity, threshold)?.sum, 0.0)
+                (
+                    ClippedBatch::empty(&*model, sensitivity, threshold)?.sum,
+                    0.0,
+                )
             } else {
                 batch_gradient(model, &x, &y, env.loss)?
             };

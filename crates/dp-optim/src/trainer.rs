@@ -31,15 +31,15 @@ pub type BoxedSampler = Box<dyn BatchSampler + Send>;
 /// ```
 /// use dp_optim::{FixedClip, PrivateTrainer, Sgd, TrainerConfig};
 /// let data = dp_data::load_bundled_mnist().unwrap();
-/// let model = dp_core::models::mlp(&[784, 8, 10], &candle_core::Device::Cpu, 0).unwrap();
+/// let model = || dp_core::models::mlp(&[784, 8, 10], &candle_core::Device::Cpu, 0).unwrap();
 /// let cfg = TrainerConfig::new(0.05, 64.0, 1e-5).with_seed(1);
 /// let shuffled = dp_data::ShuffledSampler::new(data.train.len(), 64, Some(1)).unwrap();
 /// let method = Box::new(FixedClip::new(1.0, 1.0).unwrap());
 /// // A shuffled sampler is not what the accountant assumes: refused without the opt-in.
-/// let refused = PrivateTrainer::builder(model.clone(), Box::new(Sgd::new(0.1)), method.clone(), cfg.clone())
+/// let refused = PrivateTrainer::builder(model(), Box::new(Sgd::new(0.1)), method.clone(), cfg.clone())
 ///     .sampler(shuffled.clone()).build(&data.train);
 /// assert!(refused.is_err());
-/// let t = PrivateTrainer::builder(model, Box::new(Sgd::new(0.1)), method, cfg.assume_poisson_accounting(true))
+/// let t = PrivateTrainer::builder(model(), Box::new(Sgd::new(0.1)), method, cfg.assume_poisson_accounting(true))
 ///     .sampler(shuffled).loss(dp_core::CrossEntropy).build(&data.train).unwrap();
 /// assert!(matches!(t.guarantee(), dp_optim::Guarantee::DpAssumingPoisson { .. }));
 /// ```
@@ -215,11 +215,19 @@ impl<M: Model> PrivateTrainer<M> {
                         s.dataset_len()
                     )));
                 }
-                let b = s.expected_batch_size();
+                // The config's B is the public divisor and fixes the step count; the
+                // sampler must draw batches of that (expected) size.
+                let b = match s.scheme() {
+                    SamplingScheme::Poisson { sampling_rate } => sampling_rate * n as f64,
+                    SamplingScheme::Shuffled { batch_size }
+                    | SamplingScheme::FixedSizeWithoutReplacement { batch_size } => {
+                        batch_size as f64
+                    }
+                };
                 if (b - config.expected_batch_size).abs() > 1e-9 * b.max(1.0) {
                     return Err(TrainError::InvalidConfig(format!(
-                        "the sampler's expected batch size {b} differs from the config's {} \
-                         (the public divisor)",
+                        "the sampler's batch size {b} differs from the config's expected batch \
+                         size {} (the public divisor)",
                         config.expected_batch_size
                     )));
                 }
@@ -232,13 +240,7 @@ impl<M: Model> PrivateTrainer<M> {
         let total_steps = steps_for_epochs(config.epochs, q)?;
         if config.calibrate_noise {
             let eps = budget.as_ref().map(|b| b.epsilon()).unwrap_or(f64::NAN);
-            let sigma = calibrate(
-                &accounting,
-                method.as_ref(),
-                &config,
-                eps,
-                total_steps,
-            )?;
+            let sigma = calibrate(&accounting, method.as_ref(), &config, eps, total_steps)?;
             method.set_noise_multiplier(sigma)?;
         }
         let guard_budget = if config.regime.is_private() {
@@ -246,8 +248,12 @@ impl<M: Model> PrivateTrainer<M> {
         } else {
             None
         };
-        let guard = BudgetGuard::new(AnyAccountant::new(config.accountant), config.delta, guard_budget)?
-            .with_planned_steps(total_steps);
+        let guard = BudgetGuard::new(
+            AnyAccountant::new(config.accountant),
+            config.delta,
+            guard_budget,
+        )?
+        .with_planned_steps(total_steps);
         let noise = match config.seed {
             Some(s) => GaussianNoise::seeded(noise_seed(s)),
             None => GaussianNoise::from_entropy(),

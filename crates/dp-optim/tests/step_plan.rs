@@ -10,8 +10,8 @@ use dp_core::clipping::{
     AutoClip, ClipFactors, FlatClip, LayerSqNorms, PerExampleFactor, PerLayerClip,
 };
 use dp_core::{
-    batch_gradient, clipped_gradient, models, ClipStrategy, ClippedBatch,
-    CrossEntropy, GaussianNoise, GradOptions, Loss, Model, Sequential,
+    batch_gradient, clipped_gradient, models, ClipStrategy, ClippedBatch, CrossEntropy,
+    GaussianNoise, GradOptions, Loss, Model, Sequential,
 };
 use dp_optim::{
     take_step, ClipWith, FixedClip, Guarantee, PerExampleObjective, PlanContext, PrivacyMethod,
@@ -202,8 +202,8 @@ fn non_private_equals_plain_sgd_on_the_same_batches_bit_for_bit() {
     // Plain SGD by hand: the same Poisson batches (same seed), the ordinary gradient of the
     // summed loss divided by the expected batch size.
     let mut model = mlp();
-    let mut sampler = dp_data::PoissonSampler::new(d.train.len(), 100.0 / 4000.0, Some(11))
-        .unwrap();
+    let mut sampler =
+        dp_data::PoissonSampler::new(d.train.len(), 100.0 / 4000.0, Some(11)).unwrap();
     let mut opt = Sgd::new(0.2);
     for _ in 0..r.steps {
         let idx = sampler.next_batch();
@@ -234,7 +234,9 @@ fn regimes_do_what_they_say_and_only_dp_reports_a_finite_epsilon() {
     let (noise_only, rn) = regime_run(Regime::NoiseOnly, 4);
     assert!(noise_only.records().iter().all(|r| {
         // σ·C of the clip bound a private run would use; nothing clipped.
-        (r.noise_std - 0.2).abs() < 1e-12 && r.fraction_clipped == 0.0 && r.sensitivity.is_infinite()
+        (r.noise_std - 0.2).abs() < 1e-12
+            && r.fraction_clipped == 0.0
+            && r.sensitivity.is_infinite()
     }));
 
     let (non_private, rnp) = regime_run(Regime::NonPrivate, 4);
@@ -396,10 +398,12 @@ impl PrivacyMethod for WithCount {
     }
     fn plan(&mut self, ctx: &PlanContext) -> dp_optim::Result<StepPlan> {
         let count = StatisticQuery::new("above", 1.0, self.count_std, |n| (n > 0.5) as u8 as f64)?;
-        Ok(
-            StepPlan::new(Box::new(FlatClip::new(1.0)?), self.sigma, ctx.expected_batch_size)?
-                .with_statistic(count),
-        )
+        Ok(StepPlan::new(
+            Box::new(FlatClip::new(1.0)?),
+            self.sigma,
+            ctx.expected_batch_size,
+        )?
+        .with_statistic(count))
     }
     fn calibration_multipliers(&self, sigma: f64, _: u64) -> dp_optim::Result<Vec<f64>> {
         Ok(vec![sigma, self.count_std])
@@ -437,20 +441,33 @@ fn eps_of(event: DpEvent, kind: AccountantKind) -> f64 {
 fn a_sigma_schedule_calibrates_and_the_run_spends_what_the_accountant_says() {
     let q = 200.0 / 4000.0;
     for kind in [AccountantKind::Rdp, AccountantKind::Prv] {
-        let t = calibrated(Box::new(Schedule { sigma: 1.0, half: 20 }), kind);
+        let t = calibrated(
+            Box::new(Schedule {
+                sigma: 1.0,
+                half: 20,
+            }),
+            kind,
+        );
         let steps = t.total_steps();
         assert_eq!(steps, 40);
         let s = t.method().noise_multiplier();
         let sched = |s: f64| schedule_event(q, &[(s, 20), (1.5 * s, 20)]).unwrap();
         let e = eps_of(sched(s), kind);
         assert!(e <= 2.0, "{kind}: ε {e}");
-        assert!(eps_of(sched(s * 0.995), kind) > 2.0, "{kind}: σ is not the smallest");
+        assert!(
+            eps_of(sched(s * 0.995), kind) > 2.0,
+            "{kind}: σ is not the smallest"
+        );
         // The run spends exactly that.
         let mut t = t;
         let d = data();
         let r = t.train(&d.train, None).unwrap();
         assert_eq!(r.steps, 40);
-        assert!((r.epsilon - e).abs() < 1e-9 * e.max(1.0), "{kind}: {} vs {e}", r.epsilon);
+        assert!(
+            (r.epsilon - e).abs() < 1e-9 * e.max(1.0),
+            "{kind}: {} vs {e}",
+            r.epsilon
+        );
         assert!(t.records()[0].noise_std == s && t.records()[39].noise_std == 1.5 * s);
     }
 }

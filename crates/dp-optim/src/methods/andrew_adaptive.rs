@@ -139,7 +139,11 @@ impl AdaptiveQuantileClip {
 
     /// Updates `C` from a released noisy count `Σ_i (u_i − ½) + N(0, σ_b²)` (Alg. 1, the
     /// geometric update), dividing by the **expected** batch size.
-    pub fn update_from_count(&mut self, noisy_shifted_count: f64, expected_batch_size: f64) -> Result<()> {
+    pub fn update_from_count(
+        &mut self,
+        noisy_shifted_count: f64,
+        expected_batch_size: f64,
+    ) -> Result<()> {
         if !(expected_batch_size.is_finite() && expected_batch_size > 0.0) {
             return Err(TrainError::InvalidConfig(format!(
                 "expected batch size {expected_batch_size} must be > 0"

@@ -1,6 +1,8 @@
 //! Adam / AdamW and its fused update.
 
-use super::{check, check_lengths, load, save, tensor, values, BaseOptimizer, OptimizerState, CHUNK};
+use super::{
+    check, check_lengths, load, save, tensor, values, BaseOptimizer, OptimizerState, CHUNK,
+};
 use crate::error::{Result, TrainError};
 use candle_core::{Device, Tensor};
 use dp_core::host::with_host_f32;
@@ -230,4 +232,3 @@ fn fused_update(
     })???;
     Ok((tensor(pn, p)?, tensor(mn, p)?, tensor(vn, p)?))
 }
-

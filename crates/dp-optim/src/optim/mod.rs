@@ -84,7 +84,6 @@ pub(crate) fn load(states: &[TensorState], device: &Device) -> Result<Vec<Option
         .collect()
 }
 
-
 // Helpers of the fused updates (f32 CPU tensors).
 pub(crate) const CHUNK: usize = 1 << 14;
 

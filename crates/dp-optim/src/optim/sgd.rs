@@ -1,6 +1,8 @@
 //! SGD (with momentum, Nesterov and weight decay) and its fused update.
 
-use super::{check, check_lengths, load, save, tensor, values, BaseOptimizer, OptimizerState, CHUNK};
+use super::{
+    check, check_lengths, load, save, tensor, values, BaseOptimizer, OptimizerState, CHUNK,
+};
 use crate::error::{Result, TrainError};
 use candle_core::{Device, Tensor};
 use dp_core::host::with_host_f32;
@@ -201,4 +203,3 @@ fn fused_update(
     let vt = if momentum { Some(tensor(vn, p)?) } else { None };
     Ok((tensor(pn, p)?, vt))
 }
-
