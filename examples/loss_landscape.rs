@@ -509,7 +509,7 @@ impl Stepper {
         };
         // An empty Poisson draw is still a step: it releases pure noise.
         let mut batches = (!idx.is_empty())
-            .then(|| batch_tensors(train, idx, dev).map_err(Into::into))
+            .then(|| batch_tensors(train, idx, dev))
             .into_iter();
         let r = take_step(
             model,

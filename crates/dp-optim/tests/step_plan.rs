@@ -217,6 +217,34 @@ fn non_private_equals_plain_sgd_on_the_same_batches_bit_for_bit() {
 }
 
 #[test]
+fn clip_only_equals_clipped_sgd_without_noise_bit_for_bit() {
+    let d = data();
+    let (t, r) = regime_run(Regime::ClipOnly, 12);
+    let mut model = mlp();
+    let mut sampler =
+        dp_data::PoissonSampler::new(d.train.len(), 100.0 / 4000.0, Some(12)).unwrap();
+    let mut opt = Sgd::new(0.2);
+    let mut clip = FlatClip::new(0.1).unwrap();
+    for _ in 0..r.steps {
+        let idx = sampler.next_batch();
+        let (x, y) = dp_optim::batch_tensors(&d.train, &idx, &Device::Cpu).unwrap();
+        let c = clipped_gradient(
+            &mut model,
+            &x,
+            &y,
+            &CrossEntropy,
+            &mut clip,
+            &GradOptions::default(),
+        )
+        .unwrap();
+        let g: Vec<Tensor> = c.sum.iter().map(|t| (t / 100.0).unwrap()).collect();
+        let new = dp_optim::BaseOptimizer::step(&mut opt, &model.param_tensors(), &g).unwrap();
+        model.set_param_tensors(&new).unwrap();
+    }
+    assert_eq!(flat(t.model()), flat(&model));
+}
+
+#[test]
 fn regimes_do_what_they_say_and_only_dp_reports_a_finite_epsilon() {
     let (private, rp) = regime_run(Regime::Private, 4);
     assert!(rp.epsilon.is_finite() && rp.epsilon > 0.0);
