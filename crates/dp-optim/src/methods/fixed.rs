@@ -1,4 +1,4 @@
-use super::PrivacyMethod;
+use super::{check_noise_multiplier, PrivacyMethod};
 use crate::error::{Result, TrainError};
 use crate::plan::{PlanContext, StepOutcome, StepPlan};
 use dp_core::clipping::FlatClip;
@@ -52,12 +52,7 @@ impl PrivacyMethod for FixedClip {
         self.noise_multiplier
     }
     fn set_noise_multiplier(&mut self, sigma: f64) -> Result<()> {
-        if !(sigma.is_finite() && sigma > 0.0) {
-            return Err(TrainError::InvalidConfig(format!(
-                "noise multiplier {sigma} must be > 0"
-            )));
-        }
-        self.noise_multiplier = sigma;
+        self.noise_multiplier = check_noise_multiplier(sigma)?;
         Ok(())
     }
     fn plan(&mut self, ctx: &PlanContext) -> Result<StepPlan> {

@@ -21,7 +21,7 @@ pub use andrew_adaptive::{split_noise_multiplier, AdaptiveQuantileClip};
 pub use clip_with::ClipWith;
 pub use fixed::FixedClip;
 
-use crate::error::Result;
+use crate::error::{Result, TrainError};
 use crate::plan::{PlanContext, StepOutcome, StepPlan};
 
 /// A DP training method: plans every step and adapts from its noisy outcome.
@@ -83,4 +83,15 @@ pub trait PrivacyMethod: Send {
     fn state(&self) -> Result<serde_json::Value>;
     /// Restores [`PrivacyMethod::state`].
     fn load_state(&mut self, state: &serde_json::Value) -> Result<()>;
+}
+
+/// A budgeted noise multiplier: finite and > 0.
+pub(crate) fn check_noise_multiplier(sigma: f64) -> Result<f64> {
+    if sigma.is_finite() && sigma > 0.0 {
+        Ok(sigma)
+    } else {
+        Err(TrainError::InvalidConfig(format!(
+            "noise multiplier {sigma} must be finite and > 0"
+        )))
+    }
 }
