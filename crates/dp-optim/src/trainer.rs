@@ -235,8 +235,12 @@ impl<M: Model> PrivateTrainer<M> {
             }
             None => Box::new(PoissonSampler::new(n, q, config.seed)?),
         };
-        let accounting =
-            SampleAccounting::from_scheme(sampler.scheme(), n, config.assume_poisson_accounting)?;
+        // A run that is not DP accounts nothing, so its sampler needs no Poisson guarantee.
+        let accounting = SampleAccounting::from_scheme(
+            sampler.scheme(),
+            n,
+            config.assume_poisson_accounting || !config.regime.is_private(),
+        )?;
         let total_steps = steps_for_epochs(config.epochs, q)?;
         if config.calibrate_noise {
             let eps = budget.as_ref().map(|b| b.epsilon()).unwrap_or(f64::NAN);
@@ -313,7 +317,7 @@ impl<M: Model> PrivateTrainer<M> {
         let accounting = SampleAccounting::from_scheme(
             sampler.scheme(),
             state.dataset_len,
-            state.config.assume_poisson_accounting,
+            state.config.assume_poisson_accounting || !state.config.regime.is_private(),
         )?;
         let fallback_rng = augment_rng(state.config.seed);
         Ok(Self {

@@ -359,7 +359,7 @@ fn a_shuffled_sampler_is_refused_unless_the_user_opts_in_and_then_every_record_s
     .build(&d.train);
     assert!(matches!(fixed, Err(TrainError::SamplingMismatch(_))));
 
-    let mut t = make(cfg.assume_poisson_accounting(true)).unwrap();
+    let mut t = make(cfg.clone().assume_poisson_accounting(true)).unwrap();
     let r = t.train(&d.train, None).unwrap();
     assert_eq!(r.steps, 4);
     assert!(r.epsilon.is_finite());
@@ -367,6 +367,17 @@ fn a_shuffled_sampler_is_refused_unless_the_user_opts_in_and_then_every_record_s
     assert!(said(&r.guarantee));
     assert!(t.records().iter().all(|s| said(&s.guarantee)));
     assert!(t.records().iter().all(|s| s.batch_size == 100));
+
+    // A run that is not DP accounts nothing: any sampler, no opt-in, ε = ∞.
+    let mut t = make(cfg.with_regime(Regime::NonPrivate)).unwrap();
+    let r = t.train(&d.train, None).unwrap();
+    assert_eq!(r.epsilon, f64::INFINITY);
+    assert_eq!(
+        r.guarantee,
+        Guarantee::NotPrivate {
+            regime: Regime::NonPrivate
+        }
+    );
 }
 
 /// A toy method with a public σ schedule: σ for the first half of the run, 1.5σ after.

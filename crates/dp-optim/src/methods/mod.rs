@@ -65,7 +65,9 @@ pub trait PrivacyMethod: Send {
     fn noise_multiplier(&self) -> f64;
     /// Sets the budgeted noise multiplier (e.g. after calibration from a target ε).
     fn set_noise_multiplier(&mut self, sigma: f64) -> Result<()>;
-    /// The plan of the next step.
+    /// The plan of the next step. A plan whose step the budget refuses is dropped without
+    /// being carried out, so planning should not change what the method releases later
+    /// (adapt in [`PrivacyMethod::after_step`], not here).
     fn plan(&mut self, ctx: &PlanContext) -> Result<StepPlan>;
     /// Called after each step with what it released.
     fn after_step(&mut self, outcome: &StepOutcome) -> Result<()>;
