@@ -218,12 +218,33 @@ mod tests {
     use crate::test_util::{f64_values, seeded_normal as rand};
 
     fn close(a: &Tensor, b: &Tensor, tol: f64) -> Result<(), TestCaseError> {
+        close_with(a, b, tol, 0.0)
+    }
+
+    /// `|a − b| ≤ tol·(1 + |b|) + slack` element-wise.
+    fn close_with(a: &Tensor, b: &Tensor, tol: f64, slack: f64) -> Result<(), TestCaseError> {
         let (a, b) = (f64_values(a), f64_values(b));
         prop_assert_eq!(a.len(), b.len());
         for (x, y) in a.iter().zip(&b) {
-            prop_assert!((x - y).abs() <= tol * (1.0 + y.abs()), "{} vs {}", x, y);
+            prop_assert!(
+                (x - y).abs() <= tol * (1.0 + y.abs()) + slack,
+                "{} vs {} (slack {})",
+                x,
+                y,
+                slack
+            );
         }
         Ok(())
+    }
+
+    /// The absolute f32 error the input gradient may carry: `γ/σ·(g − mean g − x̂·mean(g x̂))`
+    /// is a difference of terms of size `|γ|·|g|/σ`, and the kernel (f64 statistics, f32
+    /// arithmetic) is within a few dozen roundings of them (measured ≈ 64 ε on a two-value
+    /// group; 256 ε allowed).
+    fn input_grad_slack(x: &Tensor, groups: usize, gamma: &Tensor, g: &Tensor, eps: f64) -> f64 {
+        let max = |t: &Tensor| f64_values(t).iter().fold(0f64, |m, v| m.max(v.abs()));
+        let sigma = (min_group_var(x, groups).min(1e300) + eps).sqrt();
+        256.0 * f32::EPSILON as f64 * max(gamma) * max(g) / sigma
     }
 
     /// Forward, input gradient, per-example gradients and norms of `fast` (f32, host
@@ -233,6 +254,7 @@ mod tests {
         slow: &mut L,
         x: &Tensor,
         g: &Tensor,
+        dx_slack: f64,
     ) -> Result<(), TestCaseError> {
         let f64_ = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
         let yf = fast.forward(x, true).unwrap();
@@ -240,7 +262,7 @@ mod tests {
         close(&yf, &ys, 2e-5)?;
         let df = fast.backward(g, true).unwrap().unwrap();
         let ds = slow.backward(&f64_(g), true).unwrap().unwrap();
-        close(&df, &ds, 5e-5)?;
+        close_with(&df, &ds, 5e-5, dx_slack)?;
         let nf = fast.sq_norms(GradMode::Auto).unwrap();
         let ns = slow.sq_norms(GradMode::Auto).unwrap();
         close(&nf, &ns, 5e-5)?;
@@ -264,6 +286,86 @@ mod tests {
         Ok(())
     }
 
+    /// The smallest variance among the normalisation groups of `x` (`[rows, …]` viewed as
+    /// `[rows, positions, groups, per]`) that hold two or more values (∞ if none does).
+    fn min_group_var(x: &Tensor, groups: usize) -> f64 {
+        let v = f64_values(x);
+        let rows = x.dim(0).unwrap();
+        let c = *x.dims().last().unwrap();
+        let per = c / groups;
+        let positions = v.len() / rows / c;
+        if positions * per < 2 {
+            return f64::INFINITY;
+        }
+        let mut min = f64::INFINITY;
+        for r in 0..rows {
+            for k in 0..groups {
+                let vals: Vec<f64> = (0..positions)
+                    .flat_map(|p| (0..per).map(move |j| (p, j)))
+                    .map(|(p, j)| v[(r * positions + p) * c + k * per + j])
+                    .collect();
+                let n = vals.len() as f64;
+                let mean = vals.iter().sum::<f64>() / n;
+                let var = vals.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
+                min = min.min(var);
+            }
+        }
+        min
+    }
+
+    #[test]
+    fn degenerate_groups_agree_to_the_conditioning_of_the_input_gradient() {
+        // Groups of two values (b = 3, h = 1, w = 2, one channel per group: the case that
+        // made the property test below fail at random), some of them nearly equal. The
+        // exact input gradient of a two-value group is 0; the kernel takes the group
+        // statistics in f64, so its f32 error must stay within a few roundings of the
+        // terms' size |γ|·max|g|/σ.
+        let (b, h, w, groups) = (3usize, 1usize, 2usize, 3usize);
+        let c = groups;
+        let gamma = (rand(&[c], 7) + 1.0).unwrap();
+        let beta = rand(&[c], 8);
+        let mk = |dt| {
+            GroupNorm::new(groups, c, 1e-5, &Device::Cpu)
+                .unwrap()
+                .with_affine(gamma.to_dtype(dt).unwrap(), beta.to_dtype(dt).unwrap())
+                .unwrap()
+        };
+        let mut xv = f64_values(&(rand(&[b, h, w, c], 9) * 3.0).unwrap());
+        // The first example's groups nearly constant (σ close to √eps), the second's
+        // close (var ≫ eps, so x̂ = ±1 and the exact gradient is a cancellation to 0).
+        for k in 0..c {
+            xv[c + k] = xv[k] + 1e-3;
+            xv[3 * c + k] = xv[2 * c + k] + 0.05;
+        }
+        let x = Tensor::from_vec(
+            xv.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+            (b, h, w, c),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let g = rand(&[b, h, w, c], 10);
+        let (mut fast, mut slow) = (mk(DType::F32), mk(DType::F64));
+        let f64_ = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+        fast.forward(&x, true).unwrap();
+        slow.forward(&f64_(&x), true).unwrap();
+        let df = f64_values(&fast.backward(&g, true).unwrap().unwrap());
+        let ds = f64_values(&slow.backward(&f64_(&g), true).unwrap().unwrap());
+        let slack = input_grad_slack(&x, groups, &gamma, &g, 1e-5);
+        close_with(
+            &Tensor::new(df.as_slice(), &Device::Cpu).unwrap(),
+            &Tensor::new(ds.as_slice(), &Device::Cpu).unwrap(),
+            5e-5,
+            slack,
+        )
+        .unwrap();
+        // The forward pass and the per-example affine gradients are well conditioned.
+        let nf = f64_values(&fast.sq_norms(GradMode::Auto).unwrap());
+        let ns = f64_values(&slow.sq_norms(GradMode::Auto).unwrap());
+        for (a, e) in nf.iter().zip(&ns) {
+            assert!((a - e).abs() <= 5e-5 * (1.0 + e.abs()), "{a} vs {e}");
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(16))]
         #[test]
@@ -276,7 +378,8 @@ mod tests {
                 .with_affine(gamma.to_dtype(dt).unwrap(), beta.to_dtype(dt).unwrap()).unwrap();
             let x = (rand(&[b, h, w, c], seed + 2) * 3.0).unwrap();
             let g = rand(&[b, h, w, c], seed + 3);
-            compare(&mut mk(DType::F32), &mut mk(DType::F64), &x, &g)?;
+            let slack = input_grad_slack(&x, groups, &gamma, &g, 1e-5);
+            compare(&mut mk(DType::F32), &mut mk(DType::F64), &x, &g, slack)?;
         }
 
         #[test]
@@ -289,7 +392,8 @@ mod tests {
             let shape: Vec<usize> = if seq { vec![b, t, d] } else { vec![b, d] };
             let x = (rand(&shape, seed + 2) * 3.0).unwrap();
             let g = rand(&shape, seed + 3);
-            compare(&mut mk(DType::F32), &mut mk(DType::F64), &x, &g)?;
+            let slack = input_grad_slack(&x.reshape(((), d)).unwrap(), 1, &gamma, &g, 1e-5);
+            compare(&mut mk(DType::F32), &mut mk(DType::F64), &x, &g, slack)?;
         }
     }
 }
