@@ -63,10 +63,7 @@ impl SampleAccounting {
     /// to its sensitivity) are one Gaussian mechanism with the combined multiplier, sampled
     /// as the scheme says; `extra` releases are composed after it.
     pub fn step_event(&self, multipliers: &[f64], extra: &[DpEvent]) -> Result<DpEvent> {
-        let sigma = match multipliers {
-            [s] => *s,
-            many => combined_noise_multiplier(many)?,
-        };
+        let sigma = combined_noise_multiplier(multipliers)?;
         let sampled = DpEvent::poisson_gaussian(self.q, sigma)?;
         Ok(if extra.is_empty() {
             sampled
@@ -77,23 +74,23 @@ impl SampleAccounting {
         })
     }
 
-    /// The event of a whole run of `steps` steps of `method` at budgeted multiplier `sigma`
-    /// (the calibration's event factory): consecutive equal steps become one block.
-    pub fn run_event(&self, method: &dyn PrivacyMethod, sigma: f64, steps: u64) -> Result<DpEvent> {
-        let mut blocks: Vec<(DpEvent, u64)> = Vec::new();
+    /// The σ schedule of a whole run of `steps` steps of `method` at budgeted multiplier
+    /// `sigma` (the calibration's event factory, for `dp_accounting::schedule_event`): each
+    /// step's queries combined, consecutive equal steps as one `(σ, count)` block.
+    pub fn run_blocks(
+        &self,
+        method: &dyn PrivacyMethod,
+        sigma: f64,
+        steps: u64,
+    ) -> Result<Vec<(f64, u64)>> {
+        let mut blocks: Vec<(f64, u64)> = Vec::new();
         for t in 0..steps {
-            let e = self.step_event(&method.calibration_multipliers(sigma, t)?, &[])?;
+            let s = combined_noise_multiplier(&method.calibration_multipliers(sigma, t)?)?;
             match blocks.last_mut() {
-                Some((last, count)) if *last == e => *count += 1,
-                _ => blocks.push((e, 1)),
+                Some((last, count)) if *last == s => *count += 1,
+                _ => blocks.push((s, 1)),
             }
         }
-        Ok(match blocks.len() {
-            1 => {
-                let (e, c) = blocks.remove(0);
-                e.repeated(c)
-            }
-            _ => DpEvent::Composed(blocks.into_iter().map(|(e, c)| e.repeated(c)).collect()),
-        })
+        Ok(blocks)
     }
 }

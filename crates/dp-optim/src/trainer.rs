@@ -14,8 +14,8 @@ use crate::step::{take_step, StepEnv};
 use candle_core::{Device, Tensor};
 use dp_accounting::calibration::steps_for_epochs;
 use dp_accounting::{
-    calibrate_noise, calibrate_noise_multiplier, Accountant, AnyAccountant, BudgetCheck,
-    BudgetGuard, NoiseSearch, PrivacyBudget,
+    calibrate_noise, calibrate_noise_multiplier, schedule_event, Accountant, AnyAccountant,
+    BudgetCheck, BudgetGuard, NoiseSearch, PrivacyBudget,
 };
 use dp_core::{CrossEntropy, GaussianNoise, GradOptions, Loss, Model};
 use dp_data::{physical_batches, BatchSampler, Dataset, PoissonSampler, SamplingScheme};
@@ -637,10 +637,8 @@ fn calibrate(
 ) -> Result<f64> {
     // Releases of exactly one query with multiplier σ every step (checked at two σ): the
     // run is one repeated subsampled Gaussian.
-    let constant = |s: f64| -> Result<bool> {
-        Ok(accounting.run_event(method, s, steps)?
-            == dp_accounting::DpEvent::poisson_gaussian(accounting.q, s)?.repeated(steps))
-    };
+    let constant =
+        |s: f64| -> Result<bool> { Ok(accounting.run_blocks(method, s, steps)? == [(s, steps)]) };
     if constant(1.0)? && constant(2.0)? {
         return Ok(calibrate_noise_multiplier(
             eps,
@@ -651,9 +649,10 @@ fn calibrate(
         )?);
     }
     let make_event = |s: f64| {
-        accounting
-            .run_event(method, s, steps)
-            .map_err(|e| dp_accounting::AccountingError::CalibrationFailed(e.to_string()))
+        let blocks = accounting
+            .run_blocks(method, s, steps)
+            .map_err(|e| dp_accounting::AccountingError::CalibrationFailed(e.to_string()))?;
+        schedule_event(accounting.q, &blocks)
     };
     let mut search = NoiseSearch::default();
     let kind = config.accountant;
