@@ -69,6 +69,32 @@ pub fn mnist_cnn(device: &Device, seed: u64) -> Result<Sequential> {
         .push(Linear::new(32, 10, true, &mut init, device)?))
 }
 
+/// The CNN of Esipova et al. 2023's imbalanced-MNIST experiment (official code
+/// `layer6ai-labs/fair-dp`, `net=cnn`, `hidden_channels=32,16`): Conv(1→32, 3×3) – tanh –
+/// Conv(32→16, 3×3) – tanh – Linear(16·24·24 → 10), no padding and no pooling; 97,114
+/// parameters. Inputs `[B, 784]`, `[B, 1, 28, 28]` or `[B, 28, 28, 1]`.
+///
+/// ```
+/// use dp_core::{models, Model};
+/// let m = models::esipova_cnn(&candle_core::Device::Cpu, 0).unwrap();
+/// assert_eq!(m.num_params(), 97_114);
+/// ```
+pub fn esipova_cnn(device: &Device, seed: u64) -> Result<Sequential> {
+    let mut init = Init::seeded(seed);
+    Ok(Sequential::new(device)
+        .push(Reshape::new(&[28, 28, 1]))
+        .push(Conv2d::new(Conv2dConfig::new(1, 32, 3), &mut init, device)?)
+        .push(Tanh::default())
+        .push(Conv2d::new(
+            Conv2dConfig::new(32, 16, 3),
+            &mut init,
+            device,
+        )?)
+        .push(Tanh::default())
+        .push(Flatten::default())
+        .push(Linear::new(16 * 24 * 24, 10, true, &mut init, device)?))
+}
+
 /// The small CIFAR-10 convnet of Opacus's examples: four 3×3 convs (32, 64, 64, 128
 /// channels, pad 1) with ReLU and 2×2 average pooling after the first three, global
 /// average pooling, Linear(128→10). With `group_norm`, a GroupNorm (8 groups) follows each

@@ -364,6 +364,10 @@ impl<M: Model> PrivateTrainer<M> {
     pub fn method(&self) -> &dyn PrivacyMethod {
         self.method.as_ref()
     }
+    /// The base optimiser (e.g. for its [`BaseOptimizer::diagnostics`] after a step).
+    pub fn optimizer(&self) -> &dyn BaseOptimizer {
+        self.optimizer.as_ref()
+    }
     /// Replaces the loss (e.g. after [`PrivateTrainer::resume`], which restores the default).
     pub fn set_loss(&mut self, loss: impl Loss + Send + Sync + 'static) {
         self.loss = Box::new(loss);

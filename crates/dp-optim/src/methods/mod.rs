@@ -16,10 +16,12 @@
 mod andrew_adaptive;
 mod clip_with;
 mod fixed;
+mod global_adapt;
 
 pub use andrew_adaptive::{split_noise_multiplier, AdaptiveQuantileClip};
 pub use clip_with::ClipWith;
 pub use fixed::FixedClip;
+pub use global_adapt::{AboveBound, GlobalAdapt};
 
 use crate::error::{Result, TrainError};
 use crate::plan::{PlanContext, StepOutcome, StepPlan};

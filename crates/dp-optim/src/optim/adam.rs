@@ -37,6 +37,13 @@ pub struct Adam {
     m: Vec<Option<Tensor>>,
     v: Vec<Option<Tensor>>,
     step: u64,
+    /// DP-AdamBC's floor `γ′` when the noise variance is subtracted (see [`super::AdamBc`]).
+    noise_floor: Option<f64>,
+    /// Per-coordinate variance `Φ` of the noise in the next gradient.
+    noise_var: f64,
+    /// Fraction of coordinates whose `v̂` was at most `Φ` (+ `γ′` when corrected) at the
+    /// last step.
+    noise_dominated: Option<f64>,
 }
 
 impl Adam {
@@ -52,6 +59,9 @@ impl Adam {
             m: Vec::new(),
             v: Vec::new(),
             step: 0,
+            noise_floor: None,
+            noise_var: 0.0,
+            noise_dominated: None,
         }
     }
     /// AdamW: decoupled weight decay `λ`.
@@ -78,6 +88,31 @@ impl Adam {
         self.weight_decay = wd;
         self
     }
+    /// DP-AdamBC's denominator `√max(v̂ − Φ, γ′)` instead of `√v̂ + ε`.
+    pub(crate) fn with_noise_correction(mut self, floor: f64) -> Self {
+        self.noise_floor = Some(floor);
+        self
+    }
+    pub(crate) fn noise_floor(&self) -> Option<f64> {
+        self.noise_floor
+    }
+    /// The noise variance `Φ` the next step assumes.
+    pub(crate) fn noise_variance(&self) -> f64 {
+        self.noise_var
+    }
+    /// At the last step, the fraction of coordinates with `v̂ ≤ Φ` (plain Adam) or
+    /// `v̂ − Φ ≤ γ′` (corrected: where the floor is active). `None` before the first step.
+    pub fn noise_dominated_fraction(&self) -> Option<f64> {
+        self.noise_dominated
+    }
+    fn kind(&self) -> &'static str {
+        match (self.noise_floor.is_some(), self.decoupled) {
+            (true, true) => "adamw_bc",
+            (true, false) => "adam_bc",
+            (false, true) => "adamw",
+            (false, false) => "adam",
+        }
+    }
 }
 
 impl BaseOptimizer for Adam {
@@ -101,12 +136,19 @@ impl BaseOptimizer for Adam {
             decoupled: self.decoupled,
             bc1: bc1 as f32,
             bc2: bc2 as f32,
+            noise_var: self.noise_var as f32,
+            floor: self.noise_floor.map(|f| f as f32),
         };
+        // `v̂` at most this counts as noise-dominated.
+        let level = self.noise_var + self.noise_floor.unwrap_or(0.0);
+        let (mut dominated, mut coords) = (0usize, 0usize);
         for (k, (p, g)) in params.iter().zip(grads).enumerate() {
             let state: Vec<&Tensor> = self.m[k].iter().chain(self.v[k].iter()).collect();
             if dp_core::host::is_host_f32(&[&[p, g][..], &state].concat()) {
-                let (pn, mn, vn) =
+                let (pn, mn, vn, d) =
                     fused_update(p, g, self.m[k].as_ref(), self.v[k].as_ref(), &rule)?;
+                dominated += d;
+                coords += p.elem_count();
                 self.m[k] = Some(mn);
                 self.v[k] = Some(vn);
                 out.push(pn);
@@ -131,11 +173,22 @@ impl BaseOptimizer for Adam {
             };
             let mhat = (&m / bc1)?;
             let vhat = (&v / bc2)?;
-            let upd = (mhat / (vhat.sqrt()? + self.eps)?)?;
+            dominated += vhat
+                .le(level)?
+                .to_dtype(candle_core::DType::F64)?
+                .sum_all()?
+                .to_scalar::<f64>()? as usize;
+            coords += p.elem_count();
+            let denom = match self.noise_floor {
+                Some(floor) => (vhat - self.noise_var)?.maximum(floor)?.sqrt()?,
+                None => (vhat.sqrt()? + self.eps)?,
+            };
+            let upd = (mhat / denom)?;
             out.push((p - (upd * self.lr)?)?);
             self.m[k] = Some(m);
             self.v[k] = Some(v);
         }
+        self.noise_dominated = Some(dominated as f64 / coords.max(1) as f64);
         Ok(out)
     }
     fn learning_rate(&self) -> f64 {
@@ -144,15 +197,30 @@ impl BaseOptimizer for Adam {
     fn set_learning_rate(&mut self, lr: f64) {
         self.lr = lr;
     }
+    fn set_gradient_noise_std(&mut self, std: f64) {
+        self.noise_var = std * std;
+    }
+    /// `noise_variance` (`Φ` of the last step) and `noise_dominated_fraction` (see
+    /// [`Adam::noise_dominated_fraction`]), once a step has been taken.
+    fn diagnostics(&self) -> Vec<(&'static str, f64)> {
+        self.noise_dominated
+            .map(|f| {
+                vec![
+                    ("noise_variance", self.noise_var),
+                    ("noise_dominated_fraction", f),
+                ]
+            })
+            .unwrap_or_default()
+    }
     fn state(&self) -> Result<OptimizerState> {
         Ok(OptimizerState {
-            kind: if self.decoupled { "adamw" } else { "adam" }.into(),
+            kind: self.kind().into(),
             step: self.step,
             buffers: vec![save(&self.m)?, save(&self.v)?],
         })
     }
     fn load_state(&mut self, state: &OptimizerState, device: &Device) -> Result<()> {
-        let want = if self.decoupled { "adamw" } else { "adam" };
+        let want = self.kind();
         if state.kind != want || state.buffers.len() != 2 {
             return Err(TrainError::InvalidConfig(format!(
                 "cannot load a '{}' state into {want}",
@@ -176,33 +244,39 @@ struct AdamRule {
     pub decoupled: bool,
     pub bc1: f32,
     pub bc2: f32,
+    /// `Φ`, and `γ′` when it is subtracted (DP-AdamBC).
+    pub noise_var: f32,
+    pub floor: Option<f32>,
 }
 
-/// `(p', m', v')` of one Adam / AdamW step.
+/// `(p', m', v', noise-dominated coordinates)` of one Adam / AdamW step.
 fn fused_update(
     p: &Tensor,
     g: &Tensor,
     m: Option<&Tensor>,
     v: Option<&Tensor>,
     r: &AdamRule,
-) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+) -> candle_core::Result<(Tensor, Tensor, Tensor, usize)> {
     let n = p.elem_count();
     let (mold, vold) = (values(m)?, values(v)?);
     let mut pn = vec![0f32; n];
     let mut mn = vec![0f32; n];
     let mut vn = vec![0f32; n];
-    with_host_f32(p, |pv| {
+    let level = r.noise_var + r.floor.unwrap_or(0.0);
+    let dominated = with_host_f32(p, |pv| {
         with_host_f32(g, |gv| {
             check(n, &[pv.len(), gv.len(), mold.len(), vold.len()])?;
-            pn.par_chunks_mut(CHUNK)
+            let dominated = pn
+                .par_chunks_mut(CHUNK)
                 .zip(mn.par_chunks_mut(CHUNK))
                 .zip(vn.par_chunks_mut(CHUNK))
                 .enumerate()
-                .for_each(|(k, ((po, mo), vo))| {
+                .map(|(k, ((po, mo), vo))| {
                     let (o, len) = (k * CHUNK, po.len());
                     let (ps, gs) = (&pv[o..o + len], &gv[o..o + len]);
                     let ms = (!mold.is_empty()).then(|| &mold[o..o + len]);
                     let vs = (!vold.is_empty()).then(|| &vold[o..o + len]);
+                    let mut dominated = 0usize;
                     for j in 0..len {
                         let mut pi = ps[j];
                         let mut gi = gs[j];
@@ -221,14 +295,21 @@ fn fused_update(
                             Some(vs) => vs[j] * r.beta2 + gi * gi * (1.0 - r.beta2),
                             None => gi * gi * (1.0 - r.beta2),
                         };
-                        let upd = (mi / r.bc1) / ((vi / r.bc2).sqrt() + r.eps);
-                        po[j] = pi - upd * r.lr;
+                        let vhat = vi / r.bc2;
+                        dominated += usize::from(vhat <= level);
+                        let denom = match r.floor {
+                            Some(floor) => (vhat - r.noise_var).max(floor).sqrt(),
+                            None => vhat.sqrt() + r.eps,
+                        };
+                        po[j] = pi - (mi / r.bc1) / denom * r.lr;
                         mo[j] = mi;
                         vo[j] = vi;
                     }
-                });
-            Ok::<(), candle_core::Error>(())
+                    dominated
+                })
+                .sum::<usize>();
+            Ok::<usize, candle_core::Error>(dominated)
         })
     })???;
-    Ok((tensor(pn, p)?, tensor(mn, p)?, tensor(vn, p)?))
+    Ok((tensor(pn, p)?, tensor(mn, p)?, tensor(vn, p)?, dominated))
 }

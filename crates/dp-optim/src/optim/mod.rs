@@ -7,9 +7,11 @@
 //! `FixedClip`, and so on.
 
 mod adam;
+mod adam_bc;
 mod sgd;
 
 pub use adam::Adam;
+pub use adam_bc::AdamBc;
 pub use sgd::Sgd;
 
 use crate::error::{Result, TrainError};
@@ -46,6 +48,12 @@ pub trait BaseOptimizer: Send {
     /// none). Optimisers that correct for the noise (DP-AdamBC subtracts its variance from
     /// Adam's second moment) use it; the others ignore it.
     fn set_gradient_noise_std(&mut self, _std: f64) {}
+    /// Named values of the last step for logging (e.g. Adam's fraction of coordinates whose
+    /// second moment is no more than the noise variance). Computed from the privatised
+    /// gradients only, so they are post-processing; empty by default.
+    fn diagnostics(&self) -> Vec<(&'static str, f64)> {
+        Vec::new()
+    }
 }
 
 pub(crate) fn check_lengths(params: &[Tensor], grads: &[Tensor]) -> Result<()> {
@@ -169,6 +177,24 @@ mod tests {
         agree(&|| Box::new(Adam::new(0.01).with_weight_decay(0.1)));
         agree(&|| Box::new(Adam::adamw(0.01, 0.1)));
         agree(&|| Box::new(Adam::new(0.01).with_betas(0.5, 0.9).with_eps(1e-6)));
+    }
+
+    #[test]
+    fn adam_bc_matches_the_candle_path() {
+        // Floors well above f32 rounding of v̂: near v̂ − Φ ≈ γ′ the step is ill-conditioned
+        // (1/√γ′), and f32 and f64 then differ by more than rounding, legitimately. The
+        // floored branch is exercised (N(0, 1) gradients put many v̂ below Φ + γ′).
+        use super::AdamBc;
+        agree(&|| {
+            let mut o = AdamBc::new(0.01).with_floor(0.05).unwrap();
+            o.set_gradient_noise_std(0.1);
+            Box::new(o)
+        });
+        agree(&|| {
+            let mut o = AdamBc::new(0.01).with_floor(0.1).unwrap();
+            o.set_gradient_noise_std(0.5);
+            Box::new(o)
+        });
     }
 
     #[test]
