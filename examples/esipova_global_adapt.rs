@@ -96,6 +96,9 @@ struct Args {
     out: PathBuf,
 }
 
+/// (step, misalignment of the minority class, cos(g_B, ḡ_B)).
+type Probe = (u64, f64, f64);
+
 struct Config {
     name: &'static str,
     lr: f64,
@@ -248,7 +251,7 @@ fn main() -> Result<()> {
     // accuracies[method] = one row (10 classes + overall) per seed
     let mut accuracies: BTreeMap<&str, Vec<Vec<f64>>> = BTreeMap::new();
     let mut epsilons: BTreeMap<&str, f64> = BTreeMap::new();
-    let mut curves: Vec<(String, Vec<(u64, f64, f64)>)> = Vec::new();
+    let mut curves: Vec<(String, Vec<Probe>)> = Vec::new();
     let mut lines = Vec::new();
     for seed in 0..args.seeds {
         let train = esipova_imbalanced_mnist(&data.train, seed)?;

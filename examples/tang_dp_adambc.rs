@@ -72,7 +72,7 @@ impl Opt {
         match self {
             Opt::Sgd => &[0.5, 1.0, 2.0, 4.0],
             Opt::Adam => &[3e-4, 1e-3, 3e-3, 1e-2],
-            Opt::AdamBc => &[3e-5, 1e-4, 3e-4, 1e-3],
+            Opt::AdamBc => &[1e-5, 3e-5, 1e-4, 3e-4, 1e-3],
         }
     }
     fn build(self, lr: f64) -> Box<dyn BaseOptimizer> {
