@@ -17,7 +17,8 @@
 //! ε_Adam = 1e-8) and DP-AdamBC (γ′ = 1e-8). `Φ` comes from each step's own noise std.
 //!
 //! **Learning rates** are chosen per method on a held-out 10% of the *training* set (a
-//! small grid, best validation accuracy after the same number of epochs); the test set is
+//! grid of factors of 2–3, extended by ×3 while its best is at an edge; best validation
+//! accuracy after the same number of epochs); the test set is
 //! never looked at before the final runs. These selection runs are not accounted (as in
 //! the paper and most of the literature): the reported ε is that of one final run. Pass
 //! `--lr-sgd`, `--lr-adam`, `--lr-adambc` to skip the selection.
@@ -238,8 +239,9 @@ fn main() -> Result<()> {
         let lr = match given {
             Some(lr) => lr,
             None => {
-                let mut best = (f64::NEG_INFINITY, f64::NAN);
-                for &lr in opt.grid() {
+                // The grid's best, extended by factors of 3 while the best is at an edge
+                // (at most three times), so the choice is interior where it can be.
+                let eval = |lr: f64| -> Result<f64> {
                     let r = train(
                         &args,
                         opt,
@@ -254,19 +256,41 @@ fn main() -> Result<()> {
                         opt.name(),
                         100.0 * r.accuracy
                     );
-                    if r.accuracy > best.0 {
-                        best = (r.accuracy, lr);
+                    Ok(r.accuracy)
+                };
+                let mut tried: Vec<(f64, f64)> = opt
+                    .grid()
+                    .iter()
+                    .map(|&lr| Ok((lr, eval(lr)?)))
+                    .collect::<Result<_>>()?;
+                for extension in 0..=3 {
+                    let best = (0..tried.len())
+                        .max_by(|&a, &b| tried[a].1.total_cmp(&tried[b].1))
+                        .context("empty grid")?;
+                    let at_edge = best == 0 || best == tried.len() - 1;
+                    if !at_edge || extension == 3 {
+                        if at_edge {
+                            eprintln!(
+                                "note: {}'s best learning rate {:e} is at the edge of its grid",
+                                opt.name(),
+                                tried[best].0
+                            );
+                        }
+                        break;
+                    }
+                    if best == 0 {
+                        let lr = tried[0].0 / 3.0;
+                        tried.insert(0, (lr, eval(lr)?));
+                    } else {
+                        let lr = tried[tried.len() - 1].0 * 3.0;
+                        tried.push((lr, eval(lr)?));
                     }
                 }
-                let grid = opt.grid();
-                if best.1 == grid[0] || best.1 == grid[grid.len() - 1] {
-                    eprintln!(
-                        "note: {}'s best learning rate {:e} is at the edge of its grid",
-                        opt.name(),
-                        best.1
-                    );
-                }
-                best.1
+                tried
+                    .iter()
+                    .max_by(|a, b| a.1.total_cmp(&b.1))
+                    .map(|p| p.0)
+                    .context("empty grid")?
             }
         };
         chosen.push((opt, lr));
