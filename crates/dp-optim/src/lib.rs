@@ -49,7 +49,7 @@ pub use config::TrainerConfig;
 pub use dp_accounting::AnyAccountant;
 pub use error::{Result, TrainError};
 pub use evaluate::{batch_tensors, evaluate, evaluate_with};
-pub use methods::{AdaptiveQuantileClip, ClipWith, FixedClip, PrivacyMethod};
+pub use methods::{AdaptiveQuantileClip, AutoS, ClipWith, FixedClip, PrivacyMethod};
 pub use optim::{Adam, BaseOptimizer, OptimizerState, Sgd};
 pub use plan::{PerExampleObjective, PlanContext, Regime, StatisticQuery, StepOutcome, StepPlan};
 pub use records::{EpochRecord, Guarantee, StepRecord, StopReason, TrainReport};

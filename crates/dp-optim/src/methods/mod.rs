@@ -14,10 +14,12 @@
 //! (see the example on [`PrivacyMethod`]).
 
 mod andrew_adaptive;
+mod auto_clip;
 mod clip_with;
 mod fixed;
 
 pub use andrew_adaptive::{split_noise_multiplier, AdaptiveQuantileClip};
+pub use auto_clip::AutoS;
 pub use clip_with::ClipWith;
 pub use fixed::FixedClip;
 
