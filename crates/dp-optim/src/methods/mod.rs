@@ -15,11 +15,13 @@
 
 mod andrew_adaptive;
 mod auto_clip;
+mod auto_dpsgd;
 mod clip_with;
 mod fixed;
 
 pub use andrew_adaptive::{split_noise_multiplier, AdaptiveQuantileClip};
 pub use auto_clip::AutoS;
+pub use auto_dpsgd::{AutoDpSgd, AutoDpSgdPublishedNotDp, NoiseDecay, SafeThreshold};
 pub use clip_with::ClipWith;
 pub use fixed::FixedClip;
 
