@@ -5,8 +5,12 @@
 //! - [`PrivacyMethod`]: plans each step as a [`StepPlan`] (clip strategy, noise multiplier,
 //!   public divisor, noisy statistics, optional per-example objective) and adapts from the
 //!   [`StepOutcome`] ([`FixedClip`] = DP-SGD; [`ClipWith`] = DP-SGD with any dp-core clip
-//!   strategy, AUTO-S and per-layer among them; [`AdaptiveQuantileClip`] = Andrew et al.
-//!   2021). Each method of the literature is one new file in [`methods`].
+//!   strategy, AUTO-S and per-layer among them; [`AutoS`] = Bu et al. 2023 with its
+//!   learning-rate convention; [`AdaptiveQuantileClip`] = Andrew et al. 2021;
+//!   [`methods::AutoDpSgd`] = Chilukoti et al. 2023 made DP, and
+//!   [`methods::AutoDpSgdPublishedNotDp`] as published, which is not DP and runs only in
+//!   [`Regime::DataDependentNoise`]). Each method of the literature is one new file in
+//!   [`methods`].
 //! - [`take_step`]: the one step (gradients → clip → noise → divisor → update), in any
 //!   [`Regime`] (DP, clip-only, noise-only, non-private); the trainer, `bench_step` and
 //!   `loss_landscape` all call it.
@@ -50,7 +54,7 @@ pub use dp_accounting::AnyAccountant;
 pub use error::{Result, TrainError};
 pub use evaluate::{batch_tensors, evaluate, evaluate_with};
 pub use methods::{
-    AboveBound, AdaptiveQuantileClip, ClipWith, FixedClip, GlobalAdapt, PrivacyMethod,
+    AboveBound, AdaptiveQuantileClip, AutoS, ClipWith, FixedClip, GlobalAdapt, PrivacyMethod,
 };
 pub use optim::{Adam, AdamBc, BaseOptimizer, OptimizerState, Sgd};
 pub use plan::{PerExampleObjective, PlanContext, Regime, StatisticQuery, StepOutcome, StepPlan};

@@ -16,13 +16,16 @@ use dp_core::{ClipStats, ClipStrategy, ClippedBatch, GaussianNoise, GradOptions,
 
 /// Which parts of DP-SGD a run performs. Only [`Regime::Private`] is differentially
 /// private; every other regime reports ε = ∞ in every record (Watson et al. 2023 compare
-/// exactly these four).
+/// the first four; [`Regime::DataDependentNoise`] reproduces methods published with a
+/// data-dependent noise scale, which are not DP).
 ///
 /// ```
 /// use dp_optim::Regime;
 /// assert!(Regime::Private.is_private());
 /// assert!(!Regime::NoiseOnly.is_private());
 /// assert_eq!("clip-only".parse::<Regime>().unwrap(), Regime::ClipOnly);
+/// assert!(!Regime::DataDependentNoise.is_private());
+/// assert_eq!(Regime::DataDependentNoise.name(), "data_dependent_noise_not_dp");
 /// ```
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
@@ -39,6 +42,15 @@ pub enum Regime {
     NoiseOnly,
     /// Neither: the ordinary gradient.
     NonPrivate,
+    /// Clip (or scale) as the plan says and add `N(0, σ²S²)` where `S` is the bound the
+    /// method's per-example objective **computed from the batch itself** (Auto DP-SGD as
+    /// published, Chilukoti et al. 2023: the threshold is the batch's own mean gradient
+    /// norm). Not private: the noise scale is a function of private data (all-zero
+    /// gradients get zero noise), so ε = ∞. The only regime that runs plans marked
+    /// [`StepPlan::not_dp`]; it exists so that such methods can be reproduced for comparison
+    /// without ever being reported as DP.
+    #[serde(rename = "data_dependent_noise_not_dp")]
+    DataDependentNoise,
 }
 
 impl Regime {
@@ -48,11 +60,17 @@ impl Regime {
     }
     /// Whether per-example clipping is applied.
     pub fn clips(self) -> bool {
-        matches!(self, Regime::Private | Regime::ClipOnly)
+        matches!(
+            self,
+            Regime::Private | Regime::ClipOnly | Regime::DataDependentNoise
+        )
     }
     /// Whether Gaussian noise is added to the gradient sum.
     pub fn adds_noise(self) -> bool {
-        matches!(self, Regime::Private | Regime::NoiseOnly)
+        matches!(
+            self,
+            Regime::Private | Regime::NoiseOnly | Regime::DataDependentNoise
+        )
     }
     /// The name used in records and on command lines.
     pub fn name(self) -> &'static str {
@@ -61,6 +79,7 @@ impl Regime {
             Regime::ClipOnly => "clip_only",
             Regime::NoiseOnly => "noise_only",
             Regime::NonPrivate => "non_private",
+            Regime::DataDependentNoise => "data_dependent_noise_not_dp",
         }
     }
 }
@@ -79,8 +98,12 @@ impl std::str::FromStr for Regime {
             "clip_only" => Ok(Regime::ClipOnly),
             "noise_only" => Ok(Regime::NoiseOnly),
             "non_private" | "none" => Ok(Regime::NonPrivate),
+            "data_dependent_noise" | "data_dependent_noise_not_dp" => {
+                Ok(Regime::DataDependentNoise)
+            }
             other => Err(TrainError::InvalidConfig(format!(
-                "unknown regime '{other}' (private, clip-only, noise-only, non-private)"
+                "unknown regime '{other}' (private, clip-only, noise-only, non-private, \
+                 data-dependent-noise)"
             ))),
         }
     }
@@ -252,6 +275,11 @@ pub struct StepPlan {
     pub extra_events: Vec<DpEvent>,
     /// A per-example objective; `None` is the plain gradient.
     pub objective: Option<Box<dyn PerExampleObjective>>,
+    /// `Some(why)` when this plan is **not** differentially private as planned (a method
+    /// reproduced as published whose noise scale depends on the data). The step refuses it in
+    /// [`Regime::Private`] before anything is computed; it runs only in
+    /// [`Regime::DataDependentNoise`], whose records say not DP and report ε = ∞.
+    pub not_dp: Option<String>,
 }
 
 impl std::fmt::Debug for StepPlan {
@@ -262,6 +290,7 @@ impl std::fmt::Debug for StepPlan {
             .field("divisor", &self.divisor)
             .field("statistics", &self.statistics)
             .field("extra_events", &self.extra_events)
+            .field("not_dp", &self.not_dp)
             .field(
                 "objective",
                 &self
@@ -284,6 +313,7 @@ impl StepPlan {
             statistics: Vec::new(),
             extra_events: Vec::new(),
             objective: None,
+            not_dp: None,
         };
         plan.validate()?;
         Ok(plan)
@@ -296,6 +326,11 @@ impl StepPlan {
     /// Use `objective` instead of the plain per-example gradient.
     pub fn with_objective(mut self, objective: Box<dyn PerExampleObjective>) -> Self {
         self.objective = Some(objective);
+        self
+    }
+    /// Marks the plan as not DP, saying why (see [`StepPlan::not_dp`]).
+    pub fn with_not_dp(mut self, why: impl Into<String>) -> Self {
+        self.not_dp = Some(why.into());
         self
     }
     /// Also compose `event` (a release the step does not perform itself).

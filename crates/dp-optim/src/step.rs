@@ -79,6 +79,14 @@ pub fn take_step<M: Model>(
 ) -> Result<StepResult> {
     plan.validate()?;
     let regime = env.regime;
+    if let Some(why) = &plan.not_dp {
+        if regime != Regime::DataDependentNoise {
+            return Err(TrainError::InvalidConfig(format!(
+                "this plan is not differentially private ({why}); it runs only in the \
+                 data-dependent-noise regime, whose records say not DP and report ε = ∞"
+            )));
+        }
+    }
     if regime.adds_noise() {
         // The noise does not depend on the data: draw it while the gradients are computed.
         let sizes: Vec<usize> = model
@@ -97,6 +105,17 @@ pub fn take_step<M: Model>(
         }
         Regime::NoiseOnly => {
             let std = plan.gradient_noise_std();
+            (
+                noise.add_noise(&acc.sum, std)?,
+                std,
+                acc.stats,
+                acc.loss_sum,
+            )
+        }
+        Regime::DataDependentNoise => {
+            // `acc.sensitivity` is the bound the objective computed from this batch (it may
+            // be 0: then so is the noise, which is why this is not DP).
+            let std = plan.noise_multiplier * acc.sensitivity;
             (
                 noise.add_noise(&acc.sum, std)?,
                 std,
@@ -176,7 +195,9 @@ fn gradient_sum<M: Model>(
             }
         } else if let Some(obj) = plan.objective.as_mut() {
             let part = obj.clipped_sum(model, &x, &y, env.loss, clip, env.grad_options)?;
-            if part.sensitivity != sensitivity {
+            // Only the not-DP data-dependent regime lets an objective state a bound of its
+            // own (computed from the batch); everywhere else the plan's bound is the bound.
+            if part.sensitivity != sensitivity && env.regime != Regime::DataDependentNoise {
                 return Err(TrainError::InvalidConfig(format!(
                     "objective '{}' returned a sum of sensitivity {} for a clip of sensitivity {}",
                     obj.name(),
