@@ -74,7 +74,7 @@ struct Args {
     /// Directory with the dataset's standard files.
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Epochs (default: the paper's 60 on MNIST, 20 on the bundled digits).
+    /// Epochs (default: the paper's 60 on MNIST, 10 on the bundled digits).
     #[arg(long)]
     epochs: Option<f64>,
     /// Seeds (each trains every method from one initialisation); the paper used 5.
@@ -200,7 +200,7 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let dev = Device::Cpu;
     let (name, label, default_epochs) = match args.dataset {
-        Data::Bundled => (DatasetName::BundledMnist, "bundled-mnist-5k", 20.0),
+        Data::Bundled => (DatasetName::BundledMnist, "bundled-mnist-5k", 10.0),
         Data::Mnist => (DatasetName::Mnist, "mnist", 60.0),
     };
     let epochs = args.epochs.unwrap_or(default_epochs);
