@@ -43,7 +43,7 @@ pub(crate) fn check_orders(orders: &[f64]) -> Result<(), AccountingError> {
         return Err(AccountingError::InvalidOrders("empty order grid".into()));
     }
     for &a in orders {
-        if !(a.is_finite() && a >= 1.0 + MIN_ORDER_GAP && a <= MAX_ORDER) {
+        if !(1.0 + MIN_ORDER_GAP..=MAX_ORDER).contains(&a) {
             return Err(AccountingError::InvalidOrders(format!(
                 "order {a} must be finite, ≥ 1 + {MIN_ORDER_GAP} (closer to 1 the RDP series \
                  loses all precision) and ≤ {MAX_ORDER}"
