@@ -33,7 +33,7 @@ use dp_lab::accounting::{
 };
 use dp_lab::core::models;
 use dp_lab::data::{load, DatasetName, Normalize};
-use dp_lab::optim::{FixedClip, PrivateTrainer, Sgd, TrainerConfig};
+use dp_lab::optim::{BatchSize, Delta, Epochs, FixedClip, PrivateTrainer, Sgd, TrainerConfig};
 use std::path::PathBuf;
 
 #[derive(Clone, Copy, ValueEnum, Debug, PartialEq)]
@@ -126,7 +126,7 @@ fn main() -> Result<()> {
 
     let dev = Device::Cpu;
     let model = models::mnist_cnn(&dev, args.seed)?;
-    let cfg = TrainerConfig::new(args.epochs, b, args.delta)
+    let cfg = TrainerConfig::new(Epochs(args.epochs), BatchSize(b), Delta(args.delta))
         .with_seed(args.seed)
         .with_max_physical_batch(args.max_physical_batch)
         .with_progress(true);
@@ -138,6 +138,9 @@ fn main() -> Result<()> {
         cfg,
         &data.train,
     )?;
+    for w in t.warnings() {
+        eprintln!("warning: {w}");
+    }
     let q = t.sampling_rate();
     eprintln!(
         "q = {q:.5}, {} steps, σ = {sigma}, C = {}, lr = {lr}, B = {b}",

@@ -24,15 +24,29 @@ pub fn default_orders() -> Vec<f64> {
     v
 }
 
-/// Checks that an order grid is non-empty and every order is finite, > 1 and ≤ [`MAX_ORDER`].
+/// Smallest order accepted: `1 + MIN_ORDER_GAP`.
+///
+/// Why: near α = 1, ln A_α ≈ (α − 1)·KL is a tiny difference of terms of size ~1, so the
+/// series loses every digit. Measured (q ∈ [1e-6, 0.5], σ ∈ [0.5, 10]): at α − 1 ≥ 1e-4 the
+/// computed ε(α) is within 1% of its limit; at 1e-6 it is already off by 6× (q = 1e-6,
+/// σ = 0.5); at 1e-8 and below it may round to 0, and the KL shortcut of the conversion then
+/// reports ε = 0 for the whole run (default grid + 1 + 1e-14 at q = 0.01, σ = 1, 1,000 steps
+/// gave 0.0 instead of 2.10). 1e-3 keeps a margin of ten over the last good value. Such
+/// orders are never the optimum of a useful conversion anyway (the ln(1/δ)/(α − 1) term is
+/// ≥ 1,000·ln(1/δ)), so nothing is lost by refusing them.
+pub const MIN_ORDER_GAP: f64 = 1e-3;
+
+/// Checks that an order grid is non-empty and every order is finite, ≥ 1 + [`MIN_ORDER_GAP`]
+/// and ≤ [`MAX_ORDER`].
 pub(crate) fn check_orders(orders: &[f64]) -> Result<(), AccountingError> {
     if orders.is_empty() {
         return Err(AccountingError::InvalidOrders("empty order grid".into()));
     }
     for &a in orders {
-        if !(a.is_finite() && a > 1.0 && a <= MAX_ORDER) {
+        if !(1.0 + MIN_ORDER_GAP..=MAX_ORDER).contains(&a) {
             return Err(AccountingError::InvalidOrders(format!(
-                "order {a} must be finite, > 1 and ≤ {MAX_ORDER}"
+                "order {a} must be finite, ≥ 1 + {MIN_ORDER_GAP} (closer to 1 the RDP series \
+                 loses all precision) and ≤ {MAX_ORDER}"
             )));
         }
     }
@@ -160,8 +174,15 @@ fn log_a_frac(q: f64, sigma: f64, alpha: f64) -> Result<f64, AccountingError> {
                     "RDP series for q={q}, σ={sigma}, α={alpha} gave a non-positive A_α"
                 )));
             }
-            // A_α ≥ 1 mathematically; clamp rounding below it.
-            return Ok(total.log_abs.max(0.0));
+            // A_α > 1 mathematically for q < 1. A value that rounded to ≤ 1 carries no
+            // digits, and 0 would let the KL shortcut report ε = 0: use the upper bound
+            // ln A_α ≤ (α − 1)·ε(⌈α⌉) instead (RDP is non-decreasing in the order, and the
+            // integer expansion keeps full precision).
+            if total.log_abs <= 0.0 {
+                let up = alpha.ceil();
+                return Ok((alpha - 1.0) * log_a_int(q, sigma, up as u64) / (up - 1.0));
+            }
+            return Ok(total.log_abs);
         }
     }
     Err(AccountingError::Numerical(format!(
@@ -245,6 +266,16 @@ mod tests {
     }
 
     #[test]
+    fn a_fractional_order_that_rounds_to_zero_gets_a_safe_upper_bound() {
+        // q = 1e-6, σ = 100, α = 1.1: A_α − 1 ≈ 1e-17 is below the series' rounding, so the
+        // value comes from the bound (α − 1)·ε(2) — never 0, never below the truth.
+        let (q, s, a) = (1e-6, 100.0, 1.1);
+        let v = rdp_poisson_gaussian(q, s, a).unwrap();
+        let at2 = rdp_poisson_gaussian(q, s, 2.0).unwrap();
+        assert!(v > 0.0 && v <= at2 * (1.0 + 1e-12), "{v} {at2}");
+    }
+
+    #[test]
     fn small_q_asymptotics() {
         // For q → 0, A_α − 1 ≈ C(α,2) q² (e^{1/σ²} − 1) at integer orders.
         let (q, s) = (1e-6f64, 1.0f64);
@@ -259,6 +290,17 @@ mod tests {
         assert!(check_orders(&[1.0]).is_err());
         assert!(check_orders(&[f64::NAN]).is_err());
         assert!(check_orders(&[2.0, 1e9]).is_err());
+        // Orders too close to 1 for the series (the issue's 1 + 1e-14, and 1 + 1e-6).
+        for a in [1.0 + 1e-14, 1.0 + 1e-6, 1.0 + 0.999e-3] {
+            assert!(
+                matches!(
+                    rdp_poisson_gaussian(0.01, 1.0, a),
+                    Err(AccountingError::InvalidOrders(_))
+                ),
+                "{a}"
+            );
+        }
+        assert!(check_orders(&[1.0 + MIN_ORDER_GAP]).is_ok());
         assert!(rdp_poisson_gaussian(0.1, 1.0, 0.5).is_err());
     }
 }

@@ -2,7 +2,9 @@
 //! published numbers, and closed forms.
 
 use dp_accounting::special::analytic_gaussian_delta;
-use dp_accounting::{Accountant, Conversion, DpEvent, PrvAccountant, RdpAccountant};
+use dp_accounting::{
+    Accountant, AccountingError, Conversion, DpEvent, PrvAccountant, RdpAccountant,
+};
 
 fn rdp(q: f64, s: f64, t: u64, conv: Conversion) -> RdpAccountant {
     let mut a = RdpAccountant::new().with_conversion(conv);
@@ -175,17 +177,37 @@ fn prv_esipova_heterogeneous_below_rdp() {
 }
 
 #[test]
-fn orders_close_to_one_do_not_yield_zero() {
-    // tensorflow/privacy#166: an order of 1 + 1e-8 made ε = 0. Here it just never wins.
+fn orders_close_to_one_are_refused_not_turned_into_zero() {
+    // tensorflow/privacy#166: an order of 1 + 1e-8 made ε = 0. Here, with the default grid
+    // plus 1 + 1e-14 (q = 0.01, σ = 1, 1,000 steps), the series rounded ln A_α to 0 and the
+    // KL shortcut reported ε = 0.0 instead of 2.10. Such orders are now refused by name.
     let e = DpEvent::poisson_gaussian(0.01, 1.0).unwrap().repeated(1000);
-    let mut near_one =
-        RdpAccountant::new().with_orders(vec![1.0 + 1e-8, 2.0, 4.0, 8.0, 16.0, 32.0]);
+    for near in [1.0 + 1e-8, 1.0 + 1e-14] {
+        let mut orders = dp_accounting::rdp::default_orders();
+        orders.push(near);
+        let mut acc = RdpAccountant::new().with_orders(orders);
+        assert!(
+            matches!(acc.compose(&e), Err(AccountingError::InvalidOrders(_))),
+            "{near}"
+        );
+        assert!(matches!(
+            acc.epsilon(1e-5),
+            Err(AccountingError::InvalidOrders(_))
+        ));
+    }
+    // The smallest accepted order is harmless: it never wins.
+    let mut orders = dp_accounting::rdp::default_orders();
+    orders.push(1.0 + dp_accounting::rdp::MIN_ORDER_GAP);
+    let mut near_one = RdpAccountant::new().with_orders(orders);
     near_one.compose(&e).unwrap();
-    let mut plain = RdpAccountant::new().with_orders(vec![2.0, 4.0, 8.0, 16.0, 32.0]);
+    let mut plain = RdpAccountant::new();
     plain.compose(&e).unwrap();
     let (a, b) = (
         near_one.epsilon(1e-5).unwrap(),
         plain.epsilon(1e-5).unwrap(),
     );
-    assert!(a > 0.5 && (a - b).abs() < 1e-12, "{a} vs {b}");
+    assert!(
+        (a - 2.10).abs() < 0.01 && (a - b).abs() < 1e-12,
+        "{a} vs {b}"
+    );
 }

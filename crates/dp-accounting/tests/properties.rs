@@ -209,3 +209,47 @@ fn grid_edge_warning() {
     let r = acc.epsilon_with_order(1e-3).unwrap();
     assert!(r.epsilon == 0.0 && !r.on_grid_edge, "{r:?}");
 }
+
+/// A dense reference grid: 1.01, 1.02, …, 11 and every integer to 256.
+fn fine_orders() -> Vec<f64> {
+    let mut v: Vec<f64> = (1..=1000).map(|k| 1.0 + k as f64 / 100.0).collect();
+    v.extend((12..=256).map(|k| k as f64));
+    v
+}
+
+fn rdp_epsilon_on(orders: Vec<f64>, q: f64, s: f64, t: u64, d: f64) -> f64 {
+    let mut acc = RdpAccountant::new().with_orders(orders);
+    acc.compose(&DpEvent::poisson_gaussian(q, s).unwrap().repeated(t))
+        .unwrap();
+    acc.epsilon(d).unwrap()
+}
+
+/// Any order the accountant accepts: near 1 (down to 1 + MIN_ORDER_GAP) or anywhere above.
+fn valid_order() -> impl Strategy<Value = f64> {
+    prop_oneof![
+        log_uniform(dp_accounting::rdp::MIN_ORDER_GAP, 0.1).prop_map(|h| 1.0 + h),
+        1.1f64..100.0,
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Adding an accepted order to the default grid can only tighten ε by what that order
+    /// truly gives: never above the default grid's ε, and never below the ε of a much denser
+    /// grid (so never the spurious 0 of an order whose arithmetic failed).
+    #[test]
+    fn adding_a_valid_order_never_lowers_epsilon_spuriously(
+        a in valid_order(), q in log_uniform(1e-6, 1.0), s in log_uniform(0.5, 20.0),
+        t in 1u64..1_000_000, d in delta_strategy(),
+    ) {
+        let base = rdp_epsilon_on(dp_accounting::rdp::default_orders(), q, s, t, d);
+        let mut with = dp_accounting::rdp::default_orders();
+        with.push(a);
+        let got = rdp_epsilon_on(with, q, s, t, d);
+        let reference = rdp_epsilon_on(fine_orders(), q, s, t, d);
+        prop_assert!(got <= base * (1.0 + 1e-12) + 1e-12, "{got} > {base}");
+        prop_assert!(got >= reference * (1.0 - 1e-3) - 1e-9,
+            "α = {a}: {got} < dense-grid {reference} (default {base})");
+    }
+}

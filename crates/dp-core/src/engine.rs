@@ -15,6 +15,14 @@ use std::collections::HashMap;
 pub enum NonFinitePolicy {
     /// Refuse the step with [`CoreError::NonFiniteGradient`] (default): nothing poisoned is
     /// released, and the caller learns which examples misbehaved.
+    ///
+    /// **Privacy meaning.** Whether a step aborts depends on the private data (one example's
+    /// gradient), so the abort itself — and the error naming the examples — is a
+    /// data-dependent release that the accountant does not cover: the ε of the run describes
+    /// the steps that ran, not the fact that the run stopped where it did or the positions
+    /// the error reports. Treat an aborted run as a debugging event on trusted data, not as a
+    /// private release; for training on data that may hold such examples, use
+    /// [`NonFinitePolicy::ZeroOut`], whose output distribution the accounting covers.
     #[default]
     Error,
     /// Give those examples weight 0 (JAX Privacy's `nan_safe`): the step proceeds with

@@ -35,6 +35,14 @@ pub enum CoreError {
     /// A noise standard deviation or multiplier that is not finite and ≥ 0 (or > 0 where required).
     #[error("invalid noise parameter {0}: it must be finite and > 0")]
     InvalidNoise(f64),
+    /// A class label that the model's output has no logit for.
+    #[error("label {label} is outside 0..{classes} (the model outputs {classes} logits)")]
+    InvalidLabel {
+        /// The largest offending label.
+        label: u64,
+        /// The number of logits (classes the model can predict).
+        classes: usize,
+    },
     /// A hyper-parameter outside its valid range.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

@@ -1,6 +1,6 @@
 //! Per-example losses with hand-written gradients.
 
-use crate::error::{shape_err, Result};
+use crate::error::{shape_err, CoreError, Result};
 use candle_core::{DType, Tensor, D};
 
 /// A loss that returns each example's value and the gradient of their **sum** with
@@ -12,6 +12,14 @@ pub trait Loss {
     /// Per-example losses `[B]` only.
     fn loss(&self, output: &Tensor, targets: &Tensor) -> Result<Tensor> {
         Ok(self.loss_and_grad(output, targets)?.0)
+    }
+    /// The model output width this loss needs for a dataset of `num_classes` classes, if it
+    /// fixes one (cross-entropy: one logit per class). Trainers check it when they are built,
+    /// so a model of the wrong width fails at once instead of training silently (or failing
+    /// at the first label beyond its width). `None` (the default): no constraint.
+    fn output_width(&self, num_classes: usize) -> Option<usize> {
+        let _ = num_classes;
+        None
     }
 }
 
@@ -41,6 +49,17 @@ impl Loss for CrossEntropy {
             ));
         }
         let targets = targets.to_dtype(DType::U32)?;
+        // A label ≥ K would make `gather` fail with an opaque index error (or, on some
+        // backends, read out of bounds): refuse it by name.
+        if b > 0 {
+            let top = targets.max(0)?.to_scalar::<u32>()?;
+            if top as usize >= k {
+                return Err(CoreError::InvalidLabel {
+                    label: top as u64,
+                    classes: k,
+                });
+            }
+        }
         let max = logits.max_keepdim(D::Minus1)?;
         let z = logits.broadcast_sub(&max)?;
         let e = z.exp()?;
@@ -54,6 +73,9 @@ impl Loss for CrossEntropy {
             .broadcast_eq(&targets.unsqueeze(1)?)?
             .to_dtype(logits.dtype())?;
         Ok((loss, (p - onehot)?))
+    }
+    fn output_width(&self, num_classes: usize) -> Option<usize> {
+        Some(num_classes)
     }
 }
 
@@ -104,4 +126,28 @@ pub fn accuracy(logits: &Tensor, targets: &Tensor) -> Result<f64> {
         .sum_all()?
         .to_scalar::<f32>()?;
     Ok(correct as f64 / b as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn cross_entropy_refuses_a_label_beyond_the_logits() {
+        let logits = Tensor::new(&[[0f32, 0., 1.], [1., 2., 3.]], &Device::Cpu).unwrap();
+        for (labels, bad) in [([0u32, 3], 3u64), ([7, 1], 7)] {
+            let y = Tensor::new(&labels, &Device::Cpu).unwrap();
+            match CrossEntropy.loss_and_grad(&logits, &y) {
+                Err(CoreError::InvalidLabel { label, classes }) => {
+                    assert_eq!((label, classes), (bad, 3))
+                }
+                other => panic!("{labels:?}: {other:?}"),
+            }
+        }
+        let ok = Tensor::new(&[2u32, 0], &Device::Cpu).unwrap();
+        assert!(CrossEntropy.loss_and_grad(&logits, &ok).is_ok());
+        assert_eq!(CrossEntropy.output_width(10), Some(10));
+        assert_eq!(HalfSquaredError.output_width(10), None);
+    }
 }

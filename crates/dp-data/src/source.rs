@@ -6,11 +6,13 @@
 //!    there this is an error, never a silent fallback;
 //! 2. the environment variable [`DATA_ENV_VAR`] (`DP_LAB_DATA`), a root directory that
 //!    holds one sub-directory per dataset (`$DP_LAB_DATA/mnist`, `.../fashion-mnist`,
-//!    `.../cifar-10-batches-bin` or `.../cifar-10`);
+//!    `.../cifar-10-batches-bin` or `.../cifar-10`); a value naming a directory that does
+//!    not exist is an error;
 //! 3. the standard system location `/usr/share/datasets/<name>/` (where e.g. the Debian
 //!    package `dataset-fashion-mnist` installs FashionMNIST);
-//! 4. the bundled default — only for MNIST: the 5,000-digit subset compiled into the
-//!    library ([`crate::load_bundled_mnist`]); reported as
+//! 4. the bundled default — only for MNIST, and only when neither 1 nor 2 was given (a
+//!    user who named a data root asked for real data, so not finding it is an error): the
+//!    5,000-digit subset compiled into the library ([`crate::load_bundled_mnist`]); reported as
 //!    [`DataSource::BundledFallback`] so the trainer can print that it is *not* full MNIST.
 //!
 //! For 1 and 2 a directory may hold the files directly or in the dataset's sub-directory.
@@ -208,8 +210,19 @@ pub fn resolve_with(
             }),
         };
     }
+    // A root the user named through the environment (an empty value counts as unset) rules
+    // out the silent fallback to the 4,000 bundled digits: the user asked for real data. A
+    // root that does not exist is an error at once; a root without this dataset is
+    // searched past (the system location may have it), but never falls back to the bundle.
+    let env_dir = env_dir.filter(|d| !d.as_os_str().is_empty());
     let mut searched = Vec::new();
     if let Some(env_dir) = env_dir {
+        if !env_dir.is_dir() {
+            return Err(DataError::NotFound {
+                name: format!("{name} (${DATA_ENV_VAR} names a directory that does not exist)"),
+                searched: vec![env_dir.to_path_buf()],
+            });
+        }
         if let Some(d) = name.locate_under(env_dir) {
             return Ok(DataSource::EnvVar(d));
         }
@@ -223,7 +236,7 @@ pub fn resolve_with(
         }
         searched.push(d);
     }
-    if name == DatasetName::Mnist {
+    if name == DatasetName::Mnist && env_dir.is_none() {
         return Ok(DataSource::BundledFallback { searched });
     }
     Err(DataError::NotFound {

@@ -88,6 +88,12 @@ impl Normalize {
                 "Normalize std {s} must be positive and finite"
             )));
         }
+        // A NaN or infinite mean would silently turn every feature into NaN/∞.
+        if let Some(m) = self.mean.iter().find(|m| !m.is_finite()) {
+            return Err(DataError::InvalidArgument(format!(
+                "Normalize mean {m} must be finite"
+            )));
+        }
         let example_len: usize = example_shape.iter().product();
         let channels = example_shape.first().copied().unwrap_or(1).max(1);
         if self.mean.len() != 1 && self.mean.len() != channels {

@@ -481,7 +481,22 @@ fn source_resolution_order() {
         matches!(e, DataError::NotFound { .. }) && e.to_string().contains("nope"),
         "{e}"
     );
-    // MNIST falls back to the bundled subset, and says so.
+    // A data root named through DP_LAB_DATA rules out the bundled fallback: a root that
+    // does not exist is an error naming it, and so is a root (and system location) without
+    // MNIST.
+    let e = r(Mnist, None, Some(&root.join("typo"))).unwrap_err();
+    assert!(
+        matches!(e, DataError::NotFound { .. }) && e.to_string().contains("typo"),
+        "{e}"
+    );
+    let e = r(Mnist, None, Some(&system)).unwrap_err();
+    assert!(matches!(e, DataError::NotFound { .. }), "{e}");
+    // An empty value counts as unset.
+    assert!(matches!(
+        r(Mnist, None, Some(Path::new(""))).unwrap(),
+        DataSource::BundledFallback { .. }
+    ));
+    // With nothing specified, MNIST falls back to the bundled subset, and says so.
     let src = r(Mnist, None, None).unwrap();
     assert!(matches!(src, DataSource::BundledFallback { .. }));
     assert!(src.to_string().contains("NOT found"), "{src}");

@@ -5,13 +5,59 @@ use dp_accounting::AccountantKind;
 use dp_core::{GradMode, NonFinitePolicy};
 use serde::{Deserialize, Serialize};
 
+/// Epochs to train, for [`TrainerConfig::new`]: a named type, so that the epochs and the
+/// batch size cannot be swapped without a compile error (a swap once planned 170,667 steps
+/// without a word).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Epochs(pub f64);
+
+/// Expected logical batch size `B = q·N`, for [`TrainerConfig::new`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatchSize(pub f64);
+
+/// Target δ, for [`TrainerConfig::new`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Delta(pub f64);
+
+/// Something legal but probably not meant, found by [`TrainerConfig::warnings`]. Library
+/// code does not print; callers (the examples) show these to the user.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ConfigWarning {
+    /// δ ≥ 1/N: a mechanism that publishes one random example in full is (0, 1/N)-DP, so such
+    /// a δ permits that. The usual choice is δ well below 1/N.
+    DeltaNotBelowOneOverN {
+        /// The configured δ.
+        delta: f64,
+        /// The training set's size.
+        dataset_len: usize,
+    },
+}
+
+impl std::fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigWarning::DeltaNotBelowOneOverN { delta, dataset_len } => write!(
+                f,
+                "δ = {delta} is not below 1/N = {} (N = {dataset_len}): such a δ allows \
+                 publishing a random example in full; choose δ ≪ 1/N",
+                1.0 / *dataset_len as f64
+            ),
+        }
+    }
+}
+
 /// How a run is configured (serialisable, stored in checkpoints).
 ///
 /// ```
-/// use dp_optim::TrainerConfig;
-/// let cfg = TrainerConfig::new(10.0, 256.0, 1e-5).with_budget(3.0).calibrate_noise_from_budget();
+/// use dp_optim::{BatchSize, Delta, Epochs, TrainerConfig};
+/// let cfg = TrainerConfig::new(Epochs(10.0), BatchSize(256.0), Delta(1e-5))
+///     .with_budget(3.0)
+///     .calibrate_noise_from_budget();
 /// assert_eq!(cfg.target_epsilon, Some(3.0));
 /// assert!(cfg.calibrate_noise);
+/// assert!(cfg.warnings(60_000).is_empty());
+/// assert_eq!(cfg.warnings(50_000).len(), 0);
+/// assert_eq!(TrainerConfig::new(Epochs(1.0), BatchSize(64.0), Delta(1e-3)).warnings(4_000).len(), 1);
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainerConfig {
@@ -64,7 +110,13 @@ pub struct TrainerConfig {
 
 impl TrainerConfig {
     /// `epochs` of Poisson-sampled batches of expected size `expected_batch_size`, at `δ`.
-    pub fn new(epochs: f64, expected_batch_size: f64, delta: f64) -> Self {
+    /// The values are checked when the trainer is built; see also
+    /// [`TrainerConfig::warnings`].
+    pub fn new(
+        Epochs(epochs): Epochs,
+        BatchSize(expected_batch_size): BatchSize,
+        Delta(delta): Delta,
+    ) -> Self {
         Self {
             epochs,
             expected_batch_size,
@@ -83,6 +135,19 @@ impl TrainerConfig {
             rescale_by_clip_norm: false,
             augmentation: None,
         }
+    }
+    /// Legal settings that are probably mistakes, for a training set of `dataset_len`
+    /// examples (also available as [`crate::PrivateTrainer::warnings`]). Empty when nothing
+    /// looks wrong.
+    pub fn warnings(&self, dataset_len: usize) -> Vec<ConfigWarning> {
+        let mut w = Vec::new();
+        if dataset_len > 0 && self.delta * dataset_len as f64 >= 1.0 {
+            w.push(ConfigWarning::DeltaNotBelowOneOverN {
+                delta: self.delta,
+                dataset_len,
+            });
+        }
+        w
     }
     /// Augment each sampled example `k` times (random crop/flip per `aug`) and clip the
     /// mean of its `k` gradients (De et al. 2022).

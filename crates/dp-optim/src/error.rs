@@ -20,6 +20,45 @@ pub enum TrainError {
     /// A configuration that cannot be trained privately.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
+    /// An expected batch size larger than the training set (the sampling rate would exceed 1).
+    #[error(
+        "expected batch size {batch_size} is larger than the training set ({dataset_len} \
+         examples): the sampling rate q = B/N would be {}",
+        .batch_size / *.dataset_len as f64
+    )]
+    BatchLargerThanDataset {
+        /// The configured expected batch size.
+        batch_size: f64,
+        /// The training set's size.
+        dataset_len: usize,
+    },
+    /// A learning rate that is not a finite positive number.
+    #[error("learning rate {0} must be finite and > 0")]
+    InvalidLearningRate(f64),
+    /// The model's output width is not what the loss needs for the dataset's classes.
+    #[error(
+        "the model outputs {width} values per example, but the loss needs {expected} for a \
+         dataset of {classes} classes"
+    )]
+    OutputWidth {
+        /// The model's output width (last dimension of its output for one example).
+        width: usize,
+        /// The width the loss needs.
+        expected: usize,
+        /// The dataset's number of classes.
+        classes: usize,
+    },
+    /// Examples whose features are NaN or infinite, by their index in the dataset.
+    #[error(
+        "non-finite feature values in {} example(s) of the {set} set (dataset indices: {:?})",
+        .indices.len(), &.indices[..indices.len().min(16)]
+    )]
+    NonFiniteExamples {
+        /// Which set ("training" or "evaluation").
+        set: String,
+        /// Their indices in that dataset.
+        indices: Vec<usize>,
+    },
     /// A sampler whose scheme the accountant's events do not describe.
     #[error("sampling does not match the accounting: {0}")]
     SamplingMismatch(String),

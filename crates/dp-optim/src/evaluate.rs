@@ -34,6 +34,11 @@ pub(crate) fn rows_to_tensors(
 
 /// Mean cross-entropy and accuracy of `model` on `data`, in chunks of `batch`.
 ///
+/// An example with a NaN or infinite feature is refused with
+/// [`TrainError::NonFiniteExamples`] naming its index (ReLU would map NaN to 0 and report a
+/// finite accuracy for data that is broken). If the model's outputs are non-finite (a
+/// diverged model), the accuracy is NaN rather than the arg-max of NaNs.
+///
 /// ```
 /// let data = dp_data::load_bundled_mnist().unwrap();
 /// let mut m = dp_core::models::mlp(&[784, 8, 10], &candle_core::Device::Cpu, 0).unwrap();
@@ -71,9 +76,23 @@ pub fn evaluate_with<M: Model + ?Sized>(
     let batch = batch.max(1);
     let (mut loss, mut correct) = (0.0, 0.0);
     let idx: Vec<usize> = (0..n).collect();
+    let bad = crate::trainer::non_finite_examples(data, &idx);
+    if !bad.is_empty() {
+        return Err(TrainError::NonFiniteExamples {
+            set: "evaluation".into(),
+            indices: bad,
+        });
+    }
+    let mut finite_outputs = true;
     for chunk in idx.chunks(batch) {
         let (x, y) = batch_tensors(data, chunk, device)?;
         let logits = model.forward(&x, false)?;
+        finite_outputs &= logits
+            .to_dtype(candle_core::DType::F64)?
+            .abs()?
+            .sum_all()?
+            .to_scalar::<f64>()?
+            .is_finite();
         loss += loss_fn
             .loss(&logits, &y)?
             .to_dtype(candle_core::DType::F64)?
@@ -81,5 +100,10 @@ pub fn evaluate_with<M: Model + ?Sized>(
             .to_scalar::<f64>()?;
         correct += dp_core::accuracy(&logits, &y)? * chunk.len() as f64;
     }
-    Ok((loss / n as f64, correct / n as f64))
+    let accuracy = if finite_outputs {
+        correct / n as f64
+    } else {
+        f64::NAN
+    };
+    Ok((loss / n as f64, accuracy))
 }

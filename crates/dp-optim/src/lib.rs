@@ -24,10 +24,10 @@
 //! On the CPU, call `dp_core::configure_cpu_threads()` at the start of `main` (see there).
 //!
 //! ```
-//! use dp_optim::{AdaptiveQuantileClip, PrivateTrainer, Sgd, TrainerConfig};
+//! use dp_optim::{AdaptiveQuantileClip, BatchSize, Delta, Epochs, PrivateTrainer, Sgd, TrainerConfig};
 //! let data = dp_data::load_bundled_mnist().unwrap();
 //! let model = dp_core::models::mlp(&[784, 16, 10], &candle_core::Device::Cpu, 0).unwrap();
-//! let cfg = TrainerConfig::new(0.1, 100.0, 1e-5).with_budget(3.0).calibrate_noise_from_budget().with_seed(0);
+//! let cfg = TrainerConfig::new(Epochs(0.1), BatchSize(100.0), Delta(1e-5)).with_budget(3.0).calibrate_noise_from_budget().with_seed(0);
 //! let method = AdaptiveQuantileClip::new(1.0, 100.0).unwrap(); // σ replaced by calibration
 //! let mut t = PrivateTrainer::new(model, Box::new(Sgd::new(0.5)), Box::new(method), cfg, &data.train).unwrap();
 //! let report = t.train(&data.train, Some(&data.test)).unwrap();
@@ -48,7 +48,8 @@ mod step;
 mod tensor_state;
 mod trainer;
 
-pub use config::TrainerConfig;
+pub use checkpoint::checkpoint_step;
+pub use config::{BatchSize, ConfigWarning, Delta, Epochs, TrainerConfig};
 /// The accountant a trainer uses, chosen at run time (from dp-accounting).
 pub use dp_accounting::AnyAccountant;
 pub use error::{Result, TrainError};
@@ -58,7 +59,7 @@ pub use methods::{
 };
 pub use optim::{Adam, AdamBc, BaseOptimizer, OptimizerState, Sgd};
 pub use plan::{PerExampleObjective, PlanContext, Regime, StatisticQuery, StepOutcome, StepPlan};
-pub use records::{EpochRecord, Guarantee, StepRecord, StopReason, TrainReport};
+pub use records::{EpochRecord, Guarantee, PrivacyReport, StepRecord, StopReason, TrainReport};
 pub use step::{take_step, StepEnv, StepResult};
 pub use tensor_state::TensorState;
 pub use trainer::{BoxedLoss, BoxedSampler, PrivateTrainer, TrainerBuilder};

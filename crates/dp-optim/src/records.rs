@@ -87,8 +87,15 @@ pub(crate) mod maybe_inf {
     }
 }
 
-/// What one step did (analysis values are computed from private data and are **not**
-/// differentially private: log them, never feed them back).
+/// What one step did.
+///
+/// **Not a release artefact.** The fields marked NON-PRIVATE (loss, realised batch size,
+/// fraction clipped, median norm) are computed from the private batch without noise: they
+/// are not covered by ε, and their JSON names start with `non_private_` so that a file
+/// holding them says so. Researchers need them; keep them with the checkpoint, never publish
+/// them, never feed them back into training. The other fields are public (the configuration,
+/// ε) or noisy releases (`statistics`, and a clip norm derived from them). What to publish
+/// is [`PrivacyReport`] and the model ([`crate::PrivateTrainer::save_release`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepRecord {
     /// 1-based step number.
@@ -101,18 +108,24 @@ pub struct StepRecord {
     pub epsilon: Option<f64>,
     /// What ε certifies.
     pub guarantee: Guarantee,
-    /// Mean loss over the realised batch (analysis only).
+    /// NON-PRIVATE: mean loss over the realised batch (analysis only).
+    #[serde(rename = "non_private_loss", alias = "loss")]
     pub loss: f64,
     /// The clip bound (the strategy's threshold) used by this step.
     pub clip_norm: f64,
     /// L2 sensitivity of the gradient sum (∞ when the regime does not clip).
     #[serde(with = "maybe_inf")]
     pub sensitivity: f64,
-    /// Fraction of examples whose norm exceeded the bound (analysis only).
+    /// NON-PRIVATE: fraction of examples whose norm exceeded the bound (analysis only).
+    #[serde(rename = "non_private_fraction_clipped", alias = "fraction_clipped")]
     pub fraction_clipped: f64,
-    /// Realised batch size (analysis only).
+    /// NON-PRIVATE: realised batch size (analysis only; under Poisson sampling the size
+    /// itself reveals membership information).
+    #[serde(rename = "non_private_batch_size", alias = "batch_size")]
     pub batch_size: usize,
-    /// Median per-example gradient norm (analysis only; `None` when no norms were taken).
+    /// NON-PRIVATE: median per-example gradient norm (analysis only; `None` when no norms
+    /// were taken).
+    #[serde(rename = "non_private_median_norm", alias = "median_norm")]
     pub median_norm: Option<f64>,
     /// Std of the noise added to the gradient sum (`σ·S`; 0 without noise).
     pub noise_std: f64,
@@ -174,4 +187,33 @@ pub struct TrainReport {
     pub stop: StopReason,
     /// Wall-clock seconds of this call.
     pub seconds: f64,
+}
+
+/// What a run may publish besides the model: its privacy guarantee and the public settings
+/// that produced it — nothing computed from the training data without noise (no losses,
+/// batch sizes, clip fractions or norms; see [`StepRecord`]). Written by
+/// [`crate::PrivateTrainer::save_release`] as `privacy_report.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrivacyReport {
+    /// ε spent (∞ when the run is not DP).
+    #[serde(with = "maybe_inf")]
+    pub epsilon: f64,
+    /// δ.
+    pub delta: f64,
+    /// What ε certifies.
+    pub guarantee: Guarantee,
+    /// The accountant that computed ε.
+    pub accountant: dp_accounting::AccountantKind,
+    /// Steps taken.
+    pub steps: u64,
+    /// Sampling rate `q = B/N`.
+    pub sampling_rate: f64,
+    /// Expected batch size `B` (public).
+    pub expected_batch_size: f64,
+    /// The budgeted noise multiplier of the method.
+    pub noise_multiplier: f64,
+    /// The privacy method's name.
+    pub method: String,
+    /// The budget the run was held to, if any.
+    pub target_epsilon: Option<f64>,
 }

@@ -78,6 +78,13 @@ pub fn take_step<M: Model>(
     optimizer: &mut dyn BaseOptimizer,
 ) -> Result<StepResult> {
     plan.validate()?;
+    // Checked before anything is computed: a NaN learning rate set by a schedule would
+    // otherwise surface a step later as a "non-finite gradient". A rate of 0 is allowed
+    // here (a step that only measures the gradient); the trainer refuses it when built.
+    let lr = optimizer.learning_rate();
+    if !(lr.is_finite() && lr >= 0.0) {
+        return Err(TrainError::InvalidLearningRate(lr));
+    }
     let regime = env.regime;
     if let Some(why) = &plan.not_dp {
         if regime != Regime::DataDependentNoise {

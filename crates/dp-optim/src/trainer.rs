@@ -2,7 +2,7 @@
 //! with a budget that is never exceeded.
 
 use crate::accounting::SampleAccounting;
-use crate::config::TrainerConfig;
+use crate::config::{ConfigWarning, TrainerConfig};
 use crate::error::{Result, TrainError};
 use crate::evaluate::{evaluate_with, rows_to_tensors};
 use crate::methods::PrivacyMethod;
@@ -29,10 +29,10 @@ pub type BoxedSampler = Box<dyn BatchSampler + Send>;
 /// (cross-entropy; Poisson sampling at `q = B/N`).
 ///
 /// ```
-/// use dp_optim::{FixedClip, PrivateTrainer, Sgd, TrainerConfig};
+/// use dp_optim::{BatchSize, Delta, Epochs, FixedClip, PrivateTrainer, Sgd, TrainerConfig};
 /// let data = dp_data::load_bundled_mnist().unwrap();
 /// let model = || dp_core::models::mlp(&[784, 8, 10], &candle_core::Device::Cpu, 0).unwrap();
-/// let cfg = TrainerConfig::new(0.05, 64.0, 1e-5).with_seed(1);
+/// let cfg = TrainerConfig::new(Epochs(0.05), BatchSize(64.0), Delta(1e-5)).with_seed(1);
 /// let shuffled = dp_data::ShuffledSampler::new(data.train.len(), 64, Some(1)).unwrap();
 /// let method = Box::new(FixedClip::new(1.0, 1.0).unwrap());
 /// // A shuffled sampler is not what the accountant assumes: refused without the opt-in.
@@ -74,11 +74,11 @@ impl<M: Model> TrainerBuilder<M> {
 /// A private training run over a dp-core model.
 ///
 /// ```
-/// use dp_optim::{FixedClip, PrivateTrainer, Sgd, TrainerConfig};
+/// use dp_optim::{BatchSize, Delta, Epochs, FixedClip, PrivateTrainer, Sgd, TrainerConfig};
 /// use dp_core::models;
 /// let data = dp_data::load_bundled_mnist().unwrap();
 /// let model = models::mlp(&[784, 16, 10], &candle_core::Device::Cpu, 0).unwrap();
-/// let cfg = TrainerConfig::new(0.05, 64.0, 1e-5).with_seed(1);
+/// let cfg = TrainerConfig::new(Epochs(0.05), BatchSize(64.0), Delta(1e-5)).with_seed(1);
 /// let mut t = PrivateTrainer::new(model, Box::new(Sgd::new(0.5)), Box::new(FixedClip::new(1.0, 1.0).unwrap()), cfg, &data.train).unwrap();
 /// let report = t.train(&data.train, None).unwrap();
 /// assert_eq!(report.steps, 4); // ⌈0.05 / (64/4000)⌉
@@ -101,6 +101,7 @@ pub struct PrivateTrainer<M: Model> {
     epochs: Vec<EpochRecord>,
     stop_reason: Option<StopReason>,
     augment_rng: rand_chacha::ChaCha20Rng,
+    warnings: Vec<ConfigWarning>,
 }
 
 pub(crate) fn noise_seed(seed: u64) -> u64 {
@@ -114,6 +115,47 @@ pub(crate) fn augment_rng(seed: Option<u64>) -> rand_chacha::ChaCha20Rng {
         Some(s) => rand_chacha::ChaCha20Rng::seed_from_u64(s ^ 0xA5A5_5A5A_C3C3_3C3C),
         None => rand_chacha::ChaCha20Rng::from_entropy(),
     }
+}
+
+/// The indices (into `data`) among `indices` of examples with a NaN or infinite feature.
+pub(crate) fn non_finite_examples(data: &Dataset, indices: &[usize]) -> Vec<usize> {
+    let mut bad: Vec<usize> = indices
+        .iter()
+        .copied()
+        .filter(|&i| {
+            data.example(i)
+                .is_some_and(|x| x.iter().any(|v| !v.is_finite()))
+        })
+        .collect();
+    bad.sort_unstable();
+    bad.dedup();
+    bad
+}
+
+/// Refuses a model whose output width differs from what `loss` needs for `train`'s classes
+/// (cross-entropy: one logit per class), by one forward pass of one example. Without it a
+/// too-narrow model fails at the first label beyond its width and a too-wide one trains
+/// silently.
+fn check_output_width<M: Model>(model: &mut M, loss: &dyn Loss, train: &Dataset) -> Result<()> {
+    let classes = train.num_classes();
+    let Some(expected) = loss.output_width(classes) else {
+        return Ok(());
+    };
+    let device = model
+        .param_tensors()
+        .first()
+        .map_or(Device::Cpu, |t| t.device().clone());
+    let (x, _) = crate::evaluate::batch_tensors(train, &[0], &device)?;
+    let out = model.forward(&x, false)?;
+    let width = out.dims().iter().skip(1).product::<usize>();
+    if out.dims().len() != 2 || width != expected {
+        return Err(TrainError::OutputWidth {
+            width,
+            expected,
+            classes,
+        });
+    }
+    Ok(())
 }
 
 /// Checks the parts of a configuration that do not depend on the data.
@@ -206,6 +248,17 @@ impl<M: Model> PrivateTrainer<M> {
             return Err(TrainError::InvalidConfig("empty training set".into()));
         }
         let budget = check_config(&config)?;
+        crate::optim::check_learning_rate(optimizer.learning_rate())?;
+        if config.expected_batch_size > n as f64 {
+            return Err(TrainError::BatchLargerThanDataset {
+                batch_size: config.expected_batch_size,
+                dataset_len: n,
+            });
+        }
+        let loss: BoxedLoss = loss.unwrap_or_else(|| Box::new(CrossEntropy));
+        let mut model = model;
+        check_output_width(&mut model, loss.as_ref(), train)?;
+        let warnings = config.warnings(n);
         let q = config.expected_batch_size / n as f64;
         let sampler: BoxedSampler = match sampler {
             Some(s) => {
@@ -267,7 +320,8 @@ impl<M: Model> PrivateTrainer<M> {
             optimizer,
             method,
             augment_rng: augment_rng(config.seed),
-            loss: loss.unwrap_or_else(|| Box::new(CrossEntropy)),
+            loss,
+            warnings,
             sampler,
             accounting,
             guard,
@@ -320,7 +374,9 @@ impl<M: Model> PrivateTrainer<M> {
             state.config.assume_poisson_accounting || !state.config.regime.is_private(),
         )?;
         let fallback_rng = augment_rng(state.config.seed);
+        let warnings = state.config.warnings(state.dataset_len);
         Ok(Self {
+            warnings,
             model,
             optimizer,
             method,
@@ -348,6 +404,11 @@ impl<M: Model> PrivateTrainer<M> {
         })
     }
 
+    /// Settings that are legal but probably mistakes (e.g. δ ≥ 1/N), found when the trainer
+    /// was built. The library prints nothing: show these to the user.
+    pub fn warnings(&self) -> &[ConfigWarning] {
+        &self.warnings
+    }
     /// The model being trained.
     pub fn model(&self) -> &M {
         &self.model
@@ -480,14 +541,30 @@ impl<M: Model> PrivateTrainer<M> {
                 rows_to_tensors(batch, data.example_shape(), device)
             },
         );
-        let result = take_step(
+        let result = match take_step(
             &mut self.model,
             &mut batches,
             &mut plan,
             &env,
             &mut self.noise,
             self.optimizer.as_mut(),
-        )?;
+        ) {
+            Ok(r) => r,
+            // The engine names positions in a physical batch; a user needs the dataset
+            // indices, and the usual cause is non-finite input data.
+            Err(TrainError::Core(dp_core::CoreError::NonFiniteGradient { examples })) => {
+                let bad = non_finite_examples(data, &indices);
+                return Err(if bad.is_empty() {
+                    TrainError::Core(dp_core::CoreError::NonFiniteGradient { examples })
+                } else {
+                    TrainError::NonFiniteExamples {
+                        set: "training".into(),
+                        indices: bad,
+                    }
+                });
+            }
+            Err(e) => return Err(e),
+        };
         if let Some(e) = &event {
             self.guard.record(e)?;
         }

@@ -4,7 +4,8 @@
 
 use candle_core::{Device, Tensor};
 use dp_accounting::{
-    combined_noise_multiplier, schedule_event, Accountant, AccountantKind, AnyAccountant, DpEvent,
+    combined_noise_multiplier, schedule_event, Accountant, AccountantKind, AccountingError,
+    AnyAccountant, DpEvent,
 };
 use dp_core::clipping::{
     AutoClip, ClipFactors, FlatClip, LayerSqNorms, PerExampleFactor, PerLayerClip,
@@ -14,9 +15,9 @@ use dp_core::{
     GaussianNoise, GradOptions, Loss, Model, Sequential,
 };
 use dp_optim::{
-    take_step, ClipWith, FixedClip, Guarantee, PerExampleObjective, PlanContext, PrivacyMethod,
-    PrivateTrainer, Regime, Sgd, StatisticQuery, StepEnv, StepOutcome, StepPlan, TrainError,
-    TrainerConfig,
+    take_step, BatchSize, ClipWith, Delta, Epochs, FixedClip, Guarantee, PerExampleObjective,
+    PlanContext, PrivacyMethod, PrivateTrainer, Regime, Sgd, StatisticQuery, StepEnv, StepOutcome,
+    StepPlan, TrainError, TrainerConfig,
 };
 
 fn data() -> dp_data::TrainTest {
@@ -90,7 +91,7 @@ fn every_clip_strategy_trains_with_noise_of_sigma_times_its_sensitivity() {
     for (name, make) in strategies() {
         let sens = make().unwrap().sensitivity();
         let method = ClipWith::new(name, sigma, make).unwrap();
-        let cfg = TrainerConfig::new(0.1, 100.0, 1e-5).with_seed(5);
+        let cfg = TrainerConfig::new(Epochs(0.1), BatchSize(100.0), Delta(1e-5)).with_seed(5);
         let mut t = PrivateTrainer::new(
             mlp(),
             Box::new(Sgd::new(0.1)),
@@ -180,7 +181,7 @@ fn removing_one_example_moves_every_strategys_sum_by_at_most_its_sensitivity() {
 
 fn regime_run(regime: Regime, seed: u64) -> (PrivateTrainer<Sequential>, dp_optim::TrainReport) {
     let d = data();
-    let cfg = TrainerConfig::new(0.1, 100.0, 1e-5)
+    let cfg = TrainerConfig::new(Epochs(0.1), BatchSize(100.0), Delta(1e-5))
         .with_seed(seed)
         .with_regime(regime);
     let mut t = PrivateTrainer::new(
@@ -344,7 +345,7 @@ fn a_shuffled_sampler_is_refused_unless_the_user_opts_in_and_then_every_record_s
         .sampler(dp_data::ShuffledSampler::new(n, 100, Some(2)).unwrap())
         .build(&d.train)
     };
-    let cfg = TrainerConfig::new(0.1, 100.0, 1e-5).with_seed(2);
+    let cfg = TrainerConfig::new(Epochs(0.1), BatchSize(100.0), Delta(1e-5)).with_seed(2);
     assert!(matches!(
         make(cfg.clone()),
         Err(TrainError::SamplingMismatch(_))
@@ -462,7 +463,7 @@ impl PrivacyMethod for WithCount {
 
 fn calibrated(method: Box<dyn PrivacyMethod>, kind: AccountantKind) -> PrivateTrainer<Sequential> {
     let d = data();
-    let cfg = TrainerConfig::new(2.0, 200.0, 1e-5)
+    let cfg = TrainerConfig::new(Epochs(2.0), BatchSize(200.0), Delta(1e-5))
         .with_budget(2.0)
         .calibrate_noise_from_budget()
         .with_accountant(kind)
@@ -543,7 +544,7 @@ fn the_prv_step_limit_is_capped_at_the_planned_steps() {
     // A budget that allows far more steps than the run needs: the guard's step-limit
     // search must stop at the plan instead of failing.
     let d = data();
-    let cfg = TrainerConfig::new(0.25, 100.0, 1e-5)
+    let cfg = TrainerConfig::new(Epochs(0.25), BatchSize(100.0), Delta(1e-5))
         .with_budget(30.0)
         .with_accountant(AccountantKind::Prv)
         .with_seed(3);
@@ -653,7 +654,7 @@ fn a_per_example_objective_replaces_the_gradient_and_cannot_change_the_sensitivi
 fn the_loss_is_a_parameter_of_the_trainer() {
     let d = data();
     let run = |twice: bool| {
-        let cfg = TrainerConfig::new(0.05, 100.0, 1e-5)
+        let cfg = TrainerConfig::new(Epochs(0.05), BatchSize(100.0), Delta(1e-5))
             .with_seed(6)
             .with_regime(Regime::NonPrivate);
         let b = PrivateTrainer::builder(
@@ -683,21 +684,34 @@ fn bad_budgets_and_budgets_on_non_private_runs_are_refused() {
             &d.train,
         )
     };
-    for eps in [f64::NAN, f64::INFINITY, 0.0, -1.0] {
-        assert!(
-            make(TrainerConfig::new(0.1, 100.0, 1e-5).with_budget(eps)).is_err(),
-            "ε = {eps}"
-        );
+    // A NaN or infinite budget would compare as "never exceeded" and switch the budget off;
+    // ε = 0 would plan a run of zero steps and report success. All are refused with the
+    // typed error, with and without calibration.
+    for eps in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 0.0, -0.0, -1.0] {
+        for calibrate in [false, true] {
+            let mut cfg =
+                TrainerConfig::new(Epochs(0.1), BatchSize(100.0), Delta(1e-5)).with_budget(eps);
+            if calibrate {
+                cfg = cfg.calibrate_noise_from_budget();
+            }
+            assert!(
+                matches!(
+                    make(cfg),
+                    Err(TrainError::Accounting(AccountingError::InvalidEpsilon(_)))
+                ),
+                "ε = {eps}, calibrate = {calibrate}"
+            );
+        }
     }
     assert!(make(
-        TrainerConfig::new(0.1, 100.0, 1e-5)
+        TrainerConfig::new(Epochs(0.1), BatchSize(100.0), Delta(1e-5))
             .with_budget(3.0)
             .with_regime(Regime::ClipOnly)
     )
     .is_err());
     // A noise-only run may calibrate its σ as a private run would.
     let t = make(
-        TrainerConfig::new(0.1, 100.0, 1e-5)
+        TrainerConfig::new(Epochs(0.1), BatchSize(100.0), Delta(1e-5))
             .with_budget(3.0)
             .calibrate_noise_from_budget()
             .with_regime(Regime::NoiseOnly),

@@ -5,8 +5,8 @@ use dp_accounting::{calibration::epsilon_for, AccountantKind};
 use dp_core::{models, GaussianNoise, Model};
 use dp_optim::methods::split_noise_multiplier;
 use dp_optim::{
-    AdaptiveQuantileClip, FixedClip, PlanContext, PrivacyMethod, PrivateTrainer, Sgd, StopReason,
-    TrainerConfig,
+    AdaptiveQuantileClip, BatchSize, Delta, Epochs, FixedClip, PlanContext, PrivacyMethod,
+    PrivateTrainer, Sgd, StopReason, TrainerConfig,
 };
 use rand::SeedableRng;
 use rand_distr::Distribution;
@@ -109,7 +109,7 @@ fn budget_is_never_exceeded_and_the_run_says_why_it_stopped() {
     let model = models::mlp(&[784, 8, 10], &Device::Cpu, 0).unwrap();
     let budget = 0.5;
     // σ = 0.7 with q = 0.025 for 40 epochs would spend far more than 0.5.
-    let cfg = TrainerConfig::new(40.0, 100.0, 1e-5)
+    let cfg = TrainerConfig::new(Epochs(40.0), BatchSize(100.0), Delta(1e-5))
         .with_budget(budget)
         .with_seed(1);
     let mut t = PrivateTrainer::new(
@@ -145,7 +145,7 @@ fn budget_is_never_exceeded_and_the_run_says_why_it_stopped() {
 fn calibrated_noise_spends_the_budget_and_epsilon_matches_dp_accounting() {
     let d = data();
     let model = models::mlp(&[784, 32, 10], &Device::Cpu, 2).unwrap();
-    let cfg = TrainerConfig::new(3.0, 128.0, 1e-5)
+    let cfg = TrainerConfig::new(Epochs(3.0), BatchSize(128.0), Delta(1e-5))
         .with_budget(4.0)
         .calibrate_noise_from_budget()
         .with_seed(2);
@@ -174,7 +174,7 @@ fn calibrated_noise_spends_the_budget_and_epsilon_matches_dp_accounting() {
 fn resume_continues_the_run_exactly() {
     let d = data();
     let build = || models::mlp(&[784, 16, 10], &Device::Cpu, 5).unwrap();
-    let cfg = TrainerConfig::new(0.5, 200.0, 1e-5).with_seed(9);
+    let cfg = TrainerConfig::new(Epochs(0.5), BatchSize(200.0), Delta(1e-5)).with_seed(9);
     let method = || Box::new(AdaptiveQuantileClip::new(1.0, 200.0).unwrap());
     let opt = || Box::new(Sgd::new(0.3).with_momentum(0.9));
 
@@ -213,7 +213,7 @@ fn physical_batches_do_not_change_the_result() {
     let d = data();
     let run = |cap: usize| {
         let model = models::mlp(&[784, 8, 10], &Device::Cpu, 7).unwrap();
-        let cfg = TrainerConfig::new(0.1, 100.0, 1e-5)
+        let cfg = TrainerConfig::new(Epochs(0.1), BatchSize(100.0), Delta(1e-5))
             .with_seed(3)
             .with_max_physical_batch(cap);
         let mut t = PrivateTrainer::new(
@@ -239,15 +239,16 @@ fn bad_configurations_are_refused() {
     let d = data();
     let m = || models::mlp(&[784, 4, 10], &Device::Cpu, 0).unwrap();
     let fixed = || Box::new(FixedClip::new(1.0, 1.0).unwrap());
-    let bad_delta = TrainerConfig::new(1.0, 100.0, 1.5);
+    let bad_delta = TrainerConfig::new(Epochs(1.0), BatchSize(100.0), Delta(1.5));
     assert!(
         PrivateTrainer::new(m(), Box::new(Sgd::new(0.1)), fixed(), bad_delta, &d.train).is_err()
     );
-    let no_budget = TrainerConfig::new(1.0, 100.0, 1e-5).calibrate_noise_from_budget();
+    let no_budget = TrainerConfig::new(Epochs(1.0), BatchSize(100.0), Delta(1e-5))
+        .calibrate_noise_from_budget();
     assert!(
         PrivateTrainer::new(m(), Box::new(Sgd::new(0.1)), fixed(), no_budget, &d.train).is_err()
     );
-    let q_too_big = TrainerConfig::new(1.0, 1e6, 1e-5);
+    let q_too_big = TrainerConfig::new(Epochs(1.0), BatchSize(1e6), Delta(1e-5));
     assert!(
         PrivateTrainer::new(m(), Box::new(Sgd::new(0.1)), fixed(), q_too_big, &d.train).is_err()
     );
@@ -263,7 +264,7 @@ fn augmentation_multiplicity_keeps_accounting_and_resumes_exactly() {
         flip: false,
         pad_value: 0.0,
     };
-    let cfg = TrainerConfig::new(0.2, 100.0, 1e-5)
+    let cfg = TrainerConfig::new(Epochs(0.2), BatchSize(100.0), Delta(1e-5))
         .with_seed(4)
         .with_augmentation_multiplicity(aug, 3);
     let build = || models::mnist_cnn(&Device::Cpu, 1).unwrap();

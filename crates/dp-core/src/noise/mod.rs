@@ -57,6 +57,14 @@ pub struct NoiseState {
 /// let mut b = GaussianNoise::seeded(7);
 /// assert_eq!(a.sample(5, 1.0), b.sample(5, 1.0));
 /// ```
+///
+/// It is deliberately not `Clone`: a clone would continue the same stream, and two copies
+/// add the same noise. Use [`GaussianNoise::duplicate_stream`] where that is really meant.
+///
+/// ```compile_fail
+/// let a = dp_core::GaussianNoise::seeded(1);
+/// let b = a.clone(); // refused: duplication must be explicit
+/// ```
 pub struct GaussianNoise {
     rng: ChaCha20Rng,
     pending: Option<Prefetch>,
@@ -76,16 +84,6 @@ impl std::fmt::Debug for GaussianNoise {
             .field("word_pos", &self.position())
             .field("prefetching", &self.pending.as_ref().map(|p| p.sizes.len()))
             .finish()
-    }
-}
-
-impl Clone for GaussianNoise {
-    /// A clone continues from the same point of the stream (a pending prefetch is not
-    /// shared: the clone will draw those values itself).
-    fn clone(&self) -> Self {
-        let mut rng = self.rng.clone();
-        rng.set_word_pos(self.position());
-        Self { rng, pending: None }
     }
 }
 
@@ -111,6 +109,25 @@ fn fill_normals(key: [u8; 32], n: usize, std: f32) -> Vec<f32> {
 }
 
 impl GaussianNoise {
+    /// A second generator at the same point of the stream: **both copies add identical
+    /// noise**. Adding the same noise twice (to two releases, or to one release from each
+    /// copy) lets anyone who sees both cancel it, so this is for tests and for reproducing a
+    /// draw, never for noising two releases. That is why `GaussianNoise` is not `Clone`: a
+    /// duplicate must be asked for by name. A pending prefetch is not shared (the duplicate
+    /// draws those values itself; they are the same values).
+    ///
+    /// ```
+    /// use dp_core::GaussianNoise;
+    /// let mut a = GaussianNoise::seeded(3);
+    /// let mut b = a.duplicate_stream();
+    /// assert_eq!(a.sample(4, 1.0), b.sample(4, 1.0)); // the same noise: never release both
+    /// ```
+    pub fn duplicate_stream(&self) -> Self {
+        let mut rng = self.rng.clone();
+        rng.set_word_pos(self.position());
+        Self { rng, pending: None }
+    }
+
     /// A stream seeded from the operating system's CSPRNG.
     pub fn from_entropy() -> Self {
         Self {

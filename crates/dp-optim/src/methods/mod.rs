@@ -36,7 +36,7 @@ use crate::plan::{PlanContext, StepOutcome, StepPlan};
 /// public schedule, so it needs no extra release).
 ///
 /// ```
-/// use dp_optim::{PlanContext, PrivacyMethod, PrivateTrainer, Sgd, StepOutcome, StepPlan, TrainerConfig};
+/// use dp_optim::{BatchSize, Delta, Epochs, PlanContext, PrivacyMethod, PrivateTrainer, Sgd, StepOutcome, StepPlan, TrainerConfig};
 /// use dp_core::clipping::FlatClip;
 ///
 /// struct HalvingClip { sigma: f64 }
@@ -57,7 +57,7 @@ use crate::plan::{PlanContext, StepOutcome, StepPlan};
 ///
 /// let data = dp_data::load_bundled_mnist().unwrap();
 /// let model = dp_core::models::mlp(&[784, 8, 10], &candle_core::Device::Cpu, 0).unwrap();
-/// let cfg = TrainerConfig::new(0.2, 100.0, 1e-5).with_seed(0);
+/// let cfg = TrainerConfig::new(Epochs(0.2), BatchSize(100.0), Delta(1e-5)).with_seed(0);
 /// let mut t = PrivateTrainer::new(model, Box::new(Sgd::new(0.1)), Box::new(HalvingClip { sigma: 1.0 }), cfg, &data.train).unwrap();
 /// let report = t.train(&data.train, None).unwrap();
 /// assert_eq!(report.steps, 8);

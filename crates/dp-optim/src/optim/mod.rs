@@ -20,6 +20,25 @@ use candle_core::{Device, Tensor};
 use dp_core::host::with_host_f32;
 use serde::{Deserialize, Serialize};
 
+/// Refuses a learning rate that is NaN, infinite, zero or negative with
+/// [`TrainError::InvalidLearningRate`]. Every optimiser the trainer or [`crate::take_step`]
+/// drives is checked with it, whatever its constructor accepted.
+///
+/// ```
+/// assert!(dp_optim::optim::check_learning_rate(0.1).is_ok());
+/// for bad in [f64::NAN, f64::INFINITY, 0.0, -0.1] {
+///     assert!(matches!(dp_optim::optim::check_learning_rate(bad),
+///         Err(dp_optim::TrainError::InvalidLearningRate(_))));
+/// }
+/// ```
+pub fn check_learning_rate(lr: f64) -> Result<()> {
+    if lr.is_finite() && lr > 0.0 {
+        Ok(())
+    } else {
+        Err(TrainError::InvalidLearningRate(lr))
+    }
+}
+
 /// Serialisable optimiser state (hyper-parameters, step count and buffers).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OptimizerState {

@@ -32,7 +32,20 @@ pub struct Sgd {
 }
 
 impl Sgd {
-    /// Plain SGD with learning rate `lr`.
+    /// Plain SGD with learning rate `lr`, checked: NaN, ±∞, 0 and negative rates are
+    /// refused with [`TrainError::InvalidLearningRate`](crate::TrainError::InvalidLearningRate).
+    ///
+    /// ```
+    /// assert!(dp_optim::Sgd::try_new(0.1).is_ok());
+    /// assert!(dp_optim::Sgd::try_new(f64::NAN).is_err());
+    /// ```
+    pub fn try_new(lr: f64) -> crate::Result<Self> {
+        super::check_learning_rate(lr)?;
+        Ok(Self::new(lr))
+    }
+    /// Plain SGD with learning rate `lr`. The rate is checked when the optimiser is used by
+    /// [`crate::PrivateTrainer`] (at build) or [`crate::take_step`]; [`Sgd::try_new`] checks
+    /// it at once.
     pub fn new(lr: f64) -> Self {
         Self {
             lr,
