@@ -30,7 +30,8 @@ use dp_lab::core::models;
 use dp_lab::data::{load, DatasetName, Normalize};
 use dp_lab::metrics::plot::{line_plot, LinePlot, Series};
 use dp_lab::optim::{
-    AutoS, EpochRecord, FixedClip, PrivacyMethod, PrivateTrainer, Sgd, TrainerConfig,
+    AutoS, BatchSize, Delta, EpochRecord, Epochs, FixedClip, PrivacyMethod, PrivateTrainer, Sgd,
+    TrainerConfig,
 };
 use serde::Serialize;
 use std::path::PathBuf;
@@ -137,14 +138,18 @@ fn main() -> Result<()> {
     let mut summaries = Vec::new();
     for (label_m, method) in methods {
         let model = models::mnist_cnn(&dev, args.seed)?;
-        let cfg = TrainerConfig::new(args.epochs, args.batch_size, args.delta)
-            .with_budget(args.epsilon)
-            .calibrate_noise_from_budget()
-            .with_accountant(AccountantKind::Rdp)
-            .with_seed(args.seed)
-            .with_max_physical_batch(512)
-            .with_rescale_by_clip_norm(true)
-            .with_progress(true);
+        let cfg = TrainerConfig::new(
+            Epochs(args.epochs),
+            BatchSize(args.batch_size),
+            Delta(args.delta),
+        )
+        .with_budget(args.epsilon)
+        .calibrate_noise_from_budget()
+        .with_accountant(AccountantKind::Rdp)
+        .with_seed(args.seed)
+        .with_max_physical_batch(512)
+        .with_rescale_by_clip_norm(true)
+        .with_progress(true);
         let opt = Sgd::new(args.lr).with_momentum(0.9);
         let mut t = PrivateTrainer::new(model, Box::new(opt), method, cfg, &train)?;
         eprintln!(

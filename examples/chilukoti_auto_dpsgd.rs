@@ -41,8 +41,8 @@ use dp_lab::data::{load, DatasetName, Normalize};
 use dp_lab::metrics::plot::{line_plot, LinePlot, Series};
 use dp_lab::optim::methods::{AutoDpSgd, AutoDpSgdPublishedNotDp, NoiseDecay};
 use dp_lab::optim::{
-    AutoS, EpochRecord, FixedClip, PrivacyMethod, PrivateTrainer, Regime, Sgd, StepRecord,
-    TrainerConfig,
+    AutoS, BatchSize, Delta, EpochRecord, Epochs, FixedClip, PrivacyMethod, PrivateTrainer, Regime,
+    Sgd, StepRecord, TrainerConfig,
 };
 use serde::Serialize;
 use std::path::PathBuf;
@@ -190,16 +190,20 @@ fn main() -> Result<()> {
     let mut summaries = Vec::new();
     for (label_m, method, regime) in methods {
         let model = models::mnist_cnn(&dev, args.seed)?;
-        let cfg = TrainerConfig::new(args.epochs, args.batch_size, args.delta)
-            .with_regime(regime)
-            .with_budget(args.epsilon)
-            .calibrate_noise_from_budget()
-            .with_accountant(AccountantKind::Rdp)
-            .with_seed(args.seed)
-            // The published threshold is the whole batch's mean norm: one physical batch.
-            .with_max_physical_batch(0)
-            .with_rescale_by_clip_norm(true)
-            .with_progress(true);
+        let cfg = TrainerConfig::new(
+            Epochs(args.epochs),
+            BatchSize(args.batch_size),
+            Delta(args.delta),
+        )
+        .with_regime(regime)
+        .with_budget(args.epsilon)
+        .calibrate_noise_from_budget()
+        .with_accountant(AccountantKind::Rdp)
+        .with_seed(args.seed)
+        // The published threshold is the whole batch's mean norm: one physical batch.
+        .with_max_physical_batch(0)
+        .with_rescale_by_clip_norm(true)
+        .with_progress(true);
         let lr = if regime.is_private() {
             args.lr
         } else {

@@ -47,8 +47,8 @@ use dp_lab::metrics::{
     GroupGradientAccumulator,
 };
 use dp_lab::optim::{
-    batch_tensors, FixedClip, GlobalAdapt, PrivacyMethod, PrivateTrainer, Regime, Sgd,
-    TrainerConfig,
+    batch_tensors, BatchSize, Delta, Epochs, FixedClip, GlobalAdapt, PrivacyMethod, PrivateTrainer,
+    Regime, Sgd, TrainerConfig,
 };
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -268,7 +268,7 @@ fn main() -> Result<()> {
         for c in &configs {
             let start = std::time::Instant::now();
             let model = models::esipova_cnn(&dev, seed)?;
-            let cfg = TrainerConfig::new(epochs, 256.0, args.delta)
+            let cfg = TrainerConfig::new(Epochs(epochs), BatchSize(256.0), Delta(args.delta))
                 .with_regime(c.regime)
                 .with_accountant(AccountantKind::Rdp)
                 .with_seed(seed)

@@ -41,7 +41,10 @@ use dp_lab::accounting::AccountantKind;
 use dp_lab::core::models;
 use dp_lab::data::{load, random_split, Dataset, DatasetName, Normalize};
 use dp_lab::metrics::plot::{line_plot, LinePlot, Series};
-use dp_lab::optim::{Adam, AdamBc, BaseOptimizer, FixedClip, PrivateTrainer, Sgd, TrainerConfig};
+use dp_lab::optim::{
+    Adam, AdamBc, BaseOptimizer, BatchSize, Delta, Epochs, FixedClip, PrivateTrainer, Sgd,
+    TrainerConfig,
+};
 use std::path::PathBuf;
 
 #[derive(Clone, Copy, ValueEnum, Debug)]
@@ -142,13 +145,17 @@ fn train(
 ) -> Result<Run> {
     let start = std::time::Instant::now();
     let dev = Device::Cpu;
-    let cfg = TrainerConfig::new(epochs, args.batch_size, args.delta)
-        .with_budget(args.epsilon)
-        .calibrate_noise_from_budget()
-        .with_accountant(AccountantKind::Rdp)
-        .with_seed(args.seed)
-        .with_max_physical_batch(512)
-        .with_progress(log);
+    let cfg = TrainerConfig::new(
+        Epochs(epochs),
+        BatchSize(args.batch_size),
+        Delta(args.delta),
+    )
+    .with_budget(args.epsilon)
+    .calibrate_noise_from_budget()
+    .with_accountant(AccountantKind::Rdp)
+    .with_seed(args.seed)
+    .with_max_physical_batch(512)
+    .with_progress(log);
     let model = models::mnist_cnn(&dev, args.seed)?;
     let mut t = PrivateTrainer::new(
         model,

@@ -7,8 +7,8 @@ use dp_accounting::{
 };
 use dp_core::{models, Model, Sequential};
 use dp_optim::{
-    AdamBc, AdaptiveQuantileClip, BaseOptimizer, FixedClip, GlobalAdapt, PrivacyMethod,
-    PrivateTrainer, Sgd, TrainerConfig,
+    AdamBc, AdaptiveQuantileClip, BaseOptimizer, BatchSize, Delta, Epochs, FixedClip, GlobalAdapt,
+    PrivacyMethod, PrivateTrainer, Sgd, TrainerConfig,
 };
 
 fn data() -> dp_data::TrainTest {
@@ -50,7 +50,7 @@ fn global_adapt() -> Box<GlobalAdapt> {
 #[test]
 fn global_adapt_accounts_its_count_and_costs_more_than_dp_sgd_by_the_counts_share() {
     let d = data();
-    let cfg = TrainerConfig::new(1.0, 200.0, 1e-5)
+    let cfg = TrainerConfig::new(Epochs(1.0), BatchSize(200.0), Delta(1e-5))
         .with_accountant(AccountantKind::Rdp)
         .with_seed(2);
     let mut t = PrivateTrainer::new(
@@ -103,7 +103,7 @@ fn global_adapt_accounts_its_count_and_costs_more_than_dp_sgd_by_the_counts_shar
 #[test]
 fn dpsgd_global_releases_no_count_and_costs_exactly_dp_sgd() {
     let d = data();
-    let cfg = TrainerConfig::new(0.5, 200.0, 1e-5).with_seed(2);
+    let cfg = TrainerConfig::new(Epochs(0.5), BatchSize(200.0), Delta(1e-5)).with_seed(2);
     let run = |m: Box<dyn PrivacyMethod>| {
         let mut t =
             PrivateTrainer::new(mlp(), Box::new(Sgd::new(0.1)), m, cfg.clone(), &d.train).unwrap();
@@ -122,7 +122,7 @@ fn dpsgd_global_releases_no_count_and_costs_exactly_dp_sgd() {
 #[test]
 fn global_adapt_calibrates_with_its_count_included() {
     let d = data();
-    let cfg = TrainerConfig::new(1.0, 200.0, 1e-5)
+    let cfg = TrainerConfig::new(Epochs(1.0), BatchSize(200.0), Delta(1e-5))
         .with_budget(2.0)
         .calibrate_noise_from_budget()
         .with_seed(3);
@@ -152,7 +152,7 @@ fn global_adapt_calibrates_with_its_count_included() {
 fn adam_bc_subtracts_the_noise_variance_the_step_reports_and_follows_an_adaptive_c() {
     let d = data();
     let b = 200.0;
-    let cfg = TrainerConfig::new(0.5, b, 1e-5).with_seed(5);
+    let cfg = TrainerConfig::new(Epochs(0.5), BatchSize(b), Delta(1e-5)).with_seed(5);
     let method = AdaptiveQuantileClip::with_params(1.0, 0.5, 0.5, 0.5, b / 20.0).unwrap();
     let mut t = PrivateTrainer::new(
         mlp(),
@@ -190,7 +190,7 @@ fn resume_matches(
     tag: &str,
 ) {
     let d = data();
-    let cfg = TrainerConfig::new(0.5, 200.0, 1e-5).with_seed(11);
+    let cfg = TrainerConfig::new(Epochs(0.5), BatchSize(200.0), Delta(1e-5)).with_seed(11);
     let mut whole = PrivateTrainer::new(mlp(), opt(), method(), cfg.clone(), &d.train).unwrap();
     let total = whole.total_steps();
     let r_whole = whole.train(&d.train, None).unwrap();

@@ -6,8 +6,8 @@ use dp_accounting::{schedule_event, Accountant, AccountantKind, AnyAccountant, D
 use dp_core::{models, CrossEntropy, GaussianNoise, GradOptions, Sequential};
 use dp_optim::methods::{AutoDpSgd, AutoDpSgdPublishedNotDp, NoiseDecay};
 use dp_optim::{
-    take_step, Guarantee, PlanContext, PrivacyMethod, PrivateTrainer, Regime, Sgd, StepEnv,
-    TrainerConfig,
+    take_step, BatchSize, Delta, Epochs, Guarantee, PlanContext, PrivacyMethod, PrivateTrainer,
+    Regime, Sgd, StepEnv, TrainerConfig,
 };
 
 fn data() -> dp_data::TrainTest {
@@ -148,7 +148,7 @@ fn the_safe_variants_epsilon_is_the_accountants_composition_of_its_schedule() {
     ];
     for (kind, method) in methods {
         let name = method.name();
-        let cfg = TrainerConfig::new(epochs, b, 1e-5)
+        let cfg = TrainerConfig::new(Epochs(epochs), BatchSize(b), Delta(1e-5))
             .with_budget(3.0)
             .calibrate_noise_from_budget()
             .with_accountant(kind)
@@ -188,7 +188,7 @@ fn the_published_variant_never_reports_a_finite_epsilon() {
         mlp(),
         Box::new(Sgd::new(0.5)),
         published(),
-        TrainerConfig::new(1.0, b, 1e-5).with_seed(3),
+        TrainerConfig::new(Epochs(1.0), BatchSize(b), Delta(1e-5)).with_seed(3),
         &d.train,
     )
     .unwrap();
@@ -222,7 +222,7 @@ fn the_published_variant_never_reports_a_finite_epsilon() {
     }
     // In its own regime, even with σ₀ calibrated to the ε its authors would claim, every
     // record says not DP and ε = ∞.
-    let cfg = TrainerConfig::new(1.0, b, 1e-5)
+    let cfg = TrainerConfig::new(Epochs(1.0), BatchSize(b), Delta(1e-5))
         .with_regime(Regime::DataDependentNoise)
         .with_budget(3.0)
         .calibrate_noise_from_budget()

@@ -5,8 +5,8 @@ use candle_core::{Device, Tensor};
 use dp_accounting::AccountantKind;
 use dp_core::{clipped_gradient, models, CrossEntropy, GaussianNoise, GradOptions, Sequential};
 use dp_optim::{
-    take_step, AutoS, Guarantee, PlanContext, PrivacyMethod, PrivateTrainer, Regime, Sgd, StepEnv,
-    TrainerConfig,
+    take_step, AutoS, BatchSize, Delta, Epochs, Guarantee, PlanContext, PrivacyMethod,
+    PrivateTrainer, Regime, Sgd, StepEnv, TrainerConfig,
 };
 
 fn data() -> dp_data::TrainTest {
@@ -143,7 +143,7 @@ fn auto_s_adds_noise_of_std_sigma_through_the_step_and_the_trainer() {
 
     // The trainer: every record's noise is σ·1, and ε is DP-SGD's at (q, σ).
     let d = data();
-    let cfg = TrainerConfig::new(0.1, 100.0, 1e-5).with_seed(2);
+    let cfg = TrainerConfig::new(Epochs(0.1), BatchSize(100.0), Delta(1e-5)).with_seed(2);
     let mut t = PrivateTrainer::new(
         mlp(),
         Box::new(Sgd::new(0.5)),
