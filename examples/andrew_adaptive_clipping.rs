@@ -33,12 +33,14 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod common;
+use common::{Data, Loaded};
+
 use anyhow::{Context, Result};
 use candle_core::Device;
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use dp_lab::accounting::AccountantKind;
 use dp_lab::core::models;
-use dp_lab::data::{load, DatasetName, Normalize};
 use dp_lab::metrics::plot::{line_plot, LinePlot, Series};
 use dp_lab::optim::{
     AdaptiveQuantileClip, BatchSize, Delta, EpochRecord, Epochs, FixedClip, PrivacyMethod,
@@ -46,16 +48,6 @@ use dp_lab::optim::{
 };
 use serde::Serialize;
 use std::path::PathBuf;
-
-#[derive(Clone, Copy, ValueEnum, Debug)]
-enum Data {
-    /// 5,000 real MNIST digits compiled into dp-data (4,000 train / 1,000 test).
-    Bundled,
-    /// Full MNIST from --data-dir, DP_LAB_DATA or /usr/share/datasets/mnist.
-    Mnist,
-    /// Full FashionMNIST (apt-get install dataset-fashion-mnist).
-    FashionMnist,
-}
 
 #[derive(Parser, Debug)]
 #[command(about = "Andrew et al. 2021 adaptive clipping vs fixed clipping at equal privacy")]
@@ -106,22 +98,11 @@ fn main() -> Result<()> {
     dp_lab::core::configure_cpu_threads();
     let args = Args::parse();
     let dev = Device::Cpu;
-    let (name, norm, label) = match args.dataset {
-        Data::Bundled => (
-            DatasetName::BundledMnist,
-            Normalize::mnist(),
-            "bundled-mnist-5k",
-        ),
-        Data::Mnist => (DatasetName::Mnist, Normalize::mnist(), "mnist"),
-        Data::FashionMnist => (
-            DatasetName::FashionMnist,
-            Normalize::fashion_mnist(),
-            "fashion-mnist",
-        ),
-    };
-    let (mut data, source) = load(name, args.data_dir.as_deref()).context("loading the dataset")?;
-    norm.apply_dataset(&mut data.train)?;
-    norm.apply_dataset(&mut data.test)?;
+    let Loaded {
+        data,
+        label,
+        source,
+    } = args.dataset.load(args.data_dir.as_deref())?;
     eprintln!(
         "{label}: {} train / {} test examples from {source}",
         data.train.len(),

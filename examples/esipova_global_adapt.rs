@@ -35,12 +35,15 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use anyhow::{Context, Result};
+mod common;
+use common::{Data, Loaded};
+
+use anyhow::Result;
 use candle_core::{Device, Tensor};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use dp_lab::accounting::AccountantKind;
 use dp_lab::core::{models, per_example_gradients, CrossEntropy, Model, Sequential};
-use dp_lab::data::{esipova_imbalanced_mnist, load, Dataset, DatasetName, Normalize};
+use dp_lab::data::{esipova_imbalanced_mnist, Dataset};
 use dp_lab::metrics::plot::{line_plot, LinePlot, Series};
 use dp_lab::metrics::{
     accuracy_by_class, gradient_misalignment_with_factors, predictions_from_logits,
@@ -57,14 +60,6 @@ use std::path::PathBuf;
 
 const MINORITY: usize = 8;
 const MAJORITY: usize = 2;
-
-#[derive(Clone, Copy, ValueEnum, Debug)]
-enum Data {
-    /// 5,000 real MNIST digits compiled into dp-data (4,000 train / 1,000 test).
-    Bundled,
-    /// Full MNIST from --data-dir, DP_LAB_DATA or /usr/share/datasets/mnist.
-    Mnist,
-}
 
 #[derive(Parser, Debug)]
 #[command(about = "Esipova et al. 2023: DPSGD-Global-Adapt vs DP-SGD on imbalanced MNIST")]
@@ -199,15 +194,17 @@ fn main() -> Result<()> {
     dp_lab::core::configure_cpu_threads();
     let args = Args::parse();
     let dev = Device::Cpu;
-    let (name, label, default_epochs) = match args.dataset {
-        Data::Bundled => (DatasetName::BundledMnist, "bundled-mnist-5k", 10.0),
-        Data::Mnist => (DatasetName::Mnist, "mnist", 60.0),
+    let default_epochs = if args.dataset == Data::Bundled {
+        10.0
+    } else {
+        60.0
     };
+    let Loaded {
+        data,
+        label,
+        source,
+    } = args.dataset.load(args.data_dir.as_deref())?;
     let epochs = args.epochs.unwrap_or(default_epochs);
-    let (mut data, source) = load(name, args.data_dir.as_deref()).context("loading MNIST")?;
-    let norm = Normalize::mnist();
-    norm.apply_dataset(&mut data.train)?;
-    norm.apply_dataset(&mut data.test)?;
     std::fs::create_dir_all(&args.out)?;
     let sigma = args.sigma;
 

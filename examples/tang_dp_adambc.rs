@@ -34,28 +34,21 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod common;
+use common::{Data, Loaded};
+
 use anyhow::{Context, Result};
 use candle_core::Device;
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use dp_lab::accounting::AccountantKind;
 use dp_lab::core::models;
-use dp_lab::data::{load, random_split, Dataset, DatasetName, Normalize};
+use dp_lab::data::{random_split, Dataset};
 use dp_lab::metrics::plot::{line_plot, LinePlot, Series};
 use dp_lab::optim::{
     Adam, AdamBc, BaseOptimizer, BatchSize, Delta, Epochs, FixedClip, PrivateTrainer, Sgd,
     TrainerConfig,
 };
 use std::path::PathBuf;
-
-#[derive(Clone, Copy, ValueEnum, Debug)]
-enum Data {
-    /// 5,000 real MNIST digits compiled into dp-data (4,000 train / 1,000 test).
-    Bundled,
-    /// Full MNIST from --data-dir, DP_LAB_DATA or /usr/share/datasets/mnist.
-    Mnist,
-    /// Full FashionMNIST (apt-get install dataset-fashion-mnist).
-    FashionMnist,
-}
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Opt {
@@ -208,25 +201,17 @@ fn train(
 fn main() -> Result<()> {
     dp_lab::core::configure_cpu_threads();
     let args = Args::parse();
-    let (name, norm, label, default_epochs) = match args.dataset {
-        Data::Bundled => (
-            DatasetName::BundledMnist,
-            Normalize::mnist(),
-            "bundled-mnist-5k",
-            15.0,
-        ),
-        Data::Mnist => (DatasetName::Mnist, Normalize::mnist(), "mnist", 20.0),
-        Data::FashionMnist => (
-            DatasetName::FashionMnist,
-            Normalize::fashion_mnist(),
-            "fashion-mnist",
-            20.0,
-        ),
+    let default_epochs = if args.dataset == Data::Bundled {
+        15.0
+    } else {
+        20.0
     };
+    let Loaded {
+        data,
+        label,
+        source,
+    } = args.dataset.load(args.data_dir.as_deref())?;
     let epochs = args.epochs.unwrap_or(default_epochs);
-    let (mut data, source) = load(name, args.data_dir.as_deref()).context("loading the dataset")?;
-    norm.apply_dataset(&mut data.train)?;
-    norm.apply_dataset(&mut data.test)?;
     eprintln!(
         "{label}: {} train / {} test examples from {source}",
         data.train.len(),

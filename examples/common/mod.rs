@@ -1,0 +1,52 @@
+//! What the examples share: the dataset choice of their command lines.
+
+use anyhow::{Context, Result};
+use dp_lab::data::{load, DatasetName, Normalize, TrainTest};
+use std::path::Path;
+
+/// `--dataset`: the real datasets every example runs on.
+#[derive(Clone, Copy, clap::ValueEnum, Debug, PartialEq, Eq)]
+pub enum Data {
+    /// 5,000 real MNIST digits compiled into dp-data (4,000 train / 1,000 test).
+    Bundled,
+    /// Full MNIST from --data-dir, DP_LAB_DATA or /usr/share/datasets/mnist.
+    Mnist,
+    /// Full FashionMNIST (apt-get install dataset-fashion-mnist).
+    FashionMnist,
+}
+
+/// A loaded dataset, normalised with its own per-pixel mean and std.
+pub struct Loaded {
+    pub data: TrainTest,
+    /// The name in the examples' JSON lines.
+    pub label: &'static str,
+    /// Where it was read from.
+    pub source: String,
+}
+
+impl Data {
+    /// Loads the dataset (from `dir` if given) and normalises both splits.
+    pub fn load(self, dir: Option<&Path>) -> Result<Loaded> {
+        let (name, norm, label) = match self {
+            Data::Bundled => (
+                DatasetName::BundledMnist,
+                Normalize::mnist(),
+                "bundled-mnist-5k",
+            ),
+            Data::Mnist => (DatasetName::Mnist, Normalize::mnist(), "mnist"),
+            Data::FashionMnist => (
+                DatasetName::FashionMnist,
+                Normalize::fashion_mnist(),
+                "fashion-mnist",
+            ),
+        };
+        let (mut data, source) = load(name, dir).context("loading the dataset")?;
+        norm.apply_dataset(&mut data.train)?;
+        norm.apply_dataset(&mut data.test)?;
+        Ok(Loaded {
+            data,
+            label,
+            source: source.to_string(),
+        })
+    }
+}
