@@ -305,3 +305,60 @@ fn checkpoints_survive_sigkill_at_any_moment() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn the_release_artefact_holds_the_model_and_its_privacy_report_and_nothing_else() {
+    let d = data();
+    let (opt, method) = parts();
+    let mut t = PrivateTrainer::new(model(), opt, method, config(), &d).unwrap();
+    for _ in 0..5 {
+        t.step(&d, &Device::Cpu).unwrap().unwrap();
+    }
+    let dir = std::env::temp_dir().join(format!("dp_optim_release_{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    t.save_release(&dir).unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["model.safetensors", "privacy_report.json"]);
+    // The report is the run's ε and nothing non-private (no loss, norms, batch sizes, seeds).
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("privacy_report.json")).unwrap()).unwrap();
+    assert_eq!(report["epsilon"].as_f64().unwrap(), t.epsilon().unwrap());
+    assert_eq!(report["steps"].as_u64().unwrap(), 5);
+    let mut keys: Vec<&str> = report
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "accountant",
+            "delta",
+            "epsilon",
+            "expected_batch_size",
+            "guarantee",
+            "method",
+            "noise_multiplier",
+            "sampling_rate",
+            "steps",
+            "target_epsilon"
+        ]
+    );
+    // The weights are the model's.
+    let w = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
+    let params = t.model().named_params();
+    assert_eq!(w.len(), params.len());
+    for (name, p) in params {
+        assert_eq!(
+            w[&name].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            p.value.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
