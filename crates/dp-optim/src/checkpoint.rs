@@ -270,21 +270,7 @@ impl<M: Model> PrivateTrainer<M> {
         let dir = dir.as_ref();
         create_dir_private(dir)?;
         let report = self.privacy_report()?;
-        let weights: HashMap<String, Tensor> = self
-            .model()
-            .named_params()
-            .into_iter()
-            .map(|(n, p)| (n, p.value.clone()))
-            .collect();
-        let staging = dir.join(format!(
-            "{TMP_PREFIX}{}-release.safetensors",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_file(&staging);
-        drop(create_private(&staging)?);
-        candle_core::safetensors::save(&weights, &staging)?;
-        let wbytes = std::fs::read(&staging)?;
-        std::fs::remove_file(&staging)?;
+        let wbytes = self.weight_bytes(dir, "release")?;
         write_atomic(dir, "model.safetensors", &wbytes)?;
         write_atomic(
             dir,
@@ -293,6 +279,28 @@ impl<M: Model> PrivateTrainer<M> {
         )?;
         sync_dir(dir)?;
         Ok(())
+    }
+
+    /// The model's weights as safetensors bytes. candle writes safetensors to a path only:
+    /// they go to a private temporary file in `dir` (named with `tag`), which is read back
+    /// (to hash and write atomically) and removed.
+    fn weight_bytes(&self, dir: &Path, tag: &str) -> Result<Vec<u8>> {
+        let weights: HashMap<String, Tensor> = self
+            .model()
+            .named_params()
+            .into_iter()
+            .map(|(n, p)| (n, p.value.clone()))
+            .collect();
+        let staging = dir.join(format!(
+            "{TMP_PREFIX}{}-{tag}.safetensors",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&staging);
+        drop(create_private(&staging)?);
+        candle_core::safetensors::save(&weights, &staging)?;
+        let bytes = std::fs::read(&staging)?;
+        std::fs::remove_file(&staging)?;
+        Ok(bytes)
     }
 
     /// Saves the run into `dir` atomically: after a crash at any point, `dir` holds either
@@ -311,23 +319,7 @@ impl<M: Model> PrivateTrainer<M> {
             Ok(m) => m.generation + 1,
             Err(_) => 0,
         };
-        let weights: HashMap<String, Tensor> = self
-            .model()
-            .named_params()
-            .into_iter()
-            .map(|(n, p)| (n, p.value.clone()))
-            .collect();
-        // candle writes safetensors to a path: write it to a private temporary file, then
-        // read it back to hash it and write it atomically.
-        let staging = dir.join(format!(
-            "{TMP_PREFIX}{}-staging.safetensors",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_file(&staging);
-        drop(create_private(&staging)?);
-        candle_core::safetensors::save(&weights, &staging)?;
-        let wbytes = std::fs::read(&staging)?;
-        std::fs::remove_file(&staging)?;
+        let wbytes = self.weight_bytes(dir, "staging")?;
         let state = self.export_state()?;
         let sbytes = serde_json::to_vec_pretty(&state)?;
         let manifest = Manifest {
