@@ -45,6 +45,10 @@ pub struct GradOptions {
     /// layout); each example's gradient is the mean over its copies, clipped once.
     /// 0 or 1: off.
     pub augmentation_multiplicity: usize,
+    /// Also form the **unclipped** sum `Σ_i g_i` ([`ClippedBatch::unclipped_sum`]), for the
+    /// clipping bias `‖Σ_i c_i g_i − Σ_i g_i‖` (Knolle et al. 2023; analysis only: it is
+    /// computed from private data without noise). Costs one more weighted sum per layer.
+    pub track_unclipped_sum: bool,
 }
 
 impl GradOptions {
@@ -76,7 +80,7 @@ pub struct ClipStats {
 }
 
 impl ClipStats {
-    fn new(norms: Vec<f32>, threshold: f64, num_non_finite: usize) -> Self {
+    pub(crate) fn new(norms: Vec<f32>, threshold: f64, num_non_finite: usize) -> Self {
         let num_clipped = norms.iter().filter(|n| (**n as f64) > threshold).count();
         let b = norms.len();
         Self {
@@ -133,6 +137,10 @@ pub struct ClippedBatch {
     pub loss_sum: f64,
     /// Realised number of examples (private: do not divide by it).
     pub examples: usize,
+    /// `Σ_i g_i` of the plain per-example gradients, when
+    /// [`GradOptions::track_unclipped_sum`] asked for it. **Not private**: for the clipping
+    /// bias and the clipped/unclipped cosine only; never release it or train on it.
+    pub unclipped_sum: Option<Vec<Tensor>>,
 }
 
 impl ClippedBatch {
@@ -149,6 +157,7 @@ impl ClippedBatch {
             stats: ClipStats::new(Vec::new(), threshold, 0),
             loss_sum: 0.0,
             examples: 0,
+            unclipped_sum: None,
         })
     }
 
@@ -178,6 +187,18 @@ impl ClippedBatch {
             self.stats.num_non_finite + other.stats.num_non_finite,
         );
         self.loss_sum += other.loss_sum;
+        // An empty physical batch contributes a zero unclipped sum.
+        self.unclipped_sum = match (self.unclipped_sum.take(), other.unclipped_sum) {
+            (Some(a), Some(b)) => Some(
+                a.iter()
+                    .zip(&b)
+                    .map(|(x, y)| x + y)
+                    .collect::<candle_core::Result<Vec<_>>>()?,
+            ),
+            (Some(a), None) if other.examples == 0 => Some(a),
+            (None, Some(b)) if self.examples == 0 => Some(b),
+            _ => None,
+        };
         self.examples += other.examples;
         Ok(())
     }
@@ -260,7 +281,7 @@ pub fn privatize(
     })
 }
 
-fn private_layers<M: Model + ?Sized>(model: &mut M) -> Result<Vec<&mut dyn Layer>> {
+pub(crate) fn private_layers<M: Model + ?Sized>(model: &mut M) -> Result<Vec<&mut dyn Layer>> {
     let mut out = Vec::new();
     for layer in model.layers_mut() {
         if layer.params().is_empty() {
@@ -276,7 +297,7 @@ fn private_layers<M: Model + ?Sized>(model: &mut M) -> Result<Vec<&mut dyn Layer
     Ok(out)
 }
 
-fn forward_backward<M: Model + ?Sized>(
+pub(crate) fn forward_backward<M: Model + ?Sized>(
     model: &mut M,
     x: &Tensor,
     targets: &Tensor,
@@ -398,7 +419,59 @@ pub fn clipped_gradient<M: Model + ?Sized>(
     }
 
     // 3. Weights, then enforce the stated sensitivity example by example.
-    let factors = clip.factors(&sq)?;
+    let (weights, shared) = clip_weights(clip, &sq, b, sensitivity, &device)?;
+
+    // 4. Weighted sums, layer by layer.
+    let mut sum = Vec::new();
+    for (l, layer) in layers.iter_mut().enumerate() {
+        let rule = layer
+            .per_sample()
+            .ok_or_else(|| CoreError::UnsupportedLayer {
+                layer: "unknown".into(),
+            })?;
+        let w = match &shared {
+            Some(w) => w.clone(),
+            None => Tensor::from_vec(weights[l].clone(), b, &device)?,
+        };
+        sum.extend(rule.weighted_sum(&w)?);
+    }
+    let unclipped_sum = if opts.track_unclipped_sum {
+        let ones = Tensor::ones(b, candle_core::DType::F32, &device)?;
+        let mut plain = Vec::with_capacity(sum.len());
+        for layer in layers.iter_mut() {
+            if let Some(rule) = layer.per_sample() {
+                plain.extend(rule.weighted_sum(&ones)?);
+            }
+        }
+        Some(plain)
+    } else {
+        None
+    };
+    drop(layers);
+    model.clear();
+
+    let norms: Vec<f32> = totals.iter().map(|&n| n as f32).collect();
+    Ok(ClippedBatch {
+        sum,
+        sensitivity,
+        stats: ClipStats::new(norms, threshold, 0),
+        loss_sum,
+        examples: b,
+        unclipped_sum,
+    })
+}
+
+/// The clip strategy's per-layer weights for the examples of `sq`, with the stated
+/// sensitivity enforced example by example (a strategy's rounding or bug cannot push an
+/// example past it), and — for flat factors — the one weight tensor every layer shares.
+pub(crate) fn clip_weights(
+    clip: &mut dyn ClipStrategy,
+    sq: &LayerSqNorms,
+    b: usize,
+    sensitivity: f64,
+    device: &Device,
+) -> Result<(Vec<Vec<f32>>, Option<Tensor>)> {
+    let factors = clip.factors(sq)?;
     let n_layers = sq.per_layer.len();
     let mut weights: Vec<Vec<f32>> = (0..n_layers)
         .map(|l| (0..b).map(|i| factors.get(l, i)).collect())
@@ -418,40 +491,15 @@ pub fn clipped_gradient<M: Model + ?Sized>(
             }
         }
     }
-
-    // 4. Weighted sums, layer by layer.
     // Flat factors stay equal across layers (the sensitivity check above scales every
     // layer of an example alike), so one weight tensor serves all layers.
     let flat = matches!(factors, ClipFactors::Flat(_)) && n_layers > 0;
     let shared = if flat {
-        Some(Tensor::from_vec(weights[0].clone(), b, &device)?)
+        Some(Tensor::from_vec(weights[0].clone(), b, device)?)
     } else {
         None
     };
-    let mut sum = Vec::new();
-    for (l, layer) in layers.iter_mut().enumerate() {
-        let rule = layer
-            .per_sample()
-            .ok_or_else(|| CoreError::UnsupportedLayer {
-                layer: "unknown".into(),
-            })?;
-        let w = match &shared {
-            Some(w) => w.clone(),
-            None => Tensor::from_vec(weights[l].clone(), b, &device)?,
-        };
-        sum.extend(rule.weighted_sum(&w)?);
-    }
-    drop(layers);
-    model.clear();
-
-    let norms: Vec<f32> = totals.iter().map(|&n| n as f32).collect();
-    Ok(ClippedBatch {
-        sum,
-        sensitivity,
-        stats: ClipStats::new(norms, threshold, 0),
-        loss_sum,
-        examples: b,
-    })
+    Ok((weights, shared))
 }
 
 /// Every example's full gradient, flattened and concatenated over parameters in model

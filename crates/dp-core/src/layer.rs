@@ -110,4 +110,20 @@ pub trait PerSampleGrad {
             "this layer does not support augmentation multiplicity".into(),
         ))
     }
+
+    /// Per-example parameters for the next `forward(train=true)` + `backward`: example `i`
+    /// is evaluated at `θ + Δ_i`, where `offsets` holds one tensor `[B, ..param shape]` per
+    /// parameter (in [`Layer::params`] order). The per-sample rule is unchanged — it then
+    /// yields `∇ℓ_i(θ + Δ_i)` — and the input gradient passed back is the one at the
+    /// perturbed parameters. This is what a per-example objective evaluated away from `θ`
+    /// needs (BAM's ascent points, Knolle et al. 2023) without running `B` models.
+    /// [`Layer::clear`] drops the offsets. A layer that cannot do it returns an error (the
+    /// default), so an objective that needs it refuses the model instead of ignoring the
+    /// offsets.
+    fn set_example_offsets(&mut self, offsets: Vec<Tensor>) -> Result<()> {
+        let _ = offsets;
+        Err(crate::CoreError::InvalidArgument(
+            "this layer does not support per-example parameter offsets".into(),
+        ))
+    }
 }

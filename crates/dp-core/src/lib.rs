@@ -42,6 +42,7 @@
 //! assert_eq!(grad.len(), 4);
 //! ```
 
+mod bam;
 pub mod clipping;
 mod engine;
 mod error;
@@ -59,6 +60,7 @@ mod runtime;
 #[cfg(test)]
 mod test_util;
 
+pub use bam::{bam_clipped_gradient, per_example_ascent_gradients, BamConfig};
 pub use candle_core;
 pub use clipping::{ClipStrategy, LayerSqNorms};
 pub use engine::{

@@ -199,6 +199,8 @@ fn gradient_sum<M: Model>(
                 },
                 loss_sum,
                 examples,
+                // Not clipped: the unclipped sum is the sum itself.
+                unclipped_sum: env.grad_options.track_unclipped_sum.then(|| sum.clone()),
             }
         } else if let Some(obj) = plan.objective.as_mut() {
             let part = obj.clipped_sum(model, &x, &y, env.loss, clip, env.grad_options)?;

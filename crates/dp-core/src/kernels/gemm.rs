@@ -406,6 +406,35 @@ pub(crate) fn weighted_sum_materialized(
     host_tensor(out, &dims[1..])
 }
 
+/// Each example's squared norm over several materialised per-example tensors `[B, ...]`
+/// (one layer's weight and bias gradients, say): `Σ_parts ‖X_i‖²`, accumulated part by part
+/// in the order and with the dot product of [`per_sample_with_norms`], so that the norms of
+/// the same gradients agree to the bit whichever function formed them.
+pub(crate) fn materialized_sq_norms(parts: &[&Tensor]) -> candle_core::Result<Tensor> {
+    let b = match parts.first() {
+        Some(t) => t.dim(0)?,
+        None => candle_core::bail!("materialized_sq_norms: no tensors"),
+    };
+    let mut norms = vec![0f32; b];
+    for (k, part) in parts.iter().enumerate() {
+        if part.dim(0)? != b {
+            candle_core::bail!("materialized_sq_norms: tensors for different batch sizes");
+        }
+        let n = part.elem_count() / b.max(1);
+        with_host(part, |v| {
+            norms.par_iter_mut().enumerate().for_each(|(i, s)| {
+                let row = &v[i * n..(i + 1) * n];
+                if k == 0 {
+                    *s = dot(row, row);
+                } else {
+                    *s += dot(row, row);
+                }
+            })
+        })?;
+    }
+    host_tensor(norms, &[b])
+}
+
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     // Eight partial sums so the loop vectorises (f32 addition is not associative, so the
     // compiler will not reorder a single running sum).

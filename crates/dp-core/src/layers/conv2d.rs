@@ -1,6 +1,7 @@
 //! 2-D convolution (channels-last) with a per-sample rule.
 
-use super::seq_linear::{self, SeqLinearRecord};
+use super::linear::check_offset_batch;
+use super::seq_linear::{self, ExampleOffsets, SeqLinearRecord};
 use crate::error::{shape_err, CoreError, Result};
 use crate::init::Init;
 use crate::layer::{GradMode, Layer, Param, PerSampleGrad};
@@ -102,6 +103,7 @@ pub struct Conv2d {
     cache: PatchCache,
     index: Option<PatchIndex>,
     recs: Vec<SeqLinearRecord>,
+    offsets: Option<ExampleOffsets>,
 }
 
 impl Conv2d {
@@ -158,6 +160,7 @@ impl Conv2d {
             recs: (0..cfg.groups)
                 .map(|_| SeqLinearRecord::default())
                 .collect(),
+            offsets: None,
         })
     }
 
@@ -253,6 +256,15 @@ impl Layer for Conv2d {
                     None => y,
                 }
             };
+            let y = match &self.offsets {
+                Some(off) => {
+                    check_offset_batch(off, b, &self.name())?;
+                    let og = self.cfg.out_channels / groups;
+                    let dy = off.narrow_outputs(g * og, og)?.forward(&a)?;
+                    (y + dy.reshape((b * l, og))?)?
+                }
+                None => y,
+            };
             outs.push(y);
             if train {
                 self.recs[g].clear();
@@ -301,6 +313,13 @@ impl Layer for Conv2d {
                 } else {
                     g2.matmul(&wg)?
                 };
+                let d = match &self.offsets {
+                    Some(off) => {
+                        let dd = off.narrow_outputs(g * og, og)?.input_grad(&gg)?;
+                        (d.reshape((b, l, k * cg))? + dd)?
+                    }
+                    None => d,
+                };
                 dcols.push(d.reshape((b, l, k, cg))?);
             }
         }
@@ -336,6 +355,7 @@ impl Layer for Conv2d {
     fn clear(&mut self) {
         self.index = None;
         self.recs.iter_mut().for_each(|r| r.clear());
+        self.offsets = None;
     }
 }
 
@@ -394,5 +414,18 @@ impl PerSampleGrad for Conv2d {
 
     fn group_examples(&mut self, k: usize) -> Result<()> {
         self.recs.iter_mut().try_for_each(|r| r.group(k))
+    }
+
+    /// Offsets in the weight's channels-last layout `[B, C_out, kh, kw, C_in/g]` (what
+    /// [`PerSampleGrad::per_sample_grads`] returns) and `[B, C_out]` for the bias.
+    fn set_example_offsets(&mut self, offsets: Vec<Tensor>) -> Result<()> {
+        let name = self.name();
+        self.offsets = Some(ExampleOffsets::new(
+            offsets,
+            self.weight.value.dims(),
+            self.bias.is_some(),
+            &name,
+        )?);
+        Ok(())
     }
 }

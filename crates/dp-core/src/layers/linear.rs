@@ -1,6 +1,6 @@
 //! Fully connected layer with a per-sample rule (ghost norm or materialised).
 
-use super::seq_linear::{self, SeqLinearRecord};
+use super::seq_linear::{self, ExampleOffsets, SeqLinearRecord};
 use crate::error::{shape_err, Result};
 use crate::init::Init;
 use crate::layer::{GradMode, Layer, Param, PerSampleGrad};
@@ -24,6 +24,7 @@ pub struct Linear {
     bias: Option<Param>,
     rec: SeqLinearRecord,
     input_rank: usize,
+    offsets: Option<ExampleOffsets>,
 }
 
 impl Linear {
@@ -58,6 +59,7 @@ impl Linear {
             bias: bias.map(|b| Param::new("bias", b)),
             rec: SeqLinearRecord::default(),
             input_rank: 2,
+            offsets: None,
         })
     }
 
@@ -98,11 +100,18 @@ impl Layer for Linear {
                 None => y,
             }
         };
+        let r = self.weight.value.dims()[0];
+        let y = match &self.offsets {
+            Some(off) => {
+                check_offset_batch(off, b, &self.name())?;
+                (y.reshape((b, t, r))? + off.forward(&x3)?)?.reshape((b * t, r))?
+            }
+            None => y,
+        };
         if train {
             self.rec.clear();
             self.rec.a = Some(x3);
         }
-        let r = self.weight.value.dims()[0];
         Ok(if self.input_rank == 2 {
             y
         } else {
@@ -133,6 +142,10 @@ impl Layer for Linear {
         } else {
             g2.matmul(&self.weight.value)?
         };
+        let dx = match &self.offsets {
+            Some(off) => (dx.reshape((b, t, p))? + off.input_grad(&g3)?)?.reshape((b * t, p))?,
+            None => dx,
+        };
         Ok(Some(if self.input_rank == 2 {
             dx
         } else {
@@ -158,7 +171,19 @@ impl Layer for Linear {
 
     fn clear(&mut self) {
         self.rec.clear();
+        self.offsets = None;
     }
+}
+
+/// Offsets set for one batch size refuse a forward pass over another.
+pub(super) fn check_offset_batch(off: &ExampleOffsets, b: usize, layer: &str) -> Result<()> {
+    let n = off.examples()?;
+    if n != b {
+        return Err(crate::CoreError::InvalidArgument(format!(
+            "{layer}: per-example offsets for {n} examples, forward pass over {b}"
+        )));
+    }
+    Ok(())
 }
 
 impl PerSampleGrad for Linear {
@@ -179,5 +204,16 @@ impl PerSampleGrad for Linear {
 
     fn group_examples(&mut self, k: usize) -> Result<()> {
         self.rec.group(k)
+    }
+
+    fn set_example_offsets(&mut self, offsets: Vec<Tensor>) -> Result<()> {
+        let name = self.name();
+        self.offsets = Some(ExampleOffsets::new(
+            offsets,
+            self.weight.value.dims(),
+            self.bias.is_some(),
+            &name,
+        )?);
+        Ok(())
     }
 }

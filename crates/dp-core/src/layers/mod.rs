@@ -21,7 +21,7 @@ mod layer_norm;
 mod linear;
 mod norm_common;
 mod pool;
-mod seq_linear;
+pub(crate) mod seq_linear;
 mod shape;
 
 pub use activation::{Relu, Sigmoid, Tanh};

@@ -115,6 +115,24 @@ pub(crate) fn materialized_sq_norms(w: &Tensor, b: Option<&Tensor>) -> Result<Te
     }
 }
 
+/// Squared norms over several materialised per-example tensors of one layer (see
+/// `host_gemm::materialized_sq_norms`, which agrees with the norms of [`rule_sq_norms`]'s
+/// materialised path to the bit).
+pub(crate) fn parts_sq_norms(parts: &[&Tensor]) -> Result<Tensor> {
+    if dispatch::applies(parts) {
+        return Ok(host_gemm::materialized_sq_norms(parts)?);
+    }
+    let mut total: Option<Tensor> = None;
+    for p in parts {
+        let n = p.sqr()?.flatten_from(1)?.sum(1)?;
+        total = Some(match total {
+            Some(t) => (t + n)?,
+            None => n,
+        });
+    }
+    total.ok_or_else(|| crate::CoreError::InvalidArgument("no per-example tensors".into()))
+}
+
 /// `Σ_i w_i G_iᵀ A_i` and `Σ_i w_i Σ_t G_{i,t}` as two matrix products over the flattened
 /// batch (book-keeping, Bu et al. 2022): the weights scale the rows of `G`, and the
 /// batch reduction is a GEMM (candle's `sum(0)` over a large leading axis is slow).
@@ -249,4 +267,90 @@ fn record(rec: &SeqLinearRecord, layer: &str) -> Result<(Tensor, Tensor)> {
         .clone()
         .ok_or_else(|| missing("no recorded output gradient"))?;
     Ok((a, g))
+}
+
+/// Per-example parameter offsets of a linear-type layer (see
+/// [`crate::PerSampleGrad::set_example_offsets`]): weight `[B, r, p]`, bias `[B, r]`.
+#[derive(Debug, Clone)]
+pub(crate) struct ExampleOffsets {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl ExampleOffsets {
+    /// Checks `offsets` against a weight of shape `weight_dims` (any rank; flattened to
+    /// `[r, p]` from its second axis) and the presence of a bias.
+    pub fn new(
+        offsets: Vec<Tensor>,
+        weight_dims: &[usize],
+        bias: bool,
+        layer: &str,
+    ) -> Result<Self> {
+        let want = 1 + usize::from(bias);
+        if offsets.len() != want {
+            return Err(crate::CoreError::InvalidArgument(format!(
+                "{layer}: {} offset tensors for {want} parameters",
+                offsets.len()
+            )));
+        }
+        let mut it = offsets.into_iter();
+        let w = it.next().ok_or_else(|| {
+            crate::CoreError::InvalidArgument(format!("{layer}: no weight offset"))
+        })?;
+        let b = w.dim(0)?;
+        if w.rank() != weight_dims.len() + 1 || &w.dims()[1..] != weight_dims {
+            return Err(crate::error::shape_err(
+                &format!("{layer} weight offsets"),
+                &format!("[B, {weight_dims:?}]"),
+                w.dims(),
+            ));
+        }
+        let r = weight_dims[0];
+        let weight = w.reshape((b, r, ()))?;
+        let bias = match it.next() {
+            Some(t) if t.dims() == [b, r] => Some(t),
+            Some(t) => {
+                return Err(crate::error::shape_err(
+                    &format!("{layer} bias offsets"),
+                    &format!("[{b}, {r}]"),
+                    t.dims(),
+                ))
+            }
+            None => None,
+        };
+        Ok(Self { weight, bias })
+    }
+
+    /// Number of examples the offsets are for.
+    pub fn examples(&self) -> Result<usize> {
+        Ok(self.weight.dim(0)?)
+    }
+
+    /// The offsets of output rows `start..start+len` (one channel group of a convolution).
+    pub fn narrow_outputs(&self, start: usize, len: usize) -> Result<Self> {
+        Ok(Self {
+            weight: self.weight.narrow(1, start, len)?,
+            bias: match &self.bias {
+                Some(b) => Some(b.narrow(1, start, len)?),
+                None => None,
+            },
+        })
+    }
+
+    /// `A_i Δ_iᵀ + Δb_i` for activations `[B, T, p]`: what the offsets add to the output
+    /// `[B, T, r]`.
+    pub fn forward(&self, a: &Tensor) -> Result<Tensor> {
+        let wt = self.weight.t()?.contiguous()?; // [B, p, r]
+        let y = a.contiguous()?.matmul(&wt)?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(&b.unsqueeze(1)?)?,
+            None => y,
+        })
+    }
+
+    /// `G_i Δ_i` for output gradients `[B, T, r]`: what the offsets add to the input
+    /// gradient `[B, T, p]`.
+    pub fn input_grad(&self, g: &Tensor) -> Result<Tensor> {
+        Ok(g.contiguous()?.matmul(&self.weight.contiguous()?)?)
+    }
 }
