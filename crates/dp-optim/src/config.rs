@@ -106,6 +106,11 @@ pub struct TrainerConfig {
     /// and accounting unchanged). `None`: no augmentation.
     #[serde(default)]
     pub augmentation: Option<(dp_data::Augmentation, usize)>,
+    /// Record each step's clipping bias `‖Σ_i c_i g_i − Σ_i g_i‖` and the cosine between the
+    /// clipped and the unclipped sums ([`crate::StepRecord::clipping_bias`]; Knolle et al.
+    /// 2023). Analysis only (computed without noise); costs one more weighted sum per layer.
+    #[serde(default)]
+    pub track_clipping_bias: bool,
 }
 
 impl TrainerConfig {
@@ -134,6 +139,7 @@ impl TrainerConfig {
             eval_batch: 1000,
             rescale_by_clip_norm: false,
             augmentation: None,
+            track_clipping_bias: false,
         }
     }
     /// Legal settings that are probably mistakes, for a training set of `dataset_len`
@@ -153,6 +159,11 @@ impl TrainerConfig {
     /// mean of its `k` gradients (De et al. 2022).
     pub fn with_augmentation_multiplicity(mut self, aug: dp_data::Augmentation, k: usize) -> Self {
         self.augmentation = Some((aug, k));
+        self
+    }
+    /// See [`TrainerConfig::track_clipping_bias`].
+    pub fn with_clipping_bias(mut self, on: bool) -> Self {
+        self.track_clipping_bias = on;
         self
     }
     /// Normalise updates by `B·C` (see [`TrainerConfig::rescale_by_clip_norm`]).

@@ -55,11 +55,11 @@ pub use dp_accounting::AnyAccountant;
 pub use error::{Result, TrainError};
 pub use evaluate::{batch_tensors, evaluate, evaluate_with};
 pub use methods::{
-    AboveBound, AdaptiveQuantileClip, AutoS, ClipWith, FixedClip, GlobalAdapt, PrivacyMethod,
+    AboveBound, AdaptiveQuantileClip, AutoS, Bam, ClipWith, FixedClip, GlobalAdapt, PrivacyMethod,
 };
 pub use optim::{Adam, AdamBc, BaseOptimizer, OptimizerState, Sgd};
 pub use plan::{PerExampleObjective, PlanContext, Regime, StatisticQuery, StepOutcome, StepPlan};
 pub use records::{EpochRecord, Guarantee, PrivacyReport, StepRecord, StopReason, TrainReport};
-pub use step::{take_step, StepEnv, StepResult};
+pub use step::{take_step, ClippingBias, StepEnv, StepResult};
 pub use tensor_state::TensorState;
 pub use trainer::{BoxedLoss, BoxedSampler, PrivateTrainer, TrainerBuilder};

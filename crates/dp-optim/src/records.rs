@@ -131,6 +131,10 @@ pub struct StepRecord {
     pub noise_std: f64,
     /// The noisy statistics the method asked for (private releases), in its order.
     pub statistics: Vec<f64>,
+    /// NON-PRIVATE: the step's clipping bias and clipped/unclipped cosine, when
+    /// [`crate::TrainerConfig::track_clipping_bias`] is on (analysis only).
+    #[serde(rename = "non_private_clipping_bias", default)]
+    pub clipping_bias: Option<crate::ClippingBias>,
 }
 
 /// End-of-epoch evaluation.

@@ -43,6 +43,71 @@ pub struct StepResult {
     pub loss_sum: f64,
     /// Realised number of examples (private: analysis only).
     pub examples: usize,
+    /// The clipping bias of the step, when [`GradOptions::track_unclipped_sum`] asked for it
+    /// (not private: analysis only).
+    pub clipping_bias: Option<ClippingBias>,
+}
+
+/// How far clipping moved a step's gradient sum (Knolle et al. 2023, the quantities BAM
+/// reduces): `l2 = ‖Σ_i c_i h_i − Σ_i g_i‖` and the cosine between the two sums, where `g_i`
+/// is the plain per-example gradient and `h_i` what the method clips (`g_i` itself for
+/// DP-SGD). Computed before noise, from private data: **not private**, analysis only.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// let a = [Tensor::new(&[3f32, 0.0], &Device::Cpu).unwrap()];
+/// let b = [Tensor::new(&[3f32, 4.0], &Device::Cpu).unwrap()];
+/// let bias = dp_optim::ClippingBias::between(&a, &b).unwrap();
+/// assert!((bias.l2 - 4.0).abs() < 1e-12 && (bias.cosine - 0.6).abs() < 1e-12);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ClippingBias {
+    /// `‖clipped sum − unclipped sum‖`.
+    pub l2: f64,
+    /// `cos(clipped sum, unclipped sum)` (NaN when either is zero).
+    pub cosine: f64,
+}
+
+impl ClippingBias {
+    /// The bias of `clipped` against `unclipped` (same parameter order and shapes).
+    pub fn between(clipped: &[Tensor], unclipped: &[Tensor]) -> Result<Self> {
+        if clipped.len() != unclipped.len() {
+            return Err(TrainError::InvalidConfig(
+                "clipped and unclipped sums of different models".into(),
+            ));
+        }
+        let (mut diff, mut dot, mut na, mut nb) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+        for (a, b) in clipped.iter().zip(unclipped) {
+            let a: Vec<f64> = a
+                .flatten_all()?
+                .to_dtype(candle_core::DType::F64)?
+                .to_vec1()?;
+            let b: Vec<f64> = b
+                .flatten_all()?
+                .to_dtype(candle_core::DType::F64)?
+                .to_vec1()?;
+            if a.len() != b.len() {
+                return Err(TrainError::InvalidConfig(
+                    "clipped and unclipped sums of different shapes".into(),
+                ));
+            }
+            for (x, y) in a.iter().zip(&b) {
+                diff += (x - y) * (x - y);
+                dot += x * y;
+                na += x * x;
+                nb += y * y;
+            }
+        }
+        let cosine = if na > 0.0 && nb > 0.0 {
+            dot / (na.sqrt() * nb.sqrt())
+        } else {
+            f64::NAN
+        };
+        Ok(Self {
+            l2: diff.sqrt(),
+            cosine,
+        })
+    }
 }
 
 /// One step: gradients over `batches` (the physical batches of one logical batch, each
@@ -105,6 +170,10 @@ pub fn take_step<M: Model>(
     }
     let acc = gradient_sum(model, batches, plan, env)?;
     let (examples, sensitivity) = (acc.examples, acc.sensitivity);
+    let clipping_bias = match &acc.unclipped_sum {
+        Some(u) => Some(ClippingBias::between(&acc.sum, u)?),
+        None => None,
+    };
     let (sum, sum_noise_std, stats, loss_sum) = match regime {
         Regime::Private => {
             let noisy = privatize(acc, plan.noise_multiplier, noise)?;
@@ -155,6 +224,7 @@ pub fn take_step<M: Model>(
         stats,
         loss_sum,
         examples,
+        clipping_bias,
     })
 }
 
@@ -191,6 +261,8 @@ fn gradient_sum<M: Model>(
                 batch_gradient(model, &x, &y, env.loss)?
             };
             ClippedBatch {
+                // Not clipped: the unclipped sum is the sum itself.
+                unclipped_sum: env.grad_options.track_unclipped_sum.then(|| sum.clone()),
                 sum,
                 sensitivity,
                 stats: ClipStats {
@@ -199,8 +271,6 @@ fn gradient_sum<M: Model>(
                 },
                 loss_sum,
                 examples,
-                // Not clipped: the unclipped sum is the sum itself.
-                unclipped_sum: env.grad_options.track_unclipped_sum.then(|| sum.clone()),
             }
         } else if let Some(obj) = plan.objective.as_mut() {
             let part = obj.clipped_sum(model, &x, &y, env.loss, clip, env.grad_options)?;

@@ -523,6 +523,7 @@ impl<M: Model> PrivateTrainer<M> {
             mode: self.config.grad_mode,
             non_finite: self.config.non_finite,
             augmentation_multiplicity: self.config.augmentation.as_ref().map_or(1, |a| a.1),
+            track_unclipped_sum: self.config.track_clipping_bias,
             ..GradOptions::default()
         };
         let env = StepEnv {
@@ -601,6 +602,7 @@ impl<M: Model> PrivateTrainer<M> {
             median_norm: result.stats.median(),
             noise_std: result.sum_noise_std,
             statistics: result.statistics,
+            clipping_bias: result.clipping_bias,
         };
         self.records.push(rec.clone());
         Ok(Some(rec))

@@ -16,6 +16,7 @@
 mod andrew_adaptive;
 mod auto_clip;
 mod auto_dpsgd;
+mod bam;
 mod clip_with;
 mod fixed;
 mod global_adapt;
@@ -23,6 +24,7 @@ mod global_adapt;
 pub use andrew_adaptive::{split_noise_multiplier, AdaptiveQuantileClip};
 pub use auto_clip::AutoS;
 pub use auto_dpsgd::{AutoDpSgd, AutoDpSgdPublishedNotDp, NoiseDecay, SafeThreshold};
+pub use bam::Bam;
 pub use clip_with::ClipWith;
 pub use fixed::FixedClip;
 pub use global_adapt::{AboveBound, GlobalAdapt};
