@@ -340,8 +340,8 @@ impl ExampleOffsets {
     /// `A_i Δ_iᵀ + Δb_i` for activations `[B, T, p]`: what the offsets add to the output
     /// `[B, T, r]`.
     pub fn forward(&self, a: &Tensor) -> Result<Tensor> {
-        let wt = self.weight.t()?.contiguous()?; // [B, p, r]
-        let y = a.contiguous()?.matmul(&wt)?;
+        // candle's CPU matmul reads a transposed right operand in place.
+        let y = a.contiguous()?.matmul(&self.weight.t()?)?; // [B, T, p] x [B, p, r]
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(&b.unsqueeze(1)?)?,
             None => y,
@@ -351,6 +351,6 @@ impl ExampleOffsets {
     /// `G_i Δ_i` for output gradients `[B, T, r]`: what the offsets add to the input
     /// gradient `[B, T, p]`.
     pub fn input_grad(&self, g: &Tensor) -> Result<Tensor> {
-        Ok(g.contiguous()?.matmul(&self.weight.contiguous()?)?)
+        Ok(g.contiguous()?.matmul(&self.weight)?)
     }
 }
