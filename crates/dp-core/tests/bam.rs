@@ -288,7 +288,7 @@ fn layers_without_offsets_are_refused_and_leave_no_state() {
         &GradOptions::default(),
         &BamConfig::default(),
     );
-    let msg = format!("{}", err.err().expect("LayerNorm has no offsets"));
+    let msg = format!("{}", err.expect_err("LayerNorm has no offsets"));
     assert!(
         msg.contains("LayerNorm") || msg.contains("offsets"),
         "{msg}"
