@@ -31,7 +31,9 @@
 //! zero is not moved (`Δ_i = 0`, so `h_i = g_i = 0`).
 
 use crate::clipping::{ClipStrategy, LayerSqNorms};
-use crate::engine::{clip_weights, forward_backward, private_layers, ClipStats, ClippedBatch};
+use crate::engine::{
+    clip_weights, forward_backward, private_layers, without_examples, ClipStats, ClippedBatch,
+};
 use crate::engine::{GradOptions, NonFinitePolicy};
 use crate::error::{CoreError, Result};
 use crate::layer::GradMode;
@@ -331,20 +333,8 @@ pub fn bam_clipped_gradient<M: Model + ?Sized>(
             return Err(CoreError::NonFiniteGradient { examples: bad });
         }
         // ZeroOut: recompute on the finite examples (as the engine does).
-        let good: Vec<u32> = (0..b as u32)
-            .filter(|i| !bad.contains(&(*i as usize)))
-            .collect();
-        let n = good.len();
-        let idx = Tensor::from_vec(good, n, &device)?;
-        let mut out = bam_clipped_gradient(
-            model,
-            &x.index_select(&idx, 0)?,
-            &targets.index_select(&idx, 0)?,
-            loss,
-            clip,
-            opts,
-            cfg,
-        )?;
+        let (xg, yg) = without_examples(x, targets, &bad, b, 1)?;
+        let mut out = bam_clipped_gradient(model, &xg, &yg, loss, clip, opts, cfg)?;
         let norms: Vec<f32> = totals.iter().map(|&n| n as f32).collect();
         out.stats = ClipStats::new(norms, threshold, bad.len());
         return Ok(out);

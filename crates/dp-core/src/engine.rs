@@ -367,7 +367,6 @@ pub fn clipped_gradient<M: Model + ?Sized>(
         }
     }
     // From here on, "examples" are the original ones (groups of K rows).
-    let rows = b;
     let b = b / k;
 
     // 1. Per-layer per-example squared norms (one small [L, B] transfer to the host).
@@ -400,19 +399,8 @@ pub fn clipped_gradient<M: Model + ?Sized>(
         // the finite examples are recomputed on their own; the rare bad step pays twice.
         drop(layers);
         model.clear();
-        let good: Vec<u32> = (0..b)
-            .filter(|i| !bad.contains(i))
-            .flat_map(|i| (i * k..(i + 1) * k).map(|r| r as u32))
-            .collect();
-        let idx = Tensor::from_vec(good, rows - bad.len() * k, &device)?;
-        let mut out = clipped_gradient(
-            model,
-            &x.index_select(&idx, 0)?,
-            &targets.index_select(&idx, 0)?,
-            loss,
-            clip,
-            opts,
-        )?;
+        let (xg, yg) = without_examples(x, targets, &bad, b, k)?;
+        let mut out = clipped_gradient(model, &xg, &yg, loss, clip, opts)?;
         let norms: Vec<f32> = totals.iter().map(|&n| n as f32).collect();
         out.stats = ClipStats::new(norms, threshold, bad.len());
         return Ok(out);
@@ -459,6 +447,24 @@ pub fn clipped_gradient<M: Model + ?Sized>(
         examples: b,
         unclipped_sum,
     })
+}
+
+/// The rows of `x` and `targets` without the examples in `bad` (example `i` is rows
+/// `i·k .. (i+1)·k`): what [`NonFinitePolicy::ZeroOut`] recomputes on.
+pub(crate) fn without_examples(
+    x: &Tensor,
+    targets: &Tensor,
+    bad: &[usize],
+    b: usize,
+    k: usize,
+) -> Result<(Tensor, Tensor)> {
+    let good: Vec<u32> = (0..b)
+        .filter(|i| !bad.contains(i))
+        .flat_map(|i| (i * k..(i + 1) * k).map(|r| r as u32))
+        .collect();
+    let n = good.len();
+    let idx = Tensor::from_vec(good, n, x.device())?;
+    Ok((x.index_select(&idx, 0)?, targets.index_select(&idx, 0)?))
 }
 
 /// The clip strategy's per-layer weights for the examples of `sq`, with the stated

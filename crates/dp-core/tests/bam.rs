@@ -307,3 +307,49 @@ fn layers_without_offsets_are_refused_and_leave_no_state() {
     assert!(BamConfig::new(f64::NAN, 0.5).is_err());
     assert!(BamConfig::new(0.1, -0.5).is_err());
 }
+
+/// An example with a non-finite gradient: an error by default; under ZeroOut the sum is BAM's
+/// on the other examples and the statistics count it.
+#[test]
+fn non_finite_examples_follow_the_engine_policy() {
+    let dev = Device::Cpu;
+    let mut m = models::mlp(&[6, 5, 3], &dev, 4).unwrap();
+    let mut g = rng(9);
+    let mut v: Vec<f32> = randn(&mut g, &[4, 6], DType::F32)
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    v[7] = f32::NAN; // example 1
+    let x = Tensor::from_vec(v, (4, 6), &dev).unwrap();
+    let y = labels(&mut g, 4, 3);
+    let mut clip = FlatClip::new(0.5).unwrap();
+    let cfg = BamConfig::default();
+    let err = bam_clipped_gradient(
+        &mut m,
+        &x,
+        &y,
+        &CrossEntropy,
+        &mut clip,
+        &GradOptions::default(),
+        &cfg,
+    );
+    assert!(
+        matches!(err, Err(dp_core::CoreError::NonFiniteGradient { ref examples }) if examples == &[1])
+    );
+    let zero = GradOptions {
+        non_finite: dp_core::NonFinitePolicy::ZeroOut,
+        ..GradOptions::default()
+    };
+    let out = bam_clipped_gradient(&mut m, &x, &y, &CrossEntropy, &mut clip, &zero, &cfg).unwrap();
+    assert_eq!(out.stats.num_non_finite, 1);
+    assert_eq!(out.examples, 3);
+    let idx = Tensor::new(&[0u32, 2, 3], &dev).unwrap();
+    let (xs, ys) = (
+        x.index_select(&idx, 0).unwrap(),
+        y.index_select(&idx, 0).unwrap(),
+    );
+    let want =
+        bam_clipped_gradient(&mut m, &xs, &ys, &CrossEntropy, &mut clip, &zero, &cfg).unwrap();
+    assert_eq!(flat(&out.sum), flat(&want.sum));
+}
