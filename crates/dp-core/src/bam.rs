@@ -30,9 +30,10 @@
 //! the normalisation uses the flat norm over all layers; an example whose gradient is exactly
 //! zero is not moved (`Δ_i = 0`, so `h_i = g_i = 0`).
 
-use crate::clipping::{ClipStrategy, LayerSqNorms};
+use crate::clipping::ClipStrategy;
 use crate::engine::{
-    clip_weights, forward_backward, private_layers, without_examples, ClipStats, ClippedBatch,
+    clip_weights, empty_batch, forward_backward, private_layers, sq_norms_to_host,
+    without_examples, ClipStats, ClippedBatch,
 };
 use crate::engine::{GradOptions, NonFinitePolicy};
 use crate::error::{CoreError, Result};
@@ -208,19 +209,6 @@ fn ascent_scales(sq: &[Tensor], radius: f64, device: &Device) -> Result<Tensor> 
     Ok(Tensor::from_vec(scales, b, device)?)
 }
 
-fn to_host(sq: Vec<Tensor>) -> Result<LayerSqNorms> {
-    let per_layer = if sq.is_empty() {
-        Vec::new()
-    } else {
-        let sq = sq
-            .into_iter()
-            .map(|t| t.to_dtype(DType::F32))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        Tensor::stack(&sq, 0)?.to_vec2::<f32>()?
-    };
-    Ok(LayerSqNorms { per_layer })
-}
-
 /// Every example's plain gradient `g_i` and its gradient `g′_i = ∇ℓ_i(θ + r·g_i/‖g_i‖)` at its
 /// own ascent point, each flattened and concatenated over parameters in model order: two
 /// `[B, d]` tensors. For analysis and tests; [`bam_clipped_gradient`] is the training path.
@@ -294,11 +282,7 @@ pub fn bam_clipped_gradient<M: Model + ?Sized>(
     let threshold = clip.threshold();
     let b = x.dim(0)?;
     if b == 0 {
-        let mut empty = ClippedBatch::empty(model, sensitivity, threshold)?;
-        if opts.track_unclipped_sum {
-            empty.unclipped_sum = Some(empty.sum.clone());
-        }
-        return Ok(empty);
+        return empty_batch(model, sensitivity, threshold, opts);
     }
     if opts.augmentation_multiplicity > 1 {
         return Err(CoreError::InvalidArgument(
@@ -324,7 +308,7 @@ pub fn bam_clipped_gradient<M: Model + ?Sized>(
         sq.push(parts_sq_norms(&refs)?);
         h.push(mixed);
     }
-    let sq = to_host(sq)?;
+    let sq = sq_norms_to_host(sq)?;
 
     let totals = sq.total_norms();
     let bad: Vec<usize> = (0..b).filter(|&i| !totals[i].is_finite()).collect();

@@ -348,7 +348,7 @@ pub fn clipped_gradient<M: Model + ?Sized>(
     let threshold = clip.threshold();
     let b = x.dim(0)?;
     if b == 0 {
-        return ClippedBatch::empty(model, sensitivity, threshold);
+        return empty_batch(model, sensitivity, threshold, opts);
     }
     let k = opts.augmentation_multiplicity.max(1);
     if b % k != 0 {
@@ -378,14 +378,9 @@ pub fn clipped_gradient<M: Model + ?Sized>(
             .ok_or_else(|| CoreError::UnsupportedLayer {
                 layer: "unknown".into(),
             })?;
-        sq.push(rule.sq_norms(mode)?.to_dtype(candle_core::DType::F32)?);
+        sq.push(rule.sq_norms(mode)?);
     }
-    let per_layer: Vec<Vec<f32>> = if sq.is_empty() {
-        Vec::new()
-    } else {
-        Tensor::stack(&sq, 0)?.to_vec2::<f32>()?
-    };
-    let sq = LayerSqNorms { per_layer };
+    let sq = sq_norms_to_host(sq)?;
 
     // 2. Non-finite examples.
     let totals = sq.total_norms();
@@ -447,6 +442,35 @@ pub fn clipped_gradient<M: Model + ?Sized>(
         examples: b,
         unclipped_sum,
     })
+}
+
+/// Per-layer squared norms (one `[B]` tensor per private layer, any float dtype) as one
+/// small `[L, B]` transfer to the host.
+pub(crate) fn sq_norms_to_host(sq: Vec<Tensor>) -> Result<LayerSqNorms> {
+    let per_layer = if sq.is_empty() {
+        Vec::new()
+    } else {
+        let sq = sq
+            .into_iter()
+            .map(|t| t.to_dtype(candle_core::DType::F32))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Tensor::stack(&sq, 0)?.to_vec2::<f32>()?
+    };
+    Ok(LayerSqNorms { per_layer })
+}
+
+/// An empty batch's zero sum, with its zero unclipped sum when `opts` tracks it.
+pub(crate) fn empty_batch<M: Model + ?Sized>(
+    model: &M,
+    sensitivity: f64,
+    threshold: f64,
+    opts: &GradOptions,
+) -> Result<ClippedBatch> {
+    let mut empty = ClippedBatch::empty(model, sensitivity, threshold)?;
+    if opts.track_unclipped_sum {
+        empty.unclipped_sum = Some(empty.sum.clone());
+    }
+    Ok(empty)
 }
 
 /// The rows of `x` and `targets` without the examples in `bad` (example `i` is rows

@@ -1,6 +1,5 @@
 //! 2-D convolution (channels-last) with a per-sample rule.
 
-use super::linear::check_offset_batch;
 use super::seq_linear::{self, ExampleOffsets, SeqLinearRecord};
 use crate::error::{shape_err, CoreError, Result};
 use crate::init::Init;
@@ -235,6 +234,9 @@ impl Layer for Conv2d {
         let cols = idx.unfold(x)?; // [B, L, k, C]
         let groups = self.cfg.groups;
         let cg = c / groups;
+        if let Some(off) = &self.offsets {
+            off.check_examples(b, &self.name())?;
+        }
         let mut outs = Vec::with_capacity(groups);
         for g in 0..groups {
             let a = if groups == 1 {
@@ -258,7 +260,6 @@ impl Layer for Conv2d {
             };
             let y = match &self.offsets {
                 Some(off) => {
-                    check_offset_batch(off, b, &self.name())?;
                     let og = self.cfg.out_channels / groups;
                     let dy = off.narrow_outputs(g * og, og)?.forward(&a)?;
                     (y + dy.reshape((b * l, og))?)?

@@ -103,7 +103,7 @@ impl Layer for Linear {
         let r = self.weight.value.dims()[0];
         let y = match &self.offsets {
             Some(off) => {
-                check_offset_batch(off, b, &self.name())?;
+                off.check_examples(b, &self.name())?;
                 (y.reshape((b, t, r))? + off.forward(&x3)?)?.reshape((b * t, r))?
             }
             None => y,
@@ -173,17 +173,6 @@ impl Layer for Linear {
         self.rec.clear();
         self.offsets = None;
     }
-}
-
-/// Offsets set for one batch size refuse a forward pass over another.
-pub(super) fn check_offset_batch(off: &ExampleOffsets, b: usize, layer: &str) -> Result<()> {
-    let n = off.examples()?;
-    if n != b {
-        return Err(crate::CoreError::InvalidArgument(format!(
-            "{layer}: per-example offsets for {n} examples, forward pass over {b}"
-        )));
-    }
-    Ok(())
 }
 
 impl PerSampleGrad for Linear {

@@ -321,9 +321,15 @@ impl ExampleOffsets {
         Ok(Self { weight, bias })
     }
 
-    /// Number of examples the offsets are for.
-    pub fn examples(&self) -> Result<usize> {
-        Ok(self.weight.dim(0)?)
+    /// Offsets set for one batch size refuse a forward pass over another.
+    pub fn check_examples(&self, b: usize, layer: &str) -> Result<()> {
+        let n = self.weight.dim(0)?;
+        if n != b {
+            return Err(crate::CoreError::InvalidArgument(format!(
+                "{layer}: per-example offsets for {n} examples, forward pass over {b}"
+            )));
+        }
+        Ok(())
     }
 
     /// The offsets of output rows `start..start+len` (one channel group of a convolution).
