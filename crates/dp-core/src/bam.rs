@@ -289,6 +289,13 @@ pub fn bam_clipped_gradient<M: Model + ?Sized>(
             "BAM does not support augmentation multiplicity".into(),
         ));
     }
+    if opts.mask.is_some() {
+        // The ascent point and the mixed gradient would have to be masked too; refuse
+        // rather than clip norms over coordinates the run does not train.
+        return Err(CoreError::InvalidArgument(
+            "BAM does not support gradient masks (pruning)".into(),
+        ));
+    }
     let device = x.device().clone();
     let (plain, plain_sq, loss_sum) = plain_gradients(model, x, targets, loss)?;
     let scale = ascent_scales(&plain_sq, cfg.radius, &device)?;

@@ -49,6 +49,12 @@ pub struct GradOptions {
     /// clipping bias `‖Σ_i c_i g_i − Σ_i g_i‖` (Knolle et al. 2023; analysis only: it is
     /// computed from private data without noise). Costs one more weighted sum per layer.
     pub track_unclipped_sum: bool,
+    /// Train only the coordinates this mask keeps (pruning under DP, Watson et al. 2023):
+    /// each example's norm is taken over the active coordinates, and the clipped (and
+    /// unclipped) sums are zero on the masked ones, so the sensitivity holds on the
+    /// `d_active`-dimensional space the noise is then added to (mask the noise too, as
+    /// dp-optim's step does). Aligned with [`Model::param_tensors`].
+    pub mask: Option<crate::GradientMask>,
 }
 
 impl GradOptions {
@@ -356,9 +362,24 @@ pub fn clipped_gradient<M: Model + ?Sized>(
             "batch of {b} rows is not a whole number of groups of {k} augmented copies"
         )));
     }
+    if let Some(mask) = &opts.mask {
+        mask.check(&model.param_tensors())?;
+    }
     let loss_sum = forward_backward(model, x, targets, loss)? / k as f64;
     let device: Device = x.device().clone();
     let mut layers = private_layers(model)?;
+    // Each private layer's parameters, as a range of the model's parameter list.
+    let mut ranges = Vec::with_capacity(layers.len());
+    let mut start = 0;
+    for layer in layers.iter() {
+        let n = layer.params().len();
+        ranges.push(start..start + n);
+        start += n;
+    }
+    let layer_masks = |l: usize| -> Option<&[Option<Tensor>]> {
+        let m = opts.mask.as_ref()?.slice(ranges[l].clone());
+        m.iter().any(|t| t.is_some()).then_some(m)
+    };
     if k > 1 {
         for layer in layers.iter_mut() {
             if let Some(rule) = layer.per_sample() {
@@ -378,7 +399,10 @@ pub fn clipped_gradient<M: Model + ?Sized>(
             .ok_or_else(|| CoreError::UnsupportedLayer {
                 layer: "unknown".into(),
             })?;
-        sq.push(rule.sq_norms(mode)?);
+        sq.push(match layer_masks(k) {
+            Some(masks) => rule.masked_sq_norms(masks)?,
+            None => rule.sq_norms(mode)?,
+        });
     }
     let sq = sq_norms_to_host(sq)?;
 
@@ -429,6 +453,13 @@ pub fn clipped_gradient<M: Model + ?Sized>(
         Some(plain)
     } else {
         None
+    };
+    let (sum, unclipped_sum) = match &opts.mask {
+        Some(mask) => (
+            mask.apply(&sum)?,
+            unclipped_sum.map(|u| mask.apply(&u)).transpose()?,
+        ),
+        None => (sum, unclipped_sum),
     };
     drop(layers);
     model.clear();

@@ -99,6 +99,15 @@ pub trait PerSampleGrad {
     /// unless the layer already materialised them in [`PerSampleGrad::sq_norms`].
     fn weighted_sum(&mut self, weights: &Tensor) -> Result<Vec<Tensor>>;
 
+    /// Squared norm of each example's gradient over the coordinates `masks` keeps (one
+    /// 0/1 tensor per parameter in [`Layer::params`] order, `None` for a dense one), shape
+    /// `[B]`: what clipping bounds when pruned coordinates are not trained. The default
+    /// materialises the per-example gradients; layers with a cheaper identity override it.
+    fn masked_sq_norms(&mut self, masks: &[Option<Tensor>]) -> Result<Tensor> {
+        let grads = self.per_sample_grads()?;
+        crate::mask::masked_sq_norms_of(&grads, masks)
+    }
+
     /// Augmentation multiplicity (De et al. 2022, §3.1): the batch held `K` augmented
     /// copies of each example in consecutive rows; afterwards the rule treats each group
     /// of `K` rows as one example whose gradient is the **mean** of the copies' gradients,

@@ -191,6 +191,11 @@ impl PerSampleGrad for Linear {
         seq_linear::rule_weighted_sum(&mut self.rec, &name, weights, self.bias.is_some())
     }
 
+    fn masked_sq_norms(&mut self, masks: &[Option<Tensor>]) -> Result<Tensor> {
+        let name = self.name();
+        seq_linear::rule_masked_sq_norms(&mut self.rec, &name, self.bias.is_some(), masks)
+    }
+
     fn group_examples(&mut self, k: usize) -> Result<()> {
         self.rec.group(k)
     }

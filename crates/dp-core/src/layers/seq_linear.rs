@@ -219,6 +219,41 @@ pub(crate) fn rule_per_sample(
     Ok(v)
 }
 
+/// Per-example squared norms over the coordinates `masks` keeps (weight, then bias; `None`:
+/// dense). For `T = 1` the weight part is `Σ_jk M_jk g_j² a_k² = ((g⊙g) M ⊙ (a⊙a))·1`, one
+/// product the size of a forward pass; for sequences and convolutions the per-example
+/// gradients are materialised (and kept, so the weighted sum reuses them), then masked.
+pub(crate) fn rule_masked_sq_norms(
+    rec: &mut SeqLinearRecord,
+    layer: &str,
+    bias: bool,
+    masks: &[Option<Tensor>],
+) -> Result<Tensor> {
+    let (a, g) = record(rec, layer)?;
+    let (b, t, p) = a.dims3()?;
+    let r = g.dim(2)?;
+    if t == 1 && rec.materialized.is_none() {
+        let a2 = a.reshape((b, p))?.sqr()?;
+        let g2 = g.reshape((b, r))?.sqr()?;
+        let mut sq = match masks.first().and_then(|m| m.as_ref()) {
+            Some(m) => (g2.matmul(&m.to_dtype(g2.dtype())?)? * &a2)?.sum(1)?,
+            None => (g2.sum(1)? * a2.sum(1)?)?,
+        };
+        if bias {
+            sq = match masks.get(1).and_then(|m| m.as_ref()) {
+                Some(m) => (sq + g2.broadcast_mul(&m.to_dtype(g2.dtype())?)?.sum(1)?)?,
+                None => (sq + g2.sum(1)?)?,
+            };
+        }
+        return Ok(sq);
+    }
+    if rec.materialized.is_none() {
+        rec.materialized = Some(per_sample(&a, &g, bias)?);
+    }
+    let grads = rule_per_sample(rec, layer, bias)?;
+    crate::mask::masked_sq_norms_of(&grads, masks)
+}
+
 pub(crate) fn rule_weighted_sum(
     rec: &mut SeqLinearRecord,
     layer: &str,
