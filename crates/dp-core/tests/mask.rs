@@ -66,7 +66,13 @@ fn flat_mask(mask: &GradientMask, model: &Sequential) -> Vec<f64> {
         .collect()
 }
 
-fn check_masked_step(mut model: Sequential, in_dims: &[usize], keep: f64, seed: u64, mode: GradMode) {
+fn check_masked_step(
+    mut model: Sequential,
+    in_dims: &[usize],
+    keep: f64,
+    seed: u64,
+    mode: GradMode,
+) {
     let b = 12;
     let mut r = rng(seed + 1000);
     let mut shape = vec![b];
@@ -112,15 +118,20 @@ fn check_masked_step(mut model: Sequential, in_dims: &[usize], keep: f64, seed: 
     let sum = flat(&out.sum);
     let unclipped = flat(out.unclipped_sum.as_ref().unwrap());
     for j in 0..m.len() {
-        let want: f64 = (0..b)
-            .map(|i| masked[i][j] * (c / norms[i]).min(1.0))
-            .sum();
+        let want: f64 = (0..b).map(|i| masked[i][j] * (c / norms[i]).min(1.0)).sum();
         let plain: f64 = (0..b).map(|i| masked[i][j]).sum();
         if m[j] == 0.0 {
             assert_eq!(sum[j], 0.0, "masked coordinate {j} of the clipped sum");
-            assert_eq!(unclipped[j], 0.0, "masked coordinate {j} of the unclipped sum");
+            assert_eq!(
+                unclipped[j], 0.0,
+                "masked coordinate {j} of the unclipped sum"
+            );
         } else {
-            assert!((sum[j] - want).abs() < 1e-4, "coordinate {j}: {} vs {want}", sum[j]);
+            assert!(
+                (sum[j] - want).abs() < 1e-4,
+                "coordinate {j}: {} vs {want}",
+                sum[j]
+            );
             assert!((unclipped[j] - plain).abs() < 1e-4);
         }
     }
@@ -149,8 +160,15 @@ fn a_dense_mask_changes_nothing() {
         .unwrap();
     assert_eq!(mask.num_active(), mask.total());
     let mut clip = FlatClip::new(0.5).unwrap();
-    let plain = clipped_gradient(&mut a, &x, &y, &CrossEntropy, &mut clip, &GradOptions::default())
-        .unwrap();
+    let plain = clipped_gradient(
+        &mut a,
+        &x,
+        &y,
+        &CrossEntropy,
+        &mut clip,
+        &GradOptions::default(),
+    )
+    .unwrap();
     let opts = GradOptions {
         mask: Some(mask),
         ..GradOptions::default()
@@ -166,10 +184,15 @@ fn a_dense_mask_changes_nothing() {
 fn magnitude_masks_prune_the_stated_fraction_of_the_smallest_weights() {
     let (model, _) = conv_model(7);
     let params = model.param_tensors();
-    let prunable: usize = params.iter().filter(|p| p.rank() >= 2).map(|p| p.elem_count()).sum();
+    let prunable: usize = params
+        .iter()
+        .filter(|p| p.rank() >= 2)
+        .map(|p| p.elem_count())
+        .sum();
     for sparsity in [0.0, 0.5, 0.9, 0.99, 1.0] {
         for scope in [PruneScope::Global, PruneScope::PerLayer] {
-            let mask = GradientMask::magnitude(&params, sparsity, scope, Prunable::Weights).unwrap();
+            let mask =
+                GradientMask::magnitude(&params, sparsity, scope, Prunable::Weights).unwrap();
             let pruned = mask.total() - mask.num_active();
             let want = match scope {
                 PruneScope::Global => (sparsity * prunable as f64).round() as usize,

@@ -166,7 +166,9 @@ pub struct LayerMask {
     pub keep: Vec<bool>,
 }
 
-/// A pruning mask over named layers.
+/// A pruning mask over named layers (the analysis view: keep flags with names, for
+/// [`mask_jaccard`] and reports). Training under a mask uses `dp_core::GradientMask`;
+/// [`PruningMask::from_gradient_mask`] converts.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PruningMask {
     /// Per layer, in parameter order.
@@ -174,6 +176,37 @@ pub struct PruningMask {
 }
 
 impl PruningMask {
+    /// The named keep flags of an engine mask over `params` (dense parameters: all kept).
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use dp_core::{GradientMask, Prunable, PruneScope};
+    /// let p = vec![("w".to_string(), Tensor::new(&[[0.1f32, -5.], [0.2, 4.]], &Device::Cpu)?)];
+    /// let g = GradientMask::magnitude(&[p[0].1.clone()], 0.5, PruneScope::Global, Prunable::Weights)?;
+    /// let m = dp_metrics::PruningMask::from_gradient_mask(&g, &p)?;
+    /// assert_eq!(m.layers[0].keep, vec![false, true, false, true]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn from_gradient_mask(
+        mask: &dp_core::GradientMask,
+        params: &[(String, Tensor)],
+    ) -> Result<Self> {
+        let flags = mask
+            .keep_flags()
+            .map_err(|e| MetricsError::ShapeMismatch(e.to_string()))?;
+        if flags.len() != params.len() {
+            return Err(MetricsError::ShapeMismatch(
+                "mask and parameters differ in layer count".into(),
+            ));
+        }
+        let keep: Vec<bool> = flags
+            .into_iter()
+            .zip(params)
+            .flat_map(|(k, (_, t))| k.unwrap_or_else(|| vec![true; t.elem_count()]))
+            .collect();
+        Ok(build_mask(params, keep))
+    }
+
     /// d_active: the number of unmasked parameters.
     pub fn num_active(&self) -> usize {
         self.layers
@@ -222,14 +255,7 @@ impl PruningMask {
     }
 }
 
-/// Whether pruning ranks weights across all layers or within each layer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum PruneScope {
-    /// One global ranking of |w|.
-    Global,
-    /// The same fraction pruned in every layer.
-    PerLayer,
-}
+pub use dp_core::PruneScope;
 
 fn check_fraction(f: f64) -> Result<()> {
     if (0.0..=1.0).contains(&f) {
@@ -259,14 +285,6 @@ fn build_mask(params: &[(String, Tensor)], keep_flat: Vec<bool>) -> PruningMask 
     PruningMask { layers }
 }
 
-/// Prunes `i` indices with smallest key in `idx` (stable ties by index), marking keep = false.
-fn prune_smallest(keep: &mut [bool], idx: &mut [usize], key: &[f64], count: usize) {
-    idx.sort_by(|&a, &b| key[a].total_cmp(&key[b]).then(a.cmp(&b)));
-    for &i in idx.iter().take(count) {
-        keep[i] = false;
-    }
-}
-
 /// Magnitude-pruning mask that removes the fraction `prune_fraction` of weights with the
 /// smallest |w| (rounded to the nearest count), globally or per layer.
 ///
@@ -293,21 +311,9 @@ pub fn magnitude_pruning_mask(
         mags.extend(values_of(t)?.into_iter().map(f64::abs));
         ranges.push(start..mags.len());
     }
-    let mut keep = vec![true; mags.len()];
-    match scope {
-        PruneScope::Global => {
-            let mut idx: Vec<usize> = (0..mags.len()).collect();
-            let count = (prune_fraction * mags.len() as f64).round() as usize;
-            prune_smallest(&mut keep, &mut idx, &mags, count);
-        }
-        PruneScope::PerLayer => {
-            for r in ranges {
-                let mut idx: Vec<usize> = r.clone().collect();
-                let count = (prune_fraction * r.len() as f64).round() as usize;
-                prune_smallest(&mut keep, &mut idx, &mags, count);
-            }
-        }
-    }
+    // The one ranking rule of the workspace, shared with the engine's masks.
+    let keep = dp_core::magnitude_keep(&mags, &ranges, prune_fraction, scope)
+        .map_err(|e| MetricsError::InvalidArgument(e.to_string()))?;
     Ok(build_mask(params, keep))
 }
 

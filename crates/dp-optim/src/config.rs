@@ -111,6 +111,13 @@ pub struct TrainerConfig {
     /// 2023). Analysis only (computed without noise); costs one more weighted sum per layer.
     #[serde(default)]
     pub track_clipping_bias: bool,
+    /// Later phases of a switching schedule (Watson et al. 2023's switching experiments):
+    /// `(k, regime)` trains in `regime` from epoch `k` on (whole epochs of
+    /// `⌈1/q⌉` steps), [`TrainerConfig::regime`] being the regime of the first phase. Only
+    /// the private steps are accounted; a run with any phase that is not private reports
+    /// ε = ∞ in every record, since the model it releases is not DP.
+    #[serde(default)]
+    pub regime_switches: Vec<(u64, Regime)>,
 }
 
 impl TrainerConfig {
@@ -140,7 +147,48 @@ impl TrainerConfig {
             rescale_by_clip_norm: false,
             augmentation: None,
             track_clipping_bias: false,
+            regime_switches: Vec::new(),
         }
+    }
+    /// From epoch `epoch` on, train in `regime` (see [`TrainerConfig::regime_switches`]).
+    ///
+    /// ```
+    /// use dp_optim::{BatchSize, Delta, Epochs, Regime, TrainerConfig};
+    /// let cfg = TrainerConfig::new(Epochs(4.0), BatchSize(64.0), Delta(1e-5))
+    ///     .with_regime(Regime::NonPrivate)
+    ///     .with_regime_from_epoch(2, Regime::Private);
+    /// assert_eq!(cfg.regime_at(0, 10), Regime::NonPrivate);
+    /// assert_eq!(cfg.regime_at(20, 10), Regime::Private);
+    /// assert!(!cfg.is_private()); // the released model saw non-private steps
+    /// ```
+    pub fn with_regime_from_epoch(mut self, epoch: u64, regime: Regime) -> Self {
+        self.regime_switches.push((epoch, regime));
+        self
+    }
+    /// The regime of step `step` (0-based) of a run with `steps_per_epoch` steps per epoch.
+    pub fn regime_at(&self, step: u64, steps_per_epoch: u64) -> Regime {
+        let epoch = step / steps_per_epoch.max(1);
+        self.regime_switches
+            .iter()
+            .filter(|(k, _)| *k <= epoch)
+            .max_by_key(|(k, _)| *k)
+            .map_or(self.regime, |(_, r)| *r)
+    }
+    /// Whether every phase of the run is private: only then has the released model a
+    /// finite ε.
+    pub fn is_private(&self) -> bool {
+        self.regime.is_private() && self.regime_switches.iter().all(|(_, r)| r.is_private())
+    }
+    /// The regime that makes the run not private (the first phase's, else the first later
+    /// phase that is not private), or `None` for a private run.
+    pub fn non_private_regime(&self) -> Option<Regime> {
+        if !self.regime.is_private() {
+            return Some(self.regime);
+        }
+        self.regime_switches
+            .iter()
+            .map(|(_, r)| *r)
+            .find(|r| !r.is_private())
     }
     /// Legal settings that are probably mistakes, for a training set of `dataset_len`
     /// examples (also available as [`crate::PrivateTrainer::warnings`]). Empty when nothing

@@ -42,6 +42,7 @@ mod evaluate;
 pub mod methods;
 pub mod optim;
 mod plan;
+mod pruning;
 mod records;
 mod state;
 mod step;
@@ -59,6 +60,7 @@ pub use methods::{
 };
 pub use optim::{Adam, AdamBc, BaseOptimizer, OptimizerState, Sgd};
 pub use plan::{PerExampleObjective, PlanContext, Regime, StatisticQuery, StepOutcome, StepPlan};
+pub use pruning::{MaskSource, TrainingMask};
 pub use records::{EpochRecord, Guarantee, PrivacyReport, StepRecord, StopReason, TrainReport};
 pub use step::{take_step, ClippingBias, StepEnv, StepResult};
 pub use tensor_state::TensorState;

@@ -26,4 +26,7 @@ pub(crate) struct TrainerState {
     /// Augmentation generator: key and stream position (as for the noise stream).
     #[serde(default)]
     pub augment: Option<dp_core::NoiseState>,
+    /// The pruning mask the run trains under.
+    #[serde(default)]
+    pub mask: Option<crate::pruning::MaskState>,
 }

@@ -201,6 +201,12 @@ pub fn take_step<M: Model>(
         }
         Regime::ClipOnly | Regime::NonPrivate => (acc.sum, 0.0, acc.stats, acc.loss_sum),
     };
+    // Pruned coordinates get no noise either: the noise has d_active dimensions.
+    let mask = env.grad_options.mask.as_ref();
+    let sum = match mask {
+        Some(m) => m.apply(&sum)?,
+        None => sum,
+    };
     let statistics: Vec<f64> = plan
         .statistics
         .iter()
@@ -214,6 +220,12 @@ pub fn take_step<M: Model>(
     let noise_std = sum_noise_std / d;
     optimizer.set_gradient_noise_std(noise_std);
     let new = optimizer.step(&model.param_tensors(), &gradient)?;
+    // Re-masked after the update, so pruned weights stay exactly zero whatever the optimiser
+    // does (weight decay, momentum from before the mask).
+    let new = match mask {
+        Some(m) => m.apply(&new)?,
+        None => new,
+    };
     model.set_param_tensors(&new)?;
     Ok(StepResult {
         gradient,

@@ -8,6 +8,7 @@ use crate::evaluate::{evaluate_with, rows_to_tensors};
 use crate::methods::PrivacyMethod;
 use crate::optim::BaseOptimizer;
 use crate::plan::{PlanContext, StepOutcome};
+use crate::pruning::{compose_prior, TrainingMask};
 use crate::records::{EpochRecord, Guarantee, StepRecord, StopReason, TrainReport};
 use crate::state::TrainerState;
 use crate::step::{take_step, StepEnv};
@@ -50,9 +51,19 @@ pub struct TrainerBuilder<M: Model> {
     config: TrainerConfig,
     loss: Option<BoxedLoss>,
     sampler: Option<BoxedSampler>,
+    mask: Option<TrainingMask>,
 }
 
 impl<M: Model> TrainerBuilder<M> {
+    /// Train only the coordinates `mask` keeps (pruning under DP): the model's pruned
+    /// weights are zeroed at build and after every update, they get no gradient and no
+    /// noise, and clipped norms are over the active coordinates. A mask from released
+    /// weights brings that run's accounting history, which this run composes first (its ε
+    /// is the whole pipeline's); see [`TrainingMask`].
+    pub fn mask(mut self, mask: TrainingMask) -> Self {
+        self.mask = Some(mask);
+        self
+    }
     /// Train with this per-example loss instead of cross-entropy.
     pub fn loss(mut self, loss: impl Loss + Send + Sync + 'static) -> Self {
         self.loss = Some(Box::new(loss));
@@ -102,6 +113,7 @@ pub struct PrivateTrainer<M: Model> {
     stop_reason: Option<StopReason>,
     augment_rng: rand_chacha::ChaCha20Rng,
     warnings: Vec<ConfigWarning>,
+    mask: Option<TrainingMask>,
 }
 
 pub(crate) fn noise_seed(seed: u64) -> u64 {
@@ -187,12 +199,13 @@ fn check_config(config: &TrainerConfig) -> Result<Option<PrivacyBudget>> {
         .target_epsilon
         .map(|e| PrivacyBudget::new(e, config.delta))
         .transpose()?;
-    if budget.is_some() && !config.regime.is_private() && !config.calibrate_noise {
+    if let (Some(_), Some(regime), false) =
+        (&budget, config.non_private_regime(), config.calibrate_noise)
+    {
         return Err(TrainError::InvalidConfig(format!(
-            "a {} run has no finite ε, so a budget cannot be enforced; a target ε is accepted \
-             only to calibrate σ (calibrate_noise_from_budget), e.g. for a noise-only run that \
-             adds the noise a private run would",
-            config.regime
+            "a run with a {regime} phase has no finite ε, so a budget cannot be enforced; a \
+             target ε is accepted only to calibrate σ (calibrate_noise_from_budget), e.g. for \
+             a noise-only run that adds the noise a private run would"
         )));
     }
     if config.calibrate_noise && budget.is_none() {
@@ -231,6 +244,7 @@ impl<M: Model> PrivateTrainer<M> {
             config,
             loss: None,
             sampler: None,
+            mask: None,
         }
     }
 
@@ -242,6 +256,7 @@ impl<M: Model> PrivateTrainer<M> {
             config,
             loss,
             sampler,
+            mask,
         } = b;
         let n = train.len();
         if n == 0 {
@@ -258,6 +273,12 @@ impl<M: Model> PrivateTrainer<M> {
         let loss: BoxedLoss = loss.unwrap_or_else(|| Box::new(CrossEntropy));
         let mut model = model;
         check_output_width(&mut model, loss.as_ref(), train)?;
+        if let Some(m) = &mask {
+            m.check_for(config.is_private())?;
+            let pruned = m.mask().apply(&model.param_tensors())?;
+            model.set_param_tensors(&pruned)?;
+        }
+        let prior: &[dp_accounting::DpEvent] = mask.as_ref().map_or(&[], |m| m.prior_events());
         let warnings = config.warnings(n);
         let q = config.expected_batch_size / n as f64;
         let sampler: BoxedSampler = match sampler {
@@ -288,29 +309,45 @@ impl<M: Model> PrivateTrainer<M> {
             }
             None => Box::new(PoissonSampler::new(n, q, config.seed)?),
         };
-        // A run that is not DP accounts nothing, so its sampler needs no Poisson guarantee.
+        // A run without private steps accounts nothing, so its sampler needs no Poisson
+        // guarantee.
         let accounting = SampleAccounting::from_scheme(
             sampler.scheme(),
             n,
-            config.assume_poisson_accounting || !config.regime.is_private(),
+            config.assume_poisson_accounting || !has_private_phase(&config),
         )?;
         let total_steps = steps_for_epochs(config.epochs, q)?;
         if config.calibrate_noise {
             let eps = budget.as_ref().map(|b| b.epsilon()).unwrap_or(f64::NAN);
-            let sigma = calibrate(&accounting, method.as_ref(), &config, eps, total_steps)?;
+            let sigma = calibrate(
+                &accounting,
+                method.as_ref(),
+                &config,
+                eps,
+                total_steps,
+                prior,
+            )?;
             method.set_noise_multiplier(sigma)?;
         }
-        let guard_budget = if config.regime.is_private() {
-            budget
-        } else {
-            None
-        };
-        let guard = BudgetGuard::new(
-            AnyAccountant::new(config.accountant),
-            config.delta,
-            guard_budget,
-        )?
-        .with_planned_steps(total_steps);
+        let guard_budget = if config.is_private() { budget } else { None };
+        let mut accountant = AnyAccountant::new(config.accountant);
+        compose_prior(&mut accountant, prior)?;
+        if let Some(b) = &guard_budget {
+            let spent = if prior.is_empty() {
+                0.0
+            } else {
+                accountant.epsilon(b.delta())?
+            };
+            if spent > b.epsilon() {
+                return Err(TrainError::InvalidConfig(format!(
+                    "the mask's source run already spent ε = {spent:.4}, more than the budget \
+                     ε = {} of the whole pipeline",
+                    b.epsilon()
+                )));
+            }
+        }
+        let guard = BudgetGuard::new(accountant, config.delta, guard_budget)?
+            .with_planned_steps(total_steps);
         let noise = match config.seed {
             Some(s) => GaussianNoise::seeded(noise_seed(s)),
             None => GaussianNoise::from_entropy(),
@@ -333,6 +370,7 @@ impl<M: Model> PrivateTrainer<M> {
             records: Vec::new(),
             epochs: Vec::new(),
             stop_reason: None,
+            mask,
         })
     }
 
@@ -357,6 +395,7 @@ impl<M: Model> PrivateTrainer<M> {
                     word_pos: [(pos >> 64) as u64, pos as u64],
                 }
             }),
+            mask: self.mask.as_ref().map(|m| m.to_state()).transpose()?,
         })
     }
 
@@ -371,8 +410,12 @@ impl<M: Model> PrivateTrainer<M> {
         let accounting = SampleAccounting::from_scheme(
             sampler.scheme(),
             state.dataset_len,
-            state.config.assume_poisson_accounting || !state.config.regime.is_private(),
+            state.config.assume_poisson_accounting || !has_private_phase(&state.config),
         )?;
+        let mask = state
+            .mask
+            .map(|m| TrainingMask::from_state(m, &model))
+            .transpose()?;
         let fallback_rng = augment_rng(state.config.seed);
         let warnings = state.config.warnings(state.dataset_len);
         Ok(Self {
@@ -401,6 +444,7 @@ impl<M: Model> PrivateTrainer<M> {
             records: state.records,
             epochs: state.epochs,
             stop_reason: None,
+            mask,
         })
     }
 
@@ -408,6 +452,10 @@ impl<M: Model> PrivateTrainer<M> {
     /// was built. The library prints nothing: show these to the user.
     pub fn warnings(&self) -> &[ConfigWarning] {
         &self.warnings
+    }
+    /// The pruning mask the run trains under, if any.
+    pub fn mask(&self) -> Option<&TrainingMask> {
+        self.mask.as_ref()
     }
     /// The model being trained.
     pub fn model(&self) -> &M {
@@ -467,13 +515,23 @@ impl<M: Model> PrivateTrainer<M> {
     }
     /// What this run's ε certifies.
     pub fn guarantee(&self) -> Guarantee {
-        self.accounting.guarantee(self.config.regime)
+        match self.config.non_private_regime() {
+            Some(regime) => self.accounting.guarantee(regime),
+            None => self.accounting.guarantee(self.config.regime),
+        }
     }
-    /// ε spent so far (0 before the first step; ∞ for a run that is not DP).
+    /// ε spent so far (0 before the first step; ∞ for a run that is not DP, including a
+    /// switching run with any phase that is not private).
     pub fn epsilon(&self) -> Result<f64> {
-        if !self.config.regime.is_private() {
+        if !self.config.is_private() {
             return Ok(f64::INFINITY);
         }
+        Ok(self.guard.epsilon()?)
+    }
+    /// ε of the private steps alone (what the accountant recorded). For a switching run
+    /// this is **not** the model's guarantee (that is [`PrivateTrainer::epsilon`], ∞): it
+    /// says what the private phases spent, for analysis.
+    pub fn private_steps_epsilon(&self) -> Result<f64> {
         Ok(self.guard.epsilon()?)
     }
     /// The sampler's scheme, which decides the accounting.
@@ -497,7 +555,7 @@ impl<M: Model> PrivateTrainer<M> {
         };
         let mut plan = self.method.plan(&ctx)?;
         plan.validate()?;
-        let regime = self.config.regime;
+        let regime = self.config.regime_at(self.step, self.steps_per_epoch());
         // The event is derived from what the plan releases, before anything is released.
         let event = if regime.is_private() {
             let e = self
@@ -524,6 +582,7 @@ impl<M: Model> PrivateTrainer<M> {
             non_finite: self.config.non_finite,
             augmentation_multiplicity: self.config.augmentation.as_ref().map_or(1, |a| a.1),
             track_unclipped_sum: self.config.track_clipping_bias,
+            mask: self.mask.as_ref().map(|m| m.mask().clone()),
             ..GradOptions::default()
         };
         let env = StepEnv {
@@ -578,7 +637,7 @@ impl<M: Model> PrivateTrainer<M> {
             expected_batch_size: self.config.expected_batch_size,
         })?;
         self.step += 1;
-        let epsilon = if !regime.is_private() {
+        let epsilon = if !self.config.is_private() {
             Some(f64::INFINITY)
         } else if self.guard.accountant().epsilon_is_cheap() {
             Some(self.guard.epsilon()?)
@@ -707,6 +766,11 @@ impl<M: Model> PrivateTrainer<M> {
     }
 }
 
+/// Whether any phase of the run is private (its steps are then accounted).
+fn has_private_phase(config: &TrainerConfig) -> bool {
+    config.regime.is_private() || config.regime_switches.iter().any(|(_, r)| r.is_private())
+}
+
 /// The smallest budgeted σ whose planned run fits `eps`, for `method`'s releases under the
 /// configured accountant. A constant-σ run is one repeated event (the classic search); a
 /// schedule or a multi-query step goes through the generic search, warm-started from a cheap
@@ -717,12 +781,13 @@ fn calibrate(
     config: &TrainerConfig,
     eps: f64,
     steps: u64,
+    prior: &[dp_accounting::DpEvent],
 ) -> Result<f64> {
     // Releases of exactly one query with multiplier σ every step (checked at two σ): the
     // run is one repeated subsampled Gaussian.
     let constant =
         |s: f64| -> Result<bool> { Ok(accounting.run_blocks(method, s, steps)? == [(s, steps)]) };
-    if constant(1.0)? && constant(2.0)? {
+    if prior.is_empty() && constant(1.0)? && constant(2.0)? {
         return Ok(calibrate_noise_multiplier(
             eps,
             config.delta,
@@ -735,7 +800,16 @@ fn calibrate(
         let blocks = accounting
             .run_blocks(method, s, steps)
             .map_err(|e| dp_accounting::AccountingError::CalibrationFailed(e.to_string()))?;
-        schedule_event(accounting.q, &blocks)
+        let run = schedule_event(accounting.q, &blocks)?;
+        Ok(if prior.is_empty() {
+            run
+        } else {
+            // The pipeline's earlier releases come first: σ is the one that makes the
+            // whole pipeline fit the budget.
+            let mut all = prior.to_vec();
+            all.push(run);
+            dp_accounting::DpEvent::Composed(all)
+        })
     };
     let mut search = NoiseSearch::default();
     let kind = config.accountant;
