@@ -16,6 +16,37 @@ use crate::directions::{gaussian_vec, rademacher_vec};
 use crate::error::{MetricsError, Result};
 use crate::surface::{axpy, dot, grad_flat, norm, LossSurface, ParamLayout};
 
+/// The default HVP step `eps_scale` (a parameter-space step of this length): short enough
+/// that on the project's ReLU and max-pool models a central difference almost never crosses
+/// an activation kink (a crossing turns the kink's jump in the gradient into a spurious
+/// curvature of order `jump/ε`), long enough that f64 rounding stays near 1e-11 relative.
+/// Measure an f64 copy of the model: in f32 a step this short is dominated by rounding, and
+/// the functions here refuse f32 parameters with a step below [`MIN_EPS_SCALE_F32`].
+pub const DEFAULT_HVP_EPS_SCALE: f64 = 1e-5;
+
+/// The shortest HVP step accepted for parameters below f64 precision. At this length an f32
+/// HVP has rounding error near 1e-3 relative to the gradient and may cross kinks: a
+/// compromise chosen explicitly by the caller, never a default.
+pub const MIN_EPS_SCALE_F32: f64 = 1e-4;
+
+fn check_precision(layout: &ParamLayout, eps_scale: f64) -> Result<()> {
+    if let Some(dt) = layout
+        .dtypes()
+        .iter()
+        .find(|d| **d != candle_core::DType::F64)
+    {
+        if eps_scale < MIN_EPS_SCALE_F32 {
+            return Err(MetricsError::InvalidArgument(format!(
+                "Hessian-vector products by central differences at a step of {eps_scale} on \
+                 {dt:?} parameters are dominated by rounding: measure an f64 copy of the model \
+                 (its parameters converted with to_dtype(F64)), or pass eps_scale ≥ \
+                 {MIN_EPS_SCALE_F32} knowing that such steps may cross ReLU/max-pool kinks"
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn hvp_flat<S: LossSurface + ?Sized>(
     surface: &mut S,
     layout: &ParamLayout,
@@ -23,6 +54,7 @@ fn hvp_flat<S: LossSurface + ?Sized>(
     v: &[f64],
     eps_scale: f64,
 ) -> Result<Vec<f64>> {
+    check_precision(layout, eps_scale)?;
     let nv = norm(v);
     if nv == 0.0 {
         return Ok(vec![0.0; v.len()]);
@@ -38,7 +70,8 @@ fn hvp_flat<S: LossSurface + ?Sized>(
 }
 
 /// Hessian-vector product H·v at `center` by central differences of gradients (§14.2), with
-/// ε = `eps_scale`/‖v‖ (§14.2 suggests `eps_scale` = 1e-3).
+/// ε = `eps_scale`/‖v‖ ([`DEFAULT_HVP_EPS_SCALE`] = 1e-5 on f64 parameters; §14.2's 1e-3
+/// is biased on ReLU/max-pool models, see there).
 ///
 /// ```
 /// use candle_core::{Device, Tensor};
@@ -83,7 +116,7 @@ pub struct PowerIterationConfig {
     pub tol: f64,
     /// Seed of the Gaussian start vector.
     pub seed: u64,
-    /// HVP step ε = eps_scale/‖v‖.
+    /// HVP step ε = eps_scale/‖v‖ (default [`DEFAULT_HVP_EPS_SCALE`]).
     pub eps_scale: f64,
 }
 
@@ -93,7 +126,7 @@ impl Default for PowerIterationConfig {
             max_iter: 100,
             tol: 1e-3,
             seed: 0,
-            eps_scale: 1e-3,
+            eps_scale: DEFAULT_HVP_EPS_SCALE,
         }
     }
 }
@@ -231,7 +264,7 @@ pub struct HutchinsonConfig {
     pub rel_tol: f64,
     /// Seed of the probes.
     pub seed: u64,
-    /// HVP step ε = eps_scale/‖z‖.
+    /// HVP step ε = eps_scale/‖z‖ (default [`DEFAULT_HVP_EPS_SCALE`]).
     pub eps_scale: f64,
 }
 
@@ -242,7 +275,7 @@ impl Default for HutchinsonConfig {
             min_probes: 10,
             rel_tol: 0.0,
             seed: 0,
-            eps_scale: 1e-3,
+            eps_scale: DEFAULT_HVP_EPS_SCALE,
         }
     }
 }

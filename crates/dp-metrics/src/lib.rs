@@ -45,6 +45,7 @@ pub mod group_accuracy;
 pub mod hessian;
 pub mod landscape;
 pub mod logger;
+pub mod loss_change;
 pub mod membership;
 pub mod misalignment;
 pub mod plot;
@@ -65,6 +66,7 @@ pub use group_accuracy::{
     AccuracyReport, DisparateImpact, GroupAccuracy, PrivacyCost,
 };
 pub use logger::{read_log, LogRecord, MetricsLogger};
+pub use loss_change::{loss_change_decomposition, LossChangeDecomposition, StepGradients};
 pub use membership::{
     loss_threshold_attack, roc_curve, MembershipReport, TprAtFpr, DEFAULT_FPR_LEVELS,
 };
@@ -83,7 +85,8 @@ pub use directions::{
 pub use error::{MetricsError, Result};
 pub use hessian::{
     hessian_vector_product, hutchinson_trace, min_eigenvalue, top_eigenvalue, EigenEstimate,
-    HutchinsonConfig, PowerIterationConfig, TraceEstimate,
+    HutchinsonConfig, PowerIterationConfig, TraceEstimate, DEFAULT_HVP_EPS_SCALE,
+    MIN_EPS_SCALE_F32,
 };
 pub use landscape::{
     barrier_height, interpolate, linspace, mean_sd, random_slice_1d, random_slice_2d, slice_1d,

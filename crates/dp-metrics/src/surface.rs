@@ -65,6 +65,11 @@ impl ParamLayout {
         &self.shapes
     }
 
+    /// The parameters' dtypes.
+    pub fn dtypes(&self) -> &[DType] {
+        &self.dtypes
+    }
+
     /// Total number of scalar parameters.
     pub fn numel(&self) -> usize {
         self.shapes
