@@ -22,7 +22,10 @@ use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use clap::Parser;
 use dp_lab::core::clipping::FlatClip;
-use dp_lab::core::{models, CrossEntropy, GaussianNoise, GradMode, GradOptions, Sequential};
+use dp_lab::core::{
+    models, CrossEntropy, GaussianNoise, GradMode, GradOptions, GradientMask, Model, Prunable,
+    PruneScope, Sequential,
+};
 use dp_lab::optim::{
     batch_tensors, take_step, Bam, PlanContext, PrivacyMethod, Regime, Sgd, StepEnv, StepPlan,
 };
@@ -42,7 +45,7 @@ struct Args {
     /// Only models whose name contains this string.
     #[arg(long)]
     filter: Option<String>,
-    /// Only this mode (non_private, dp_materialized, dp_ghost_bookkeeping, dp_bam); for profiling.
+    /// Only this mode (non_private, dp_materialized, dp_ghost_bookkeeping, dp_bam, dp_pruned_90); for profiling.
     #[arg(long)]
     mode: Option<String>,
 }
@@ -54,6 +57,9 @@ enum Mode {
     Ghost,
     /// BAM (Knolle et al. 2023): a second forward/backward at per-example ascent points.
     Bam,
+    /// DP-SGD under a 90% magnitude-pruning mask (per layer, from the initial weights):
+    /// norms over the active coordinates, masked sums, noise and weights.
+    Pruned90,
 }
 
 impl Mode {
@@ -63,6 +69,7 @@ impl Mode {
             Mode::Materialize => "dp_materialized",
             Mode::Ghost => "dp_ghost_bookkeeping",
             Mode::Bam => "dp_bam",
+            Mode::Pruned90 => "dp_pruned_90",
         }
     }
 }
@@ -75,6 +82,7 @@ fn step(
     x: &Tensor,
     y: &Tensor,
     mode: Mode,
+    mask: Option<&GradientMask>,
     noise: &mut GaussianNoise,
     opt: &mut Sgd,
 ) -> Result<()> {
@@ -84,9 +92,12 @@ fn step(
     let (regime, grad_mode) = match mode {
         Mode::NonPrivate => (Regime::NonPrivate, GradMode::Auto),
         Mode::Materialize => (Regime::Private, GradMode::Materialize),
-        Mode::Ghost | Mode::Bam => (Regime::Private, GradMode::Auto),
+        Mode::Ghost | Mode::Bam | Mode::Pruned90 => (Regime::Private, GradMode::Auto),
     };
-    let opts = GradOptions::with_mode(grad_mode);
+    let opts = GradOptions {
+        mask: mask.cloned(),
+        ..GradOptions::with_mode(grad_mode)
+    };
     let env = StepEnv {
         regime,
         loss: &CrossEntropy,
@@ -186,19 +197,37 @@ fn main() -> Result<()> {
         struct Run {
             mode: Mode,
             model: Sequential,
+            mask: Option<GradientMask>,
             noise: GaussianNoise,
             opt: Sgd,
             round_ms: Vec<f64>,
             steps: usize,
         }
         let mut runs = Vec::new();
-        for mode in [Mode::NonPrivate, Mode::Materialize, Mode::Ghost, Mode::Bam] {
+        for mode in [
+            Mode::NonPrivate,
+            Mode::Materialize,
+            Mode::Ghost,
+            Mode::Bam,
+            Mode::Pruned90,
+        ] {
             if args.mode.as_deref().is_some_and(|m| m != mode.name()) {
                 continue;
             }
+            let model = build()?;
+            let mask = match mode {
+                Mode::Pruned90 => Some(GradientMask::magnitude(
+                    &model.param_tensors(),
+                    0.9,
+                    PruneScope::PerLayer,
+                    Prunable::Weights,
+                )?),
+                _ => None,
+            };
             let mut run = Run {
                 mode,
-                model: build()?,
+                model,
+                mask,
                 noise: GaussianNoise::seeded(0),
                 opt: Sgd::new(0.01),
                 round_ms: Vec::new(),
@@ -206,8 +235,17 @@ fn main() -> Result<()> {
             };
             // Warm-up; BAM needs per-example parameter offsets in every layer, which not
             // every benchmark model has (GroupNorm): those skip BAM and say so.
-            let warm = (0..2)
-                .try_for_each(|_| step(&mut run.model, &x, &y, mode, &mut run.noise, &mut run.opt));
+            let warm = (0..2).try_for_each(|_| {
+                step(
+                    &mut run.model,
+                    &x,
+                    &y,
+                    mode,
+                    run.mask.as_ref(),
+                    &mut run.noise,
+                    &mut run.opt,
+                )
+            });
             match warm {
                 Ok(()) => runs.push(run),
                 Err(e) if mode == Mode::Bam => eprintln!("{name}: dp_bam skipped: {e}"),
@@ -225,6 +263,7 @@ fn main() -> Result<()> {
                         &x,
                         &y,
                         run.mode,
+                        run.mask.as_ref(),
                         &mut run.noise,
                         &mut run.opt,
                     )?;

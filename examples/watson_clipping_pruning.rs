@@ -95,6 +95,13 @@ enum Source {
 }
 
 #[derive(Clone, Copy, ValueEnum, Debug, PartialEq, Eq)]
+enum Experiment {
+    Regimes,
+    Switching,
+    Pruning,
+}
+
+#[derive(Clone, Copy, ValueEnum, Debug, PartialEq, Eq)]
 enum ScopeArg {
     Auto,
     Global,
@@ -138,6 +145,14 @@ struct Args {
     epsilon: f64,
     #[arg(long, default_value_t = 1e-5)]
     delta: f64,
+    /// Which experiments to run (landscapes go with regimes and pruning).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "regimes,switching,pruning"
+    )]
+    experiments: Vec<Experiment>,
     /// Switching points k (epochs).
     #[arg(long, value_delimiter = ',', default_value = "2,5,8")]
     switch_epochs: Vec<u64>,
@@ -711,7 +726,8 @@ fn main() -> Result<()> {
         Regime::NoiseOnly,
         Regime::Private,
     ];
-    for regime in regimes {
+    let run_regimes = args.experiments.contains(&Experiment::Regimes);
+    for regime in regimes.into_iter().filter(|_| run_regimes) {
         let started = Instant::now();
         let mut cfg = ctx.config(args.epochs).with_regime(regime);
         if regime.is_private() {
@@ -734,7 +750,12 @@ fn main() -> Result<()> {
     }
 
     // 2. Switching.
-    for &k in &args.switch_epochs {
+    let switch_epochs = if args.experiments.contains(&Experiment::Switching) {
+        args.switch_epochs.clone()
+    } else {
+        Vec::new()
+    };
+    for &k in &switch_epochs {
         if k == 0 || k >= args.epochs {
             bail!("switch epoch {k} must lie in 1..{}", args.epochs);
         }
@@ -765,7 +786,12 @@ fn main() -> Result<()> {
     }
 
     // 4. Pruning (+ 3. landscapes of the pruned DP models).
-    let public_model = if args.mask_sources.contains(&Source::Public) {
+    let sources = if args.experiments.contains(&Experiment::Pruning) {
+        args.mask_sources.clone()
+    } else {
+        Vec::new()
+    };
+    let public_model = if sources.contains(&Source::Public) {
         let pd = public_dataset(&args)?;
         let public = pd
             .load(args.public_data_dir.as_deref())
@@ -794,7 +820,7 @@ fn main() -> Result<()> {
     } else {
         None
     };
-    for &source in &args.mask_sources {
+    for &source in &sources {
         for &sparsity in &args.sparsities {
             let started = Instant::now();
             let mut rows = Vec::new();
@@ -917,7 +943,10 @@ fn write_outputs(ctx: &Ctx, runs: &[RunRow]) -> Result<()> {
             r.epochs.iter().map(f).collect(),
         )
     };
-    let regimes: Vec<&RunRow> = runs.iter().take(4).collect();
+    let regimes: Vec<&RunRow> = runs
+        .iter()
+        .filter(|r| r.json["experiment"] == "regimes")
+        .collect();
     let mut acc = LinePlot::new(title("regimes: test accuracy"), "epoch", "test accuracy");
     let mut loss = LinePlot::new(title("regimes: train loss"), "epoch", "train loss");
     for r in &regimes {

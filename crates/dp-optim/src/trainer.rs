@@ -121,6 +121,18 @@ pub(crate) fn noise_seed(seed: u64) -> u64 {
     seed ^ 0x9E37_79B9_7F4A_7C15
 }
 
+/// The seed of a pipeline stage that follows `prior_steps` accounted steps (the seed itself
+/// for the first stage).
+fn stage_seed(seed: u64, prior_steps: u64) -> u64 {
+    if prior_steps == 0 {
+        seed
+    } else {
+        seed ^ prior_steps
+            .wrapping_mul(0xD6E8_FEB8_6659_FD93)
+            .rotate_left(17)
+    }
+}
+
 pub(crate) fn augment_rng(seed: Option<u64>) -> rand_chacha::ChaCha20Rng {
     use rand::SeedableRng;
     match seed {
@@ -279,6 +291,12 @@ impl<M: Model> PrivateTrainer<M> {
             model.set_param_tensors(&pruned)?;
         }
         let prior: &[dp_accounting::DpEvent] = mask.as_ref().map_or(&[], |m| m.prior_events());
+        // A re-training on a released mask continues a pipeline whose earlier stage drew from
+        // the streams of (probably) the same seed: re-using them would replay that stage's
+        // batches and noise, correlated noise the accounting does not cover. Each stage's
+        // streams are derived from the seed and the steps already accounted.
+        let prior_steps: u64 = prior.iter().map(|e| e.total_count()).sum();
+        let seed = config.seed.map(|s| stage_seed(s, prior_steps));
         let warnings = config.warnings(n);
         let q = config.expected_batch_size / n as f64;
         let sampler: BoxedSampler = match sampler {
@@ -307,7 +325,7 @@ impl<M: Model> PrivateTrainer<M> {
                 }
                 s
             }
-            None => Box::new(PoissonSampler::new(n, q, config.seed)?),
+            None => Box::new(PoissonSampler::new(n, q, seed)?),
         };
         // A run without private steps accounts nothing, so its sampler needs no Poisson
         // guarantee.
@@ -348,7 +366,7 @@ impl<M: Model> PrivateTrainer<M> {
         }
         let guard = BudgetGuard::new(accountant, config.delta, guard_budget)?
             .with_planned_steps(total_steps);
-        let noise = match config.seed {
+        let noise = match seed {
             Some(s) => GaussianNoise::seeded(noise_seed(s)),
             None => GaussianNoise::from_entropy(),
         };
@@ -356,7 +374,7 @@ impl<M: Model> PrivateTrainer<M> {
             model,
             optimizer,
             method,
-            augment_rng: augment_rng(config.seed),
+            augment_rng: augment_rng(seed),
             loss,
             warnings,
             sampler,
