@@ -95,16 +95,7 @@ fn main() -> Result<()> {
     dp_lab::core::configure_cpu_threads();
     let args = Args::parse();
     let dev = Device::Cpu;
-    let Loaded {
-        data,
-        label,
-        source,
-    } = args.dataset.load(args.data_dir.as_deref())?;
-    eprintln!(
-        "{label}: {} train / {} test examples from {source}",
-        data.train.len(),
-        data.test.len()
-    );
+    let Loaded { data, label, .. } = args.dataset.load_reported(args.data_dir.as_deref())?;
     std::fs::create_dir_all(&args.out)?;
     let bam = BamConfig::new(args.radius, args.alpha)?;
     let methods: Vec<(String, Box<dyn PrivacyMethod>)> = vec![

@@ -681,16 +681,7 @@ fn main() -> Result<()> {
         bail!("--probe must be ≥ 1, --grid ≥ 3 and --directions ≥ 1");
     }
     let dev = Device::Cpu;
-    let Loaded {
-        data,
-        label,
-        source,
-    } = args.dataset.load(args.data_dir.as_deref())?;
-    eprintln!(
-        "{label}: {} train / {} test examples from {source}",
-        data.train.len(),
-        data.test.len()
-    );
+    let Loaded { data, label, .. } = args.dataset.load_reported(args.data_dir.as_deref())?;
     std::fs::create_dir_all(&args.out)?;
     let n = data.train.len();
     let probe_idx: Vec<usize> = (0..args.probe.min(n)).collect();

@@ -49,4 +49,18 @@ impl Data {
             source: source.to_string(),
         })
     }
+
+    /// [`Data::load`], then says on stderr what was loaded from where.
+    #[allow(dead_code)] // each example compiles this module; not all of them call this
+    pub fn load_reported(self, dir: Option<&Path>) -> Result<Loaded> {
+        let l = self.load(dir)?;
+        eprintln!(
+            "{}: {} train / {} test examples from {}",
+            l.label,
+            l.data.train.len(),
+            l.data.test.len(),
+            l.source
+        );
+        Ok(l)
+    }
 }
