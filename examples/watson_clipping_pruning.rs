@@ -1005,6 +1005,38 @@ fn write_outputs(ctx: &Ctx, runs: &[RunRow]) -> Result<()> {
         ));
     }
     line_plot(out.join("pruning_test_accuracy.png"), &pr)?;
+    // The landscape metrics and the clipped fraction against sparsity (init masks, which
+    // are the ones whose landscapes are measured).
+    let pruned: Vec<&RunRow> = runs
+        .iter()
+        .filter(|r| r.json["experiment"] == "pruning" && r.landscape.is_some())
+        .collect();
+    if !pruned.is_empty() {
+        type Metric = fn(&RunRow) -> f64;
+        let metrics: [(&str, &str, Metric); 4] = [
+            ("lambda_max", "λ_max", |r| {
+                r.landscape.as_ref().map_or(f64::NAN, |l| l.lambda_max)
+            }),
+            ("hessian_trace", "Tr(H)", |r| {
+                r.landscape.as_ref().map_or(f64::NAN, |l| l.hessian_trace)
+            }),
+            ("slice_tv", "TV₁ of the 1-D slices", |r| {
+                r.landscape.as_ref().map_or(f64::NAN, |l| l.slice_1d_tv)
+            }),
+            ("fraction_clipped", "mean fraction clipped", |r| {
+                r.mean_fraction_clipped
+            }),
+        ];
+        for (file, what, f) in metrics {
+            let p = LinePlot::new(title(&format!("pruning: {what}")), "sparsity", what)
+                .with_series(Series::new(
+                    "DP-SGD, init mask",
+                    pruned.iter().map(|r| r.sparsity).collect(),
+                    pruned.iter().map(|r| f(r)).collect(),
+                ));
+            line_plot(out.join(format!("pruning_{file}.png")), &p)?;
+        }
+    }
     let with_l: Vec<&RunRow> = runs.iter().filter(|r| r.landscape.is_some()).collect();
     if !with_l.is_empty() {
         let named: Vec<(String, &dp_lab::metrics::Slice1d)> = regimes
