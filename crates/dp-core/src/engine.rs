@@ -241,11 +241,29 @@ impl NoisyGradient {
                 "expected batch size {expected_batch_size} must be finite and > 0"
             )));
         }
-        Ok(self
+        let out = self
             .sum
             .iter()
             .map(|t| t / expected_batch_size)
-            .collect::<candle_core::Result<Vec<_>>>()?)
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        // Dividing by less than 1 can overflow f32 (and 1/1e-300 is ∞ in f32, so a zero
+        // coordinate becomes 0·∞ = NaN): refuse a result that is no longer finite. A divisor
+        // ≥ 1 only shrinks the (finite) noisy sum, so the usual case pays nothing.
+        if expected_batch_size < 1.0 {
+            for t in &out {
+                let s = t
+                    .abs()?
+                    .to_dtype(candle_core::DType::F64)?
+                    .sum_all()?
+                    .to_scalar::<f64>()?;
+                if !s.is_finite() {
+                    return Err(CoreError::InvalidArgument(format!(
+                        "dividing by expected batch size {expected_batch_size} overflows"
+                    )));
+                }
+            }
+        }
+        Ok(out)
     }
 }
 

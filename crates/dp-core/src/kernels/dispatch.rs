@@ -9,9 +9,11 @@
 
 use candle_core::{CpuStorage, DType, Layout, Storage, Tensor};
 
-/// Whether `t` can use the host kernels (f32 on the CPU).
+/// Whether `t` can use the host kernels (f32 on the CPU, and not empty: the kernels derive
+/// the batch size by dividing by row lengths, which are zero for a tensor with a zero-sized
+/// dimension, e.g. an image with no channels; candle's own ops handle empty tensors).
 pub(crate) fn fast_path(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == DType::F32
+    t.device().is_cpu() && t.dtype() == DType::F32 && t.elem_count() > 0
 }
 
 /// Whether the host kernels apply to every tensor in `ts` (f32 on the CPU).
