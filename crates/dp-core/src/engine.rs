@@ -481,6 +481,7 @@ pub fn clipped_gradient<M: Model + ?Sized>(
     };
     drop(layers);
     model.clear();
+    check_clipped_sum(&sum, sensitivity, b)?;
 
     let norms: Vec<f32> = totals.iter().map(|&n| n as f32).collect();
     Ok(ClippedBatch {
@@ -538,6 +539,31 @@ pub(crate) fn without_examples(
     let n = good.len();
     let idx = Tensor::from_vec(good, n, x.device())?;
     Ok((x.index_select(&idx, 0)?, targets.index_select(&idx, 0)?))
+}
+
+/// Refuses a clipped sum that overflowed. Every weighted example has norm ≤ `S`, so every
+/// coordinate (and partial sum) of the sum of `b` of them is at most `b·S`: below f32's range
+/// nothing can overflow and the check costs nothing. Only a bound that f32 cannot hold (an
+/// AUTO-S scale of 1e300, say) pays one reduction per parameter, and gets a typed error
+/// instead of an ∞ that would be noised and released.
+pub(crate) fn check_clipped_sum(sum: &[Tensor], sensitivity: f64, b: usize) -> Result<()> {
+    if !(sensitivity.is_finite() && sensitivity * b as f64 > f32::MAX as f64 / 2.0) {
+        return Ok(());
+    }
+    for t in sum {
+        let s = t
+            .abs()?
+            .to_dtype(candle_core::DType::F64)?
+            .sum_all()?
+            .to_scalar::<f64>()?;
+        if !s.is_finite() {
+            return Err(CoreError::InvalidArgument(format!(
+                "the clipped sum overflows: sensitivity {sensitivity} is beyond the range of the \
+                 gradients' dtype"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The clip strategy's per-layer weights for the examples of `sq`, with the stated

@@ -6,7 +6,7 @@
 //! ops, so they run unchanged on CUDA.
 
 use crate::error::{CoreError, Result};
-use crate::kernels::dispatch::fast_path;
+use crate::kernels::dispatch::fast_path_rows as fast_path;
 use crate::kernels::im2col::{Fold, Unfold};
 use candle_core::{Device, Tensor};
 use std::sync::Arc;

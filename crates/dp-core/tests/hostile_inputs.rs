@@ -317,6 +317,21 @@ proptest! {
             prop_assert!(all_finite(&[y]), "LayerNorm eps {eps}: non-finite output");
         }
         prop_assert!(LayerNorm::new(3, 1e-5, &d).unwrap().forward(&x, false).is_err());
+        // Zero-width rows (`i` may be 0): an empty output or a typed error.
+        if let Ok(mut ln) = LayerNorm::new(i, 1e-5, &d) {
+            let xi = Tensor::ones((2, i), DType::F32, &d).unwrap();
+            if let Ok(y) = ln.forward(&xi, true) {
+                prop_assert_eq!(y.dims(), &[2, i]);
+                prop_assert!(all_finite(&[y]));
+            }
+        }
+        if let Ok(mut gn) = GroupNorm::new(1, i, 1e-5, &d) {
+            let xi = Tensor::ones((2, 1, 1, i), DType::F32, &d).unwrap();
+            if let Ok(y) = gn.forward(&xi, true) {
+                prop_assert_eq!(y.dims(), &[2, 1, 1, i]);
+                prop_assert!(all_finite(&[y]));
+            }
+        }
         match Dropout::new(p, 0) {
             Ok(mut drop) => {
                 prop_assert!((0.0..1.0).contains(&p));

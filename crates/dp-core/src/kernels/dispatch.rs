@@ -9,11 +9,16 @@
 
 use candle_core::{CpuStorage, DType, Layout, Storage, Tensor};
 
-/// Whether `t` can use the host kernels (f32 on the CPU, and not empty: the kernels derive
-/// the batch size by dividing by row lengths, which are zero for a tensor with a zero-sized
-/// dimension, e.g. an image with no channels; candle's own ops handle empty tensors).
+/// Whether `t` can use the host kernels (f32 on the CPU).
 pub(crate) fn fast_path(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == DType::F32 && t.elem_count() > 0
+    t.device().is_cpu() && t.dtype() == DType::F32
+}
+
+/// [`fast_path`] for the pooling and im2col/col2im kernels, which derive the batch size by
+/// dividing by the image's row length `H·W·C`: that is zero for an image with no channels, so an empty
+/// tensor takes candle's ops, which handle it.
+pub(crate) fn fast_path_rows(t: &Tensor) -> bool {
+    fast_path(t) && t.elem_count() > 0
 }
 
 /// Whether the host kernels apply to every tensor in `ts` (f32 on the CPU).
