@@ -102,9 +102,13 @@ impl ClipStats {
         }
     }
 
-    /// The `p`-quantile (`0 ≤ p ≤ 1`, linear interpolation) of the finite norms, or `None`
-    /// for an empty batch.
+    /// The `p`-quantile (`0 ≤ p ≤ 1`, linear interpolation; levels outside are clamped) of
+    /// the finite norms, or `None` for an empty batch or a NaN level (which has no clamp:
+    /// it would interpolate to a NaN "norm").
     pub fn quantile(&self, p: f64) -> Option<f64> {
+        if p.is_nan() {
+            return None;
+        }
         let mut v: Vec<f64> = self
             .norms
             .iter()

@@ -24,7 +24,7 @@ use dp_core::layers::{
     AvgPool2d, Conv2d, Conv2dConfig, Dropout, GroupNorm, LayerNorm, Linear, MaxPool2d,
 };
 use dp_core::{
-    clipped_gradient, magnitude_keep, models, privatize, BamConfig, ClippedBatch, CrossEntropy,
+    clipped_gradient, magnitude_keep, models, privatize, BamConfig, ClipStats, ClippedBatch, CrossEntropy,
     GaussianNoise, GradOptions, GradientMask, Init, Layer, Model, NonFinitePolicy, Prunable,
     PruneScope, Sequential,
 };
@@ -160,6 +160,11 @@ proptest! {
         let model = mlp();
         let empty = ClippedBatch::empty(&model, sens, sens).unwrap();
         prop_assert_eq!(empty.stats.quantile(0.5), None);
+        // Norm statistics at a hostile level: a finite order statistic or None.
+        let stats = ClipStats { norms: vec![f32::NAN, 1.0, 3.0, std as f32], ..ClipStats::default() };
+        if let Some(x) = stats.quantile(div) {
+            prop_assert!(x.is_finite(), "quantile({div}) = {x}");
+        }
         match privatize(empty, sigma, &mut noise) {
             Ok(g) => {
                 prop_assert!(valid_norm(sigma) && valid_norm(sens));
