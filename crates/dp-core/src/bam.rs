@@ -32,8 +32,8 @@
 
 use crate::clipping::ClipStrategy;
 use crate::engine::{
-    check_clipped_sum, clip_weights, empty_batch, forward_backward, private_layers, sq_norms_to_host,
-    without_examples, ClipStats, ClippedBatch,
+    check_clipped_sum, clip_weights, empty_batch, forward_backward, private_layers,
+    sq_norms_to_host, without_examples, ClipStats, ClippedBatch,
 };
 use crate::engine::{GradOptions, NonFinitePolicy};
 use crate::error::{CoreError, Result};

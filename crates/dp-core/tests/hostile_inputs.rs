@@ -24,9 +24,9 @@ use dp_core::layers::{
     AvgPool2d, Conv2d, Conv2dConfig, Dropout, GroupNorm, LayerNorm, Linear, MaxPool2d,
 };
 use dp_core::{
-    clipped_gradient, magnitude_keep, models, privatize, BamConfig, ClipStats, ClippedBatch, CrossEntropy,
-    GaussianNoise, GradOptions, GradientMask, Init, Layer, Model, NonFinitePolicy, Prunable,
-    PruneScope, Sequential,
+    clipped_gradient, magnitude_keep, models, privatize, BamConfig, ClipStats, ClippedBatch,
+    CrossEntropy, GaussianNoise, GradOptions, GradientMask, Init, Layer, Model, NonFinitePolicy,
+    Prunable, PruneScope, Sequential,
 };
 use proptest::prelude::*;
 

@@ -163,16 +163,18 @@ pub fn norm_quantiles(norms: &[f64]) -> Result<NormQuantiles> {
     })
 }
 
-/// The mean of finite values, finite even where their sum overflows f64 (then each value is
-/// divided by `n` before summing, so no partial sum exceeds the largest magnitude).
+/// The mean of finite values, finite even where their sum overflows f64: then each value is
+/// divided by `n` before summing, and the result (which rounding can push just past
+/// f64::MAX) is clamped to the values' range, where the mean lies.
 pub(crate) fn mean_of(v: &[f64]) -> f64 {
     let n = v.len() as f64;
     let plain = v.iter().sum::<f64>() / n;
     if plain.is_finite() {
-        plain
-    } else {
-        v.iter().map(|x| x / n).sum()
+        return plain;
     }
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    v.iter().map(|x| x / n).sum::<f64>().clamp(lo, hi)
 }
 
 /// Andrew et al. (2021) adaptive-clipping tracking error |C_t − median‖g_i‖| / median (§14.3).
@@ -242,9 +244,22 @@ pub fn bias_stats(g_mean: &[f64], g_transformed: &[f64]) -> Result<BiasStats> {
     let cosine = cosine(g_transformed, g_mean);
     // Finite inputs can still overflow f64 in the squared norms (entries near 1e200 and
     // beyond): refused, rather than an ∞ norm and NaN ratios.
-    let outputs = [Some(ng), Some(nc), Some(bias_norm), relative_bias, magnitude_ratio];
-    let outputs: Vec<f64> = outputs.into_iter().chain([direction_bias, cosine]).flatten().collect();
-    ensure_finite(&outputs, "bias statistics (the gradient norms overflow f64)")?;
+    let outputs = [
+        Some(ng),
+        Some(nc),
+        Some(bias_norm),
+        relative_bias,
+        magnitude_ratio,
+    ];
+    let outputs: Vec<f64> = outputs
+        .into_iter()
+        .chain([direction_bias, cosine])
+        .flatten()
+        .collect();
+    ensure_finite(
+        &outputs,
+        "bias statistics (the gradient norms overflow f64)",
+    )?;
     Ok(BiasStats {
         mean_grad_norm: ng,
         transformed_mean_norm: nc,

@@ -69,7 +69,10 @@ fn hvp_flat<S: LossSurface + ?Sized>(
         .collect();
     // A step so long that 2ε overflows (eps_scale near f64::MAX) turns the difference
     // quotient into ∞/∞ = NaN: refused rather than returned as curvature.
-    crate::error::ensure_finite(&hv, "Hessian-vector product (is the step eps_scale too long?)")?;
+    crate::error::ensure_finite(
+        &hv,
+        "Hessian-vector product (is the step eps_scale too long?)",
+    )?;
     Ok(hv)
 }
 

@@ -145,7 +145,15 @@ pub fn loss_change_decomposition<S: LossSurface + ?Sized>(
     // Finite but extreme inputs (a learning rate of 1e300, say) overflow the products:
     // refused, rather than terms of ∞ and NaN.
     ensure_finite(
-        &[loss, non_private, clip, clip_magnitude, clip_direction, noise, non_private + clip + noise],
+        &[
+            loss,
+            non_private,
+            clip,
+            clip_magnitude,
+            clip_direction,
+            noise,
+            non_private + clip + noise,
+        ],
         "loss-change terms (they overflow f64)",
     )?;
     Ok(LossChangeDecomposition {

@@ -67,7 +67,10 @@ pub fn temporal_tv(losses: &[f64]) -> Result<f64> {
             "temporal TV needs a curve that decreases overall (L_0 > L_T)".into(),
         ));
     }
-    Ok(tv / drop)
+    let r = tv / drop;
+    // A drop of a few ulps (1e-308) under a finite TV overflows: refused, not ∞.
+    ensure_finite(&[r], "temporal TV (the overall drop is too small)")?;
+    Ok(r)
 }
 
 fn check_grid(g: &Grid2d) -> Result<()> {

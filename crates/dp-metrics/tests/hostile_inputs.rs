@@ -18,8 +18,8 @@ use dp_metrics::{
     hutchinson_trace, linear_cka, linspace, loss_change_decomposition, loss_threshold_attack,
     magnitude_pruning_mask, mask_jaccard, mean_sd, norm_quantiles, quantile, random_pruning_mask,
     roc_curve, rof_denoise, roughness_1d, temporal_tv, top_eigenvalue, tv_1d, tv_2d_anisotropic,
-    tv_summary_2d, CoreModelSurface, Grid2d, HutchinsonConfig, LossSurface,
-    PowerIterationConfig, PruneScope, QuadraticSurface, StepGradients,
+    tv_summary_2d, CoreModelSurface, Grid2d, HutchinsonConfig, LossSurface, PowerIterationConfig,
+    PruneScope, QuadraticSurface, StepGradients,
 };
 use proptest::prelude::*;
 
