@@ -70,6 +70,13 @@ pub fn per_example_norms(grads: &Tensor) -> Result<Vec<f64>> {
 /// ```
 pub fn clip_factors(norms: &[f64], clip_norm: f64) -> Result<Vec<f64>> {
     check_clip(clip_norm)?;
+    // `NaN > C` is false, so a NaN (or negative) norm would get factor 1: an unclipped
+    // example reported as within the bound. Refused instead.
+    if let Some(bad) = norms.iter().find(|n| !(n.is_finite() && **n >= 0.0)) {
+        return Err(MetricsError::NonFinite(format!(
+            "per-example norm {bad} (norms must be finite and ≥ 0)"
+        )));
+    }
     Ok(norms
         .iter()
         .map(|&n| if n > clip_norm { clip_norm / n } else { 1.0 })
