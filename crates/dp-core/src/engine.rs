@@ -238,7 +238,8 @@ pub struct NoisyGradient {
 
 impl NoisyGradient {
     /// The noisy sum divided by a **public** constant, normally the expected batch size
-    /// `q·N` (never the realised batch size, which is private: Opacus #571).
+    /// `q·N` (never the realised batch size, which is private: Opacus #571). Errors if the
+    /// divisor is not finite and > 0, or if dividing by it (below 1) overflows.
     pub fn normalized(&self, expected_batch_size: f64) -> Result<Vec<Tensor>> {
         if !(expected_batch_size.is_finite() && expected_batch_size > 0.0) {
             return Err(CoreError::InvalidArgument(format!(

@@ -62,7 +62,8 @@ pub fn per_example_norms(grads: &Tensor) -> Result<Vec<f64>> {
     row_norms(&g)
 }
 
-/// Per-example clip factors min(1, C/‖g_i‖) (1 for a zero gradient).
+/// Per-example clip factors min(1, C/‖g_i‖) (1 for a zero gradient); errors on a NaN,
+/// infinite or negative norm.
 ///
 /// ```
 /// assert_eq!(dp_metrics::clip_factors(&[0.5, 2.0, 0.0], 1.0)?, vec![1.0, 0.5, 1.0]);

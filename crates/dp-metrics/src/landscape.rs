@@ -57,7 +57,7 @@ pub struct MeanSd {
     pub n: usize,
 }
 
-/// Mean ± sd of `values`.
+/// Mean ± sd of `values` (finite; errors on NaN or ∞, or if the spread overflows f64).
 ///
 /// ```
 /// let m = dp_metrics::mean_sd(&[1.0, 2.0, 3.0])?;

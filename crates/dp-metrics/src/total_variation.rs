@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ensure_finite, ensure_nonempty, MetricsError, Result};
 use crate::landscape::Grid2d;
 
-/// 1-D total variation TV₁ = Σ_k |f_{k+1} − f_k| (§14.1).
+/// 1-D total variation TV₁ = Σ_k |f_{k+1} − f_k| (§14.1); errors if it overflows f64.
 ///
 /// ```
 /// assert_eq!(dp_metrics::tv_1d(&[3.0, 1.0, 2.0])?, 3.0);

@@ -15,8 +15,8 @@ pub(crate) fn fast_path(t: &Tensor) -> bool {
 }
 
 /// [`fast_path`] for the pooling and im2col/col2im kernels, which derive the batch size by
-/// dividing by the image's row length `H·W·C`: that is zero for an image with no channels, so an empty
-/// tensor takes candle's ops, which handle it.
+/// dividing by the image's row length `H·W·C`: that is zero for an image with no channels,
+/// so an empty tensor takes candle's ops, which handle it.
 pub(crate) fn fast_path_rows(t: &Tensor) -> bool {
     fast_path(t) && t.elem_count() > 0
 }

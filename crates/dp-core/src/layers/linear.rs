@@ -28,7 +28,7 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// A layer with PyTorch's default initialisation `U(±1/√in)`.
+    /// A layer with PyTorch's default initialisation `U(±1/√in)`; both sizes must be ≥ 1.
     pub fn new(
         in_features: usize,
         out_features: usize,
