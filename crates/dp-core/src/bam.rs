@@ -32,8 +32,8 @@
 
 use crate::clipping::ClipStrategy;
 use crate::engine::{
-    clip_weights, empty_batch, forward_backward, private_layers, sq_norms_to_host,
-    without_examples, ClipStats, ClippedBatch,
+    check_clipped_sum, clip_weights, empty_batch, forward_backward, private_layers,
+    sq_norms_to_host, without_examples, ClipStats, ClippedBatch,
 };
 use crate::engine::{GradOptions, NonFinitePolicy};
 use crate::error::{CoreError, Result};
@@ -354,6 +354,7 @@ pub fn bam_clipped_gradient<M: Model + ?Sized>(
     } else {
         None
     };
+    check_clipped_sum(&sum, sensitivity, b)?;
     let norms: Vec<f32> = totals.iter().map(|&n| n as f32).collect();
     Ok(ClippedBatch {
         sum,

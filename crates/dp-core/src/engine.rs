@@ -102,9 +102,13 @@ impl ClipStats {
         }
     }
 
-    /// The `p`-quantile (`0 ≤ p ≤ 1`, linear interpolation) of the finite norms, or `None`
-    /// for an empty batch.
+    /// The `p`-quantile (`0 ≤ p ≤ 1`, linear interpolation; levels outside are clamped) of
+    /// the finite norms, or `None` for an empty batch or a NaN level (which has no clamp:
+    /// it would interpolate to a NaN "norm").
     pub fn quantile(&self, p: f64) -> Option<f64> {
+        if p.is_nan() {
+            return None;
+        }
         let mut v: Vec<f64> = self
             .norms
             .iter()
@@ -234,18 +238,37 @@ pub struct NoisyGradient {
 
 impl NoisyGradient {
     /// The noisy sum divided by a **public** constant, normally the expected batch size
-    /// `q·N` (never the realised batch size, which is private: Opacus #571).
+    /// `q·N` (never the realised batch size, which is private: Opacus #571). Errors if the
+    /// divisor is not finite and > 0, or if dividing by it (below 1) overflows.
     pub fn normalized(&self, expected_batch_size: f64) -> Result<Vec<Tensor>> {
         if !(expected_batch_size.is_finite() && expected_batch_size > 0.0) {
             return Err(CoreError::InvalidArgument(format!(
                 "expected batch size {expected_batch_size} must be finite and > 0"
             )));
         }
-        Ok(self
+        let out = self
             .sum
             .iter()
             .map(|t| t / expected_batch_size)
-            .collect::<candle_core::Result<Vec<_>>>()?)
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        // Dividing by less than 1 can overflow f32 (and 1/1e-300 is ∞ in f32, so a zero
+        // coordinate becomes 0·∞ = NaN): refuse a result that is no longer finite. A divisor
+        // ≥ 1 only shrinks the (finite) noisy sum, so the usual case pays nothing.
+        if expected_batch_size < 1.0 {
+            for t in &out {
+                let s = t
+                    .abs()?
+                    .to_dtype(candle_core::DType::F64)?
+                    .sum_all()?
+                    .to_scalar::<f64>()?;
+                if !s.is_finite() {
+                    return Err(CoreError::InvalidArgument(format!(
+                        "dividing by expected batch size {expected_batch_size} overflows"
+                    )));
+                }
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -463,6 +486,7 @@ pub fn clipped_gradient<M: Model + ?Sized>(
     };
     drop(layers);
     model.clear();
+    check_clipped_sum(&sum, sensitivity, b)?;
 
     let norms: Vec<f32> = totals.iter().map(|&n| n as f32).collect();
     Ok(ClippedBatch {
@@ -520,6 +544,31 @@ pub(crate) fn without_examples(
     let n = good.len();
     let idx = Tensor::from_vec(good, n, x.device())?;
     Ok((x.index_select(&idx, 0)?, targets.index_select(&idx, 0)?))
+}
+
+/// Refuses a clipped sum that overflowed. Every weighted example has norm ≤ `S`, so every
+/// coordinate (and partial sum) of the sum of `b` of them is at most `b·S`: below f32's range
+/// nothing can overflow and the check costs nothing. Only a bound that f32 cannot hold (an
+/// AUTO-S scale of 1e300, say) pays one reduction per parameter, and gets a typed error
+/// instead of an ∞ that would be noised and released.
+pub(crate) fn check_clipped_sum(sum: &[Tensor], sensitivity: f64, b: usize) -> Result<()> {
+    if !(sensitivity.is_finite() && sensitivity * b as f64 > f32::MAX as f64 / 2.0) {
+        return Ok(());
+    }
+    for t in sum {
+        let s = t
+            .abs()?
+            .to_dtype(candle_core::DType::F64)?
+            .sum_all()?
+            .to_scalar::<f64>()?;
+        if !s.is_finite() {
+            return Err(CoreError::InvalidArgument(format!(
+                "the clipped sum overflows: sensitivity {sensitivity} is beyond the range of the \
+                 gradients' dtype"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The clip strategy's per-layer weights for the examples of `sq`, with the stated

@@ -72,6 +72,13 @@ pub fn magnitude_keep(
             "cannot rank NaN weights for pruning".into(),
         ));
     }
+    // A range past the key would index out of bounds below.
+    if let Some(r) = ranges.iter().find(|r| r.start < r.end && r.end > key.len()) {
+        return Err(CoreError::InvalidArgument(format!(
+            "prune range {r:?} outside the {} ranked entries",
+            key.len()
+        )));
+    }
     let mut keep = vec![true; key.len()];
     let mut prune = |mut idx: Vec<usize>| {
         let count = (fraction * idx.len() as f64).round() as usize;

@@ -44,28 +44,34 @@ pub trait Model {
 
     /// Replaces the parameter values (same order and shapes as [`Model::param_tensors`]).
     fn set_param_tensors(&mut self, values: &[Tensor]) -> Result<()> {
-        let mut it = values.iter();
-        let mut n = 0;
-        for layer in self.layers_mut() {
-            for p in layer.params_mut() {
-                let v = it.next().ok_or_else(|| {
-                    CoreError::InvalidArgument("too few tensors for the model's parameters".into())
-                })?;
-                if v.dims() != p.value.dims() {
-                    return Err(shape_err(
-                        &p.name,
-                        &format!("{:?}", p.value.dims()),
-                        v.dims(),
-                    ));
-                }
-                p.value = v.clone();
-                n += 1;
+        // Checked in full before anything is replaced: a refused call leaves the model as it
+        // was, never with only some of its parameters replaced.
+        let current: Vec<(String, Vec<usize>)> = self
+            .named_params()
+            .into_iter()
+            .map(|(name, p)| (name, p.value.dims().to_vec()))
+            .collect();
+        if values.len() < current.len() {
+            return Err(CoreError::InvalidArgument(
+                "too few tensors for the model's parameters".into(),
+            ));
+        }
+        if values.len() > current.len() {
+            return Err(CoreError::InvalidArgument(format!(
+                "too many tensors: the model has {} parameters",
+                current.len()
+            )));
+        }
+        for (v, (name, dims)) in values.iter().zip(&current) {
+            if v.dims() != dims.as_slice() {
+                return Err(shape_err(name, &format!("{dims:?}"), v.dims()));
             }
         }
-        if it.next().is_some() {
-            return Err(CoreError::InvalidArgument(format!(
-                "too many tensors: the model has {n} parameters"
-            )));
+        let mut it = values.iter();
+        for layer in self.layers_mut() {
+            for (p, v) in layer.params_mut().into_iter().zip(&mut it) {
+                p.value = v.clone();
+            }
         }
         Ok(())
     }

@@ -6,7 +6,7 @@
 //! ops, so they run unchanged on CUDA.
 
 use crate::error::{CoreError, Result};
-use crate::kernels::dispatch::fast_path;
+use crate::kernels::dispatch::fast_path_rows as fast_path;
 use crate::kernels::im2col::{Fold, Unfold};
 use candle_core::{Device, Tensor};
 use std::sync::Arc;
@@ -28,9 +28,13 @@ impl Window2d {
     /// Output size for an input of `h × w`, or an error if the window does not fit.
     pub fn output_size(&self, h: usize, w: usize) -> Result<(usize, usize)> {
         let f = |n: usize, k: usize, s: usize, p: usize, d: usize| -> Option<usize> {
-            let span = d * (k - 1) + 1;
-            let padded = n + 2 * p;
-            if k == 0 || s == 0 || d == 0 || padded < span {
+            // k = 0 is refused before `k - 1` is formed (it would underflow).
+            if k == 0 || s == 0 || d == 0 {
+                return None;
+            }
+            let span = d.checked_mul(k - 1)?.checked_add(1)?;
+            let padded = n.checked_add(p.checked_mul(2)?)?;
+            if padded < span {
                 None
             } else {
                 Some((padded - span) / s + 1)

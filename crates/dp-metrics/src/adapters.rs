@@ -151,6 +151,11 @@ impl<'a, M: Model + ?Sized> CoreModelSurface<'a, M> {
                 .sum_all()?
                 .to_scalar::<f64>()?;
         }
+        // A NaN or ∞ feature (or parameters that overflow the logits) gives a NaN loss that
+        // would pass for a point of the landscape: refused, as `grad_flat` refuses gradients.
+        if !total.is_finite() {
+            return Err(MetricsError::NonFinite("probe-set loss".into()));
+        }
         Ok(total / self.n as f64)
     }
 

@@ -62,7 +62,8 @@ pub fn per_example_norms(grads: &Tensor) -> Result<Vec<f64>> {
     row_norms(&g)
 }
 
-/// Per-example clip factors min(1, C/‖g_i‖) (1 for a zero gradient).
+/// Per-example clip factors min(1, C/‖g_i‖) (1 for a zero gradient); errors on a NaN,
+/// infinite or negative norm.
 ///
 /// ```
 /// assert_eq!(dp_metrics::clip_factors(&[0.5, 2.0, 0.0], 1.0)?, vec![1.0, 0.5, 1.0]);
@@ -70,6 +71,13 @@ pub fn per_example_norms(grads: &Tensor) -> Result<Vec<f64>> {
 /// ```
 pub fn clip_factors(norms: &[f64], clip_norm: f64) -> Result<Vec<f64>> {
     check_clip(clip_norm)?;
+    // `NaN > C` is false, so a NaN (or negative) norm would get factor 1: an unclipped
+    // example reported as within the bound. Refused instead.
+    if let Some(bad) = norms.iter().find(|n| !(n.is_finite() && **n >= 0.0)) {
+        return Err(MetricsError::NonFinite(format!(
+            "per-example norm {bad} (norms must be finite and ≥ 0)"
+        )));
+    }
     Ok(norms
         .iter()
         .map(|&n| if n > clip_norm { clip_norm / n } else { 1.0 })
@@ -132,7 +140,15 @@ fn quantile_sorted(v: &[f64], q: f64) -> Result<f64> {
     let pos = q * (v.len() - 1) as f64;
     let lo = pos.floor() as usize;
     let hi = pos.ceil() as usize;
-    Ok(v[lo] + (v[hi] - v[lo]) * (pos - lo as f64))
+    let t = pos - lo as f64;
+    let gap = v[hi] - v[lo];
+    Ok(if gap.is_finite() {
+        v[lo] + gap * t
+    } else {
+        // The gap between neighbours near ±f64::MAX overflows (∞·0 = NaN at t = 0):
+        // interpolate without forming it.
+        v[lo] * (1.0 - t) + v[hi] * t
+    })
 }
 
 /// Min, 10/50/90% quantiles, max and mean of `norms` (§14.3).
@@ -151,8 +167,22 @@ pub fn norm_quantiles(norms: &[f64]) -> Result<NormQuantiles> {
         p50: quantile_sorted(&v, 0.5)?,
         p90: quantile_sorted(&v, 0.9)?,
         max: v[v.len() - 1],
-        mean: v.iter().sum::<f64>() / v.len() as f64,
+        mean: mean_of(&v),
     })
+}
+
+/// The mean of finite values, finite even where their sum overflows f64: then each value is
+/// divided by `n` before summing, and the result (which rounding can push just past
+/// f64::MAX) is clamped to the values' range, where the mean lies.
+pub(crate) fn mean_of(v: &[f64]) -> f64 {
+    let n = v.len() as f64;
+    let plain = v.iter().sum::<f64>() / n;
+    if plain.is_finite() {
+        return plain;
+    }
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    v.iter().map(|x| x / n).sum::<f64>().clamp(lo, hi)
 }
 
 /// Andrew et al. (2021) adaptive-clipping tracking error |C_t − median‖g_i‖| / median (§14.3).
@@ -219,12 +249,31 @@ pub fn bias_stats(g_mean: &[f64], g_transformed: &[f64]) -> Result<BiasStats> {
     } else {
         (None, None, None)
     };
+    let cosine = cosine(g_transformed, g_mean);
+    // Finite inputs can still overflow f64 in the squared norms (entries near 1e200 and
+    // beyond): refused, rather than an ∞ norm and NaN ratios.
+    let outputs = [
+        Some(ng),
+        Some(nc),
+        Some(bias_norm),
+        relative_bias,
+        magnitude_ratio,
+    ];
+    let outputs: Vec<f64> = outputs
+        .into_iter()
+        .chain([direction_bias, cosine])
+        .flatten()
+        .collect();
+    ensure_finite(
+        &outputs,
+        "bias statistics (the gradient norms overflow f64)",
+    )?;
     Ok(BiasStats {
         mean_grad_norm: ng,
         transformed_mean_norm: nc,
         bias_norm,
         relative_bias,
-        cosine: cosine(g_transformed, g_mean),
+        cosine,
         magnitude_ratio,
         direction_bias,
     })
@@ -346,12 +395,24 @@ pub fn clipping_stats(
         .to_scalar::<f64>()?
         * inv_n;
     let ng2 = bias.mean_grad_norm.powi(2);
-    let snr_of = |sum_norm: f64, dim: usize| {
-        noise_multiplier
-            .filter(|s| *s > 0.0)
-            .map(|s| sum_norm / (s * clip_norm * (dim as f64).sqrt()))
+    // σ·C·√d can underflow to 0 (σ and C both tiny), which would make the ratio ∞ or 0/0:
+    // a ratio that is not finite is refused rather than reported.
+    let snr_of = |sum_norm: f64, dim: usize| -> Result<Option<f64>> {
+        match noise_multiplier.filter(|s| *s > 0.0) {
+            None => Ok(None),
+            Some(s) => {
+                let r = sum_norm / (s * clip_norm * (dim as f64).sqrt());
+                if r.is_finite() {
+                    Ok(Some(r))
+                } else {
+                    Err(MetricsError::NonFinite(format!(
+                        "signal-to-noise ratio at σ = {s}, C = {clip_norm}"
+                    )))
+                }
+            }
+        }
     };
-    let snr = snr_of(n as f64 * bias.transformed_mean_norm, d);
+    let snr = snr_of(n as f64 * bias.transformed_mean_norm, d)?;
     let mut layer_stats = Vec::with_capacity(layers.len());
     for (name, r) in layers {
         let block = g.narrow(1, r.start, r.len())?;
@@ -360,7 +421,7 @@ pub fn clipping_stats(
             name: name.clone(),
             dim: r.len(),
             norm_quantiles: norm_quantiles(&row_norms(&block)?)?,
-            snr: snr_of(n as f64 * lb.transformed_mean_norm, r.len()),
+            snr: snr_of(n as f64 * lb.transformed_mean_norm, r.len())?,
             bias: lb,
         });
     }

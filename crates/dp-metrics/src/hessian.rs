@@ -62,11 +62,18 @@ fn hvp_flat<S: LossSurface + ?Sized>(
     let eps = eps_scale / nv;
     let gp = grad_flat(surface, layout, &axpy(theta, eps, v))?;
     let gm = grad_flat(surface, layout, &axpy(theta, -eps, v))?;
-    Ok(gp
+    let hv: Vec<f64> = gp
         .iter()
         .zip(&gm)
         .map(|(a, b)| (a - b) / (2.0 * eps))
-        .collect())
+        .collect();
+    // A step so long that 2ε overflows (eps_scale near f64::MAX) turns the difference
+    // quotient into ∞/∞ = NaN: refused rather than returned as curvature.
+    crate::error::ensure_finite(
+        &hv,
+        "Hessian-vector product (is the step eps_scale too long?)",
+    )?;
+    Ok(hv)
 }
 
 /// Hessian-vector product H·v at `center` by central differences of gradients (§14.2), with
@@ -174,6 +181,9 @@ fn power_iteration_flat<S: LossSurface + ?Sized>(
         let new_lambda = dot(&v, &hv);
         history.push(new_lambda);
         let nh = norm(&hv);
+        // ‖Hv‖² can overflow f64 although every entry is finite; dividing by ∞ would zero v
+        // and report a converged λ = 0. Refused instead.
+        crate::error::ensure_finite(&[new_lambda, nh], "power iteration (‖Hv‖ overflows f64)")?;
         let done = lambda.is_finite() && (new_lambda - lambda).abs() < cfg.tol * new_lambda.abs();
         lambda = new_lambda;
         if nh == 0.0 {
@@ -326,6 +336,7 @@ pub fn hutchinson_trace<S: LossSurface + ?Sized>(
         let z = rademacher_vec(&mut rng, layout.numel());
         let hz = hvp_flat(surface, &layout, &theta, &z, cfg.eps_scale)?;
         let q = dot(&z, &hz);
+        crate::error::ensure_finite(&[q], "Hutchinson probe zᵀHz (it overflows f64)")?;
         sum += q;
         sumsq += q * q;
         m += 1;
@@ -338,6 +349,8 @@ pub fn hutchinson_trace<S: LossSurface + ?Sized>(
         }
     }
     let (trace, std_error) = mean_se(sum, sumsq, m);
+    // The sum of finite probes can itself overflow.
+    crate::error::ensure_finite(&[trace], "Hutchinson trace (the probes' sum overflows f64)")?;
     Ok(TraceEstimate {
         trace,
         std_error,

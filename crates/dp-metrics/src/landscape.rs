@@ -22,6 +22,7 @@ const SECOND_DIRECTION_SEED: u64 = 0x9E37_79B9_7F4A_7C15;
 /// assert_eq!(dp_metrics::linspace(-1.0, 1.0, 5), vec![-1.0, -0.5, 0.0, 0.5, 1.0]);
 /// ```
 pub fn linspace(start: f64, end: f64, n: usize) -> Vec<f64> {
+    let span = end - start;
     match n {
         0 => vec![],
         1 => vec![start],
@@ -29,8 +30,15 @@ pub fn linspace(start: f64, end: f64, n: usize) -> Vec<f64> {
             .map(|i| {
                 if i == n - 1 {
                     end
+                } else if i == 0 {
+                    start
+                } else if span.is_finite() {
+                    start + span * i as f64 / (n - 1) as f64
                 } else {
-                    start + (end - start) * i as f64 / (n - 1) as f64
+                    // `end − start` overflows (ends near ±f64::MAX): interpolate without it,
+                    // instead of ∞·0 = NaN at the start and ±∞ inside.
+                    let t = i as f64 / (n - 1) as f64;
+                    start * (1.0 - t) + end * t
                 }
             })
             .collect(),
@@ -49,7 +57,7 @@ pub struct MeanSd {
     pub n: usize,
 }
 
-/// Mean ± sd of `values`.
+/// Mean ± sd of `values` (finite; errors on NaN or ∞, or if the spread overflows f64).
 ///
 /// ```
 /// let m = dp_metrics::mean_sd(&[1.0, 2.0, 3.0])?;
@@ -59,13 +67,29 @@ pub struct MeanSd {
 /// ```
 pub fn mean_sd(values: &[f64]) -> Result<MeanSd> {
     ensure_nonempty(values, "mean_sd of no values")?;
+    ensure_finite(values, "mean_sd input")?;
     let n = values.len();
-    let mean = values.iter().sum::<f64>() / n as f64;
+    let mean = crate::clipping::mean_of(values);
     let sd = if n > 1 {
-        (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
+        let plain =
+            (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt();
+        if plain.is_finite() {
+            plain
+        } else {
+            // The squares overflowed (values near 1e160 and beyond): the same sum, scaled by
+            // the largest deviation.
+            let s = values.iter().map(|v| (v - mean).abs()).fold(0.0, f64::max);
+            let r = values.iter().map(|v| ((v - mean) / s).powi(2)).sum::<f64>();
+            s * (r / (n - 1) as f64).sqrt()
+        }
     } else {
         0.0
     };
+    if !sd.is_finite() {
+        return Err(MetricsError::NonFinite(
+            "mean_sd: the spread of the values overflows f64".into(),
+        ));
+    }
     Ok(MeanSd { mean, sd, n })
 }
 

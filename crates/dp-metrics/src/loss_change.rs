@@ -142,6 +142,20 @@ pub fn loss_change_decomposition<S: LossSurface + ?Sized>(
         (0.0, clip)
     };
     let noise = half * noise_std * noise_std * hessian_trace;
+    // Finite but extreme inputs (a learning rate of 1e300, say) overflow the products:
+    // refused, rather than terms of ∞ and NaN.
+    ensure_finite(
+        &[
+            loss,
+            non_private,
+            clip,
+            clip_magnitude,
+            clip_direction,
+            noise,
+            non_private + clip + noise,
+        ],
+        "loss-change terms (they overflow f64)",
+    )?;
     Ok(LossChangeDecomposition {
         loss,
         non_private,

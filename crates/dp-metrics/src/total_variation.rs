@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ensure_finite, ensure_nonempty, MetricsError, Result};
 use crate::landscape::Grid2d;
 
-/// 1-D total variation TV₁ = Σ_k |f_{k+1} − f_k| (§14.1).
+/// 1-D total variation TV₁ = Σ_k |f_{k+1} − f_k| (§14.1); errors if it overflows f64.
 ///
 /// ```
 /// assert_eq!(dp_metrics::tv_1d(&[3.0, 1.0, 2.0])?, 3.0);
@@ -21,7 +21,10 @@ use crate::landscape::Grid2d;
 pub fn tv_1d(f: &[f64]) -> Result<f64> {
     ensure_nonempty(f, "tv_1d of an empty curve")?;
     ensure_finite(f, "tv_1d input")?;
-    Ok(f.windows(2).map(|w| (w[1] - w[0]).abs()).sum())
+    let tv: f64 = f.windows(2).map(|w| (w[1] - w[0]).abs()).sum();
+    // Finite values near ±f64::MAX can have a TV beyond f64: refused, not ∞.
+    ensure_finite(&[tv], "tv_1d (the variation overflows f64)")?;
+    Ok(tv)
 }
 
 /// Scale-free roughness R₁ = TV₁ / [(f₀ − f_min) + (f_{M−1} − f_min)] (§14.1).
@@ -64,11 +67,15 @@ pub fn temporal_tv(losses: &[f64]) -> Result<f64> {
             "temporal TV needs a curve that decreases overall (L_0 > L_T)".into(),
         ));
     }
-    Ok(tv / drop)
+    let r = tv / drop;
+    // A drop of a few ulps (1e-308) under a finite TV overflows: refused, not ∞.
+    ensure_finite(&[r], "temporal TV (the overall drop is too small)")?;
+    Ok(r)
 }
 
 fn check_grid(g: &Grid2d) -> Result<()> {
-    if g.values.len() != g.rows * g.cols || g.values.is_empty() {
+    // The fields are public, so `rows·cols` may overflow: checked, not multiplied.
+    if g.rows.checked_mul(g.cols) != Some(g.values.len()) || g.values.is_empty() {
         return Err(MetricsError::ShapeMismatch(
             "grid values do not match rows x cols".into(),
         ));
@@ -109,6 +116,7 @@ pub fn tv_2d_anisotropic(g: &Grid2d) -> Result<f64> {
             s += dx.abs() + dy.abs();
         }
     }
+    ensure_finite(&[s], "tv_2d_anisotropic (the variation overflows f64)")?;
     Ok(s)
 }
 
@@ -129,6 +137,7 @@ pub fn tv_2d_isotropic(g: &Grid2d) -> Result<f64> {
             s += dx.hypot(dy);
         }
     }
+    ensure_finite(&[s], "tv_2d_isotropic (the variation overflows f64)")?;
     Ok(s)
 }
 
@@ -235,6 +244,11 @@ pub fn tv_summary_2d(g: &Grid2d, h: f64) -> Result<TvSummary2d> {
             li = Some(tv_2d_isotropic(&lg)? / (lhi - llo));
         }
     }
+    // A finite grid and step can still overflow (h·TV or max − min beyond f64): refused.
+    ensure_finite(
+        &[h * ta, h * ti, range],
+        "TV summary (h·TV or the grid's range overflows f64)",
+    )?;
     Ok(TvSummary2d {
         h,
         tv_anisotropic: ta,
@@ -387,6 +401,9 @@ pub fn rof_denoise(
         .zip(&div)
         .map(|(fv, d)| fv - lambda * d)
         .collect();
+    // A tiny λ scales the grid by 1/λ inside the iteration, which can overflow: refused,
+    // rather than a "denoised" grid of NaN.
+    ensure_finite(&u, "ROF solution (f/λ overflows f64; use a larger λ)")?;
     Ok(RofSolution {
         denoised: Grid2d::new(m, n, u)?,
         iterations,

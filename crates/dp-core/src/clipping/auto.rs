@@ -49,7 +49,10 @@ impl ClipStrategy for AutoClip {
                 .map(|n| {
                     let d = n + self.gamma;
                     if d > 0.0 {
-                        (self.scale / d) as f32
+                        // Capped at the largest f32: with a tiny γ and a zero (or tiny)
+                        // norm, R/(‖g‖ + γ) overflows f32 to ∞, and ∞·0 is a NaN in the
+                        // weighted sum. The cap keeps ‖c_i g_i‖ ≤ f32::MAX·‖g_i‖ < R.
+                        (self.scale / d).min(f32::MAX as f64) as f32
                     } else {
                         0.0
                     }

@@ -46,9 +46,14 @@ impl ClipStrategy for PerExampleFactor {
                 norms.len()
             )));
         }
-        if let Some(bad) = w.iter().find(|x| !x.is_finite() || **x < 0.0) {
+        // The weights are applied in f32: one beyond f32::MAX would become ∞ there (and ∞·0
+        // a NaN in the weighted sum), so it is refused like a non-finite one.
+        if let Some(bad) = w
+            .iter()
+            .find(|x| !x.is_finite() || **x < 0.0 || **x > f32::MAX as f64)
+        {
             return Err(CoreError::InvalidArgument(format!(
-                "per-example weight {bad} is not a finite non-negative number"
+                "per-example weight {bad} is not a finite non-negative f32 number"
             )));
         }
         Ok(ClipFactors::Flat(w.into_iter().map(|x| x as f32).collect()))

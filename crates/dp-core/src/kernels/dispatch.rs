@@ -14,6 +14,13 @@ pub(crate) fn fast_path(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32
 }
 
+/// [`fast_path`] for the pooling and im2col/col2im kernels, which derive the batch size by
+/// dividing by the image's row length `H·W·C`: that is zero for an image with no channels,
+/// so an empty tensor takes candle's ops, which handle it.
+pub(crate) fn fast_path_rows(t: &Tensor) -> bool {
+    fast_path(t) && t.elem_count() > 0
+}
+
 /// Whether the host kernels apply to every tensor in `ts` (f32 on the CPU).
 pub(crate) fn applies(ts: &[&Tensor]) -> bool {
     ts.iter().all(|t| fast_path(t))

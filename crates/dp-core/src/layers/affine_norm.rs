@@ -30,6 +30,14 @@ pub(crate) struct AffineNorm {
 impl AffineNorm {
     /// Gain 1, bias 0 over `channels`.
     pub fn new(channels: usize, eps: f64, device: &Device) -> Result<Self> {
+        // `eps` keeps 1/sqrt(var + eps) finite for a constant row (var = 0): it must be a
+        // positive, finite number in f32 too (1e-300 is 0 in f32 and gives 0/0 = NaN).
+        let e = eps as f32;
+        if !(eps.is_finite() && e > 0.0 && e.is_finite()) {
+            return Err(crate::error::CoreError::InvalidArgument(format!(
+                "normalisation eps {eps} must be finite and > 0 (in f32 too)"
+            )));
+        }
         Ok(Self {
             gamma: Param::new("weight", Tensor::ones(channels, DType::F32, device)?),
             beta: Param::new("bias", Tensor::zeros(channels, DType::F32, device)?),

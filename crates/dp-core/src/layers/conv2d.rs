@@ -191,7 +191,11 @@ fn missing_weight_grad(layer: &str) -> CoreError {
 }
 
 fn validate(cfg: &Conv2dConfig) -> Result<()> {
+    // Zero channels would give fan-in 0, an infinite initialisation bound and an image
+    // with rows of zero length.
     let bad = cfg.groups == 0
+        || cfg.in_channels == 0
+        || cfg.out_channels == 0
         || !cfg.in_channels.is_multiple_of(cfg.groups)
         || !cfg.out_channels.is_multiple_of(cfg.groups)
         || cfg.kernel.0 == 0
@@ -202,8 +206,8 @@ fn validate(cfg: &Conv2dConfig) -> Result<()> {
         || cfg.dilation.1 == 0;
     if bad {
         return Err(CoreError::InvalidArgument(format!(
-            "invalid Conv2d configuration {cfg:?}: kernel, stride, dilation and groups must be \
-             positive and groups must divide both channel counts"
+            "invalid Conv2d configuration {cfg:?}: channels, kernel, stride, dilation and groups \
+             must be positive and groups must divide both channel counts"
         )));
     }
     Ok(())

@@ -25,7 +25,8 @@ pub struct GroupNorm {
 }
 
 impl GroupNorm {
-    /// Gain 1, bias 0; `channels` must be divisible by `groups`.
+    /// Gain 1, bias 0; `channels` must be divisible by `groups`, and `eps` finite and > 0
+    /// (also once rounded to f32).
     pub fn new(groups: usize, channels: usize, eps: f64, device: &Device) -> Result<Self> {
         if groups == 0 || !channels.is_multiple_of(groups) {
             return Err(CoreError::InvalidArgument(format!(

@@ -27,7 +27,7 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
-    /// Gain 1, bias 0.
+    /// Gain 1, bias 0; `eps` must be finite and > 0 (also once rounded to f32).
     pub fn new(dim: usize, eps: f64, device: &Device) -> Result<Self> {
         Ok(Self {
             norm: AffineNorm::new(dim, eps, device)?,

@@ -28,7 +28,7 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// A layer with PyTorch's default initialisation `U(±1/√in)`.
+    /// A layer with PyTorch's default initialisation `U(±1/√in)`; both sizes must be ≥ 1.
     pub fn new(
         in_features: usize,
         out_features: usize,
@@ -36,6 +36,13 @@ impl Linear {
         init: &mut Init,
         device: &Device,
     ) -> Result<Self> {
+        // No inputs would make the bound 1/√0 = ∞ (rand panics on it), no outputs a layer
+        // with nothing to train: both are refused.
+        if in_features == 0 || out_features == 0 {
+            return Err(crate::error::CoreError::InvalidArgument(format!(
+                "Linear({in_features}→{out_features}): both sizes must be ≥ 1"
+            )));
+        }
         let bound = 1.0 / (in_features as f64).sqrt();
         let w = init.uniform(&[out_features, in_features], bound, device)?;
         let b = if bias {

@@ -5,7 +5,7 @@
 //! layers use the patch gather of [`crate::patches`] and are tested by finite differences.
 
 use crate::error::{shape_err, CoreError, Result};
-use crate::kernels::dispatch::fast_path;
+use crate::kernels::dispatch::fast_path_rows as fast_path;
 use crate::kernels::pool::{AvgPool, MaxPoolBwd, MaxPoolFwd};
 use crate::layer::Layer;
 use crate::patches::{PatchCache, PatchIndex, Window2d};

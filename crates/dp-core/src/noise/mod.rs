@@ -214,9 +214,12 @@ impl GaussianNoise {
     }
 
     /// Returns `t + N(0, std² I)` for each tensor, drawing the tensors' noise in order
-    /// (one [`GaussianNoise::sample`] call per tensor, or a matching prefetch).
+    /// (one [`GaussianNoise::sample`] call per tensor, or a matching prefetch). `std` must be
+    /// finite, ≥ 0 and at most `f32::MAX` (the noise is scaled in f32).
     pub fn add_noise(&mut self, tensors: &[Tensor], std: f64) -> Result<Vec<Tensor>> {
-        if !(std.is_finite() && std >= 0.0) {
+        // The noise is scaled in f32: a std beyond f32::MAX would be ∞ there and turn every
+        // coordinate into ±∞ (or NaN), so it is refused like a non-finite one.
+        if !(std.is_finite() && std >= 0.0 && std <= f32::MAX as f64) {
             return Err(CoreError::InvalidNoise(std));
         }
         let sizes: Vec<usize> = tensors.iter().map(|t| t.elem_count()).collect();
