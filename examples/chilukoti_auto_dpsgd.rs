@@ -119,6 +119,10 @@ fn eps_json(e: f64) -> serde_json::Value {
 fn main() -> Result<()> {
     dp_lab::core::configure_cpu_threads();
     let args = Args::parse();
+    common::positive("--lr", args.lr)?;
+    if let Some(lr) = args.published_lr {
+        common::positive("--published-lr", lr)?;
+    }
     let dev = Device::Cpu;
     let Loaded { data, label, .. } = args.dataset.load_reported(args.data_dir.as_deref())?;
     std::fs::create_dir_all(&args.out)?;

@@ -178,6 +178,10 @@ fn main() -> Result<()> {
         args.directions >= 1 && !args.rho.is_empty() && args.probe >= 1,
         "--directions, --rho and --probe must not be empty"
     );
+    anyhow::ensure!(
+        args.lr.is_finite() && args.lr > 0.0 && args.rho.iter().all(|r| r.is_finite() && *r > 0.0),
+        "--lr and every --rho must be finite and > 0"
+    );
     let t_start = Instant::now();
     let dev = Device::Cpu;
     std::fs::create_dir_all(&args.out)

@@ -201,6 +201,15 @@ fn train(
 fn main() -> Result<()> {
     dp_lab::core::configure_cpu_threads();
     let args = Args::parse();
+    for (flag, v) in [
+        ("--lr-sgd", args.lr_sgd),
+        ("--lr-adam", args.lr_adam),
+        ("--lr-adambc", args.lr_adambc),
+    ] {
+        if let Some(v) = v {
+            common::positive(flag, v)?;
+        }
+    }
     let default_epochs = if args.dataset == Data::Bundled {
         15.0
     } else {

@@ -680,6 +680,18 @@ fn main() -> Result<()> {
     if args.probe == 0 || args.grid < 3 || args.directions == 0 {
         bail!("--probe must be ≥ 1, --grid ≥ 3 and --directions ≥ 1");
     }
+    // Checked before any run, not when the experiment that uses them starts.
+    common::positive("--lr", args.lr)?;
+    for &s in &args.sparsities {
+        if !(0.0..=1.0).contains(&s) {
+            bail!("--sparsities: {s} is not in [0, 1]");
+        }
+    }
+    for &k in &args.switch_epochs {
+        if k == 0 || k >= args.epochs {
+            bail!("--switch-epochs: {k} must lie in 1..{}", args.epochs);
+        }
+    }
     let dev = Device::Cpu;
     let Loaded { data, label, .. } = args.dataset.load_reported(args.data_dir.as_deref())?;
     std::fs::create_dir_all(&args.out)?;
@@ -747,9 +759,6 @@ fn main() -> Result<()> {
         Vec::new()
     };
     for &k in &switch_epochs {
-        if k == 0 || k >= args.epochs {
-            bail!("switch epoch {k} must lie in 1..{}", args.epochs);
-        }
         for (first, then) in [
             (Regime::NonPrivate, Regime::Private),
             (Regime::Private, Regime::NonPrivate),

@@ -64,3 +64,14 @@ impl Data {
         Ok(l)
     }
 }
+
+/// Refuses a command-line value that must be finite and > 0, naming the flag: checked before
+/// any work starts, so a typo fails at once instead of after the runs that do not use it.
+#[allow(dead_code)] // each example compiles this module; not all of them call this
+pub fn positive(flag: &str, value: f64) -> Result<f64> {
+    anyhow::ensure!(
+        value.is_finite() && value > 0.0,
+        "{flag} = {value}: must be finite and > 0"
+    );
+    Ok(value)
+}
