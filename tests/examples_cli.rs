@@ -13,21 +13,96 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const CASES: &[(&str, &[&str])] = &[
-    ("andrew_adaptive_clipping", &["--epochs", "--batch-size", "--lr", "--epsilon", "--delta"]),
-    ("bu_automatic_clipping", &["--epochs", "--batch-size", "--lr", "--clips", "--epsilon", "--delta"]),
+    (
+        "andrew_adaptive_clipping",
+        &["--epochs", "--batch-size", "--lr", "--epsilon", "--delta"],
+    ),
+    (
+        "bu_automatic_clipping",
+        &[
+            "--epochs",
+            "--batch-size",
+            "--lr",
+            "--clips",
+            "--epsilon",
+            "--delta",
+        ],
+    ),
     (
         "chilukoti_auto_dpsgd",
-        &["--epochs", "--batch-size", "--lr", "--published-lr", "--clip", "--step-factor", "--epsilon", "--delta"],
+        &[
+            "--epochs",
+            "--batch-size",
+            "--lr",
+            "--published-lr",
+            "--clip",
+            "--step-factor",
+            "--epsilon",
+            "--delta",
+        ],
     ),
     ("esipova_global_adapt", &["--epochs", "--sigma", "--delta"]),
-    ("knolle_bam", &["--epochs", "--batch-size", "--clip", "--lr", "--radius", "--alpha", "--epsilon", "--delta"]),
-    ("loss_landscape", &["--epochs", "--batch-size", "--lr", "--clip", "--epsilon", "--delta", "--rho", "--hvp-eps"]),
-    ("privacy_budget", &["--sampling-rate", "--noise-multiplier", "--target-epsilon", "--epochs", "--delta"]),
+    (
+        "knolle_bam",
+        &[
+            "--epochs",
+            "--batch-size",
+            "--clip",
+            "--lr",
+            "--radius",
+            "--alpha",
+            "--epsilon",
+            "--delta",
+        ],
+    ),
+    (
+        "loss_landscape",
+        &[
+            "--epochs",
+            "--batch-size",
+            "--lr",
+            "--clip",
+            "--epsilon",
+            "--delta",
+            "--rho",
+            "--hvp-eps",
+        ],
+    ),
+    (
+        "privacy_budget",
+        &[
+            "--sampling-rate",
+            "--noise-multiplier",
+            "--target-epsilon",
+            "--epochs",
+            "--delta",
+        ],
+    ),
     (
         "tang_dp_adambc",
-        &["--epochs", "--batch-size", "--clip", "--epsilon", "--delta", "--lr-sgd", "--lr-adam", "--lr-adambc"],
+        &[
+            "--epochs",
+            "--batch-size",
+            "--clip",
+            "--epsilon",
+            "--delta",
+            "--lr-sgd",
+            "--lr-adam",
+            "--lr-adambc",
+        ],
     ),
-    ("watson_clipping_pruning", &["--epochs", "--batch-size", "--clip", "--lr", "--epsilon", "--delta", "--sparsities"]),
+    (
+        "watson_clipping_pruning",
+        &[
+            "--epochs",
+            "--batch-size",
+            "--clip",
+            "--lr",
+            "--epsilon",
+            "--delta",
+            "--sparsities",
+        ],
+    ),
 ];
 
 /// Flags for which 0 is a legitimate setting (BAM with r = 0 or α = 0 is DP-SGD; a
@@ -37,10 +112,18 @@ const ZERO_IS_VALID: &[&str] = &["--radius", "--alpha", "--sparsities"];
 fn examples_dir() -> PathBuf {
     // target/<profile>/deps/examples_cli-… → target/<profile>/examples
     let exe = std::env::current_exe().expect("test binary path");
-    exe.parent().and_then(|d| d.parent()).expect("target dir").join("examples")
+    exe.parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .join("examples")
 }
 
-fn run(bin: &PathBuf, flag: &str, value: &str, out: &std::path::Path) -> (Option<i32>, String, Duration) {
+fn run(
+    bin: &PathBuf,
+    flag: &str,
+    value: &str,
+    out: &std::path::Path,
+) -> (Option<i32>, String, Duration) {
     let started = Instant::now();
     let mut child = Command::new(bin)
         .arg(format!("{flag}={value}"))
@@ -111,12 +194,20 @@ fn every_example_refuses_hostile_numeric_flags() {
                     Some(_) => None,
                 };
                 if let Some(why) = bad {
-                    failures.lock().unwrap().push(format!("{example} {flag}={value}: {why}"));
+                    failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("{example} {flag}={value}: {why}"));
                 }
             });
         }
     });
     let _ = std::fs::remove_dir_all(&out);
     let failures = failures.into_inner().unwrap();
-    assert!(failures.is_empty(), "{} hostile runs misbehaved:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} hostile runs misbehaved:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

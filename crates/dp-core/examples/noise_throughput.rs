@@ -7,16 +7,16 @@
 //! ```
 use std::time::Instant;
 
-fn main() {
+fn main() -> dp_core::Result<()> {
     let mut args = std::env::args().skip(1);
     let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(269_322);
     let reps: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(200);
     let mut noise = dp_core::GaussianNoise::seeded(1);
-    let _ = noise.sample(n, 1.0); // warm-up: tables, thread pool
+    let _ = noise.sample(n, 1.0)?; // warm-up: tables, thread pool
     let start = Instant::now();
     let mut check = 0f32;
     for _ in 0..reps {
-        check += noise.sample(n, 1.0)[0];
+        check += noise.sample(n, 1.0)?[0];
     }
     let s = start.elapsed().as_secs_f64() / reps as f64;
     println!(
@@ -25,4 +25,5 @@ fn main() {
         n as f64 / s / 1e6,
         rayon::current_num_threads()
     );
+    Ok(())
 }

@@ -159,7 +159,7 @@ fn per_layer_clipping_bounds_each_layer() {
 fn noise_has_the_stated_mean_and_std_and_is_reproducible() {
     let std = 2.5;
     let n = 200_000;
-    let z = GaussianNoise::seeded(123).sample(n, std);
+    let z = GaussianNoise::seeded(123).sample(n, std).unwrap();
     let mean = z.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
     let var = z.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
     assert!(mean.abs() < 5.0 * std / (n as f64).sqrt(), "mean {mean}");
@@ -174,18 +174,21 @@ fn noise_has_the_stated_mean_and_std_and_is_reproducible() {
         (k - 3.0).abs() < 5.0 * (24.0 / n as f64).sqrt(),
         "kurtosis {k}"
     );
-    assert_eq!(z, GaussianNoise::seeded(123).sample(n, std));
-    assert_ne!(z[..10], GaussianNoise::seeded(124).sample(10, std)[..]);
+    assert_eq!(z, GaussianNoise::seeded(123).sample(n, std).unwrap());
+    assert_ne!(
+        z[..10],
+        GaussianNoise::seeded(124).sample(10, std).unwrap()[..]
+    );
 }
 
 #[test]
 fn noise_state_resumes_the_stream_exactly() {
     let mut a = GaussianNoise::seeded(5);
-    let _ = a.sample(1001, 1.0);
+    let _ = a.sample(1001, 1.0).unwrap();
     let state = a.state();
     let json = serde_json_like(&state);
     let mut b = GaussianNoise::from_state(&state);
-    assert_eq!(a.sample(777, 1.0), b.sample(777, 1.0));
+    assert_eq!(a.sample(777, 1.0).unwrap(), b.sample(777, 1.0).unwrap());
     assert!(!json.is_empty());
 }
 
@@ -449,7 +452,7 @@ fn prefetched_noise_is_identical_and_cancellation_rewinds() {
     let b = flat(&pre.add_noise(&ts, 1.0).unwrap());
     assert_eq!(a, b);
     pre.prefetch(&[30_000, 100]);
-    assert_eq!(plain.sample(3, 1.0), pre.sample(3, 1.0));
+    assert_eq!(plain.sample(3, 1.0).unwrap(), pre.sample(3, 1.0).unwrap());
     // A checkpoint taken while a prefetch is pending resumes at the same point.
     pre.prefetch(&[30_000, 100]);
     let mut resumed = GaussianNoise::from_state(&pre.state());
@@ -468,10 +471,24 @@ fn fused_noise_addition_equals_sample_plus_tensor() {
     let base: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
     let t = Tensor::from_vec(base.clone(), n, &d).unwrap();
     let got = flat(&GaussianNoise::seeded(3).add_noise(&[t], 0.7).unwrap());
-    let z = GaussianNoise::seeded(3).sample(n, 0.7);
+    let z = GaussianNoise::seeded(3).sample(n, 0.7).unwrap();
     let want: Vec<f32> = base.iter().zip(&z).map(|(a, b)| a + b).collect();
     assert_eq!(got.len(), want.len());
     for (g, w) in got.iter().zip(&want) {
         assert_eq!(*g, f64::from(*w)); // f32 → f64 is exact
     }
+}
+
+/// A NaN, infinite, negative or f32-overflowing scale is refused before anything is drawn
+/// (it would turn every draw into NaN or ±∞), and the stream does not move.
+#[test]
+fn sampling_refuses_a_scale_it_cannot_apply() {
+    let mut a = GaussianNoise::seeded(5);
+    for std in [f64::NAN, f64::INFINITY, -1.0, 1e300] {
+        assert!(a.sample(3, std).is_err(), "std {std}");
+    }
+    assert_eq!(a.sample(3, 0.0).unwrap(), vec![0.0; 3]);
+    let mut b = GaussianNoise::seeded(5);
+    let _ = b.sample(3, 0.0).unwrap();
+    assert_eq!(a.sample(4, 1.0).unwrap(), b.sample(4, 1.0).unwrap());
 }

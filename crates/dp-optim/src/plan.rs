@@ -150,7 +150,7 @@ impl PlanContext {
 /// use dp_core::GaussianNoise;
 /// // Andrew et al.'s count: +½ for an unclipped example, −½ otherwise.
 /// let q = StatisticQuery::new("unclipped", 0.5, 3.0, |n| if n <= 1.0 { 0.5 } else { -0.5 }).unwrap();
-/// let v = q.release(&[0.2, 3.0, 0.5], &mut GaussianNoise::seeded(0));
+/// let v = q.release(&[0.2, 3.0, 0.5], &mut GaussianNoise::seeded(0)).unwrap();
 /// assert!((v - 0.5).abs() < 15.0); // ½ + N(0, 9)
 /// assert_eq!(q.noise_multiplier(), 6.0);
 /// ```
@@ -186,7 +186,8 @@ impl StatisticQuery {
                 "statistic sensitivity {sensitivity} must be finite and > 0"
             )));
         }
-        if !(noise_std.is_finite() && noise_std > 0.0) {
+        // Drawn in f32: a std beyond f32::MAX would be ∞ there.
+        if !(noise_std.is_finite() && noise_std > 0.0 && noise_std <= f32::MAX as f64) {
             return Err(TrainError::InvalidConfig(format!(
                 "statistic noise std {noise_std} must be finite and > 0"
             )));
@@ -212,7 +213,7 @@ impl StatisticQuery {
     }
     /// The noisy sum over `norms` (one draw from `noise`). The only way a statistic of the
     /// batch reaches a method.
-    pub fn release(&self, norms: &[f32], noise: &mut GaussianNoise) -> f64 {
+    pub fn release(&self, norms: &[f32], noise: &mut GaussianNoise) -> Result<f64> {
         let s = self.sensitivity;
         let sum: f64 = norms
             .iter()
@@ -226,7 +227,7 @@ impl StatisticQuery {
                 }
             })
             .sum();
-        sum + noise.sample(1, self.noise_std)[0] as f64
+        Ok(sum + noise.sample(1, self.noise_std)?[0] as f64)
     }
 }
 

@@ -211,7 +211,7 @@ pub fn take_step<M: Model>(
         .statistics
         .iter()
         .map(|q| q.release(&stats.norms, noise))
-        .collect();
+        .collect::<Result<_>>()?;
     let d = plan.divisor;
     let gradient = sum
         .iter()

@@ -52,7 +52,7 @@ fn adapt(m: &mut AdaptiveQuantileClip, norms: &[f32], b: f64, noise: &mut Gaussi
     };
     let plan = m.plan(&ctx).unwrap();
     assert_eq!(plan.statistics.len(), 1);
-    let count = plan.statistics[0].release(norms, noise);
+    let count = plan.statistics[0].release(norms, noise).unwrap();
     m.update_from_count(count, b).unwrap();
 }
 

@@ -55,7 +55,7 @@ pub struct NoiseState {
 /// use dp_core::GaussianNoise;
 /// let mut a = GaussianNoise::seeded(7);
 /// let mut b = GaussianNoise::seeded(7);
-/// assert_eq!(a.sample(5, 1.0), b.sample(5, 1.0));
+/// assert_eq!(a.sample(5, 1.0).unwrap(), b.sample(5, 1.0).unwrap());
 /// ```
 ///
 /// It is deliberately not `Clone`: a clone would continue the same stream, and two copies
@@ -120,7 +120,7 @@ impl GaussianNoise {
     /// use dp_core::GaussianNoise;
     /// let mut a = GaussianNoise::seeded(3);
     /// let mut b = a.duplicate_stream();
-    /// assert_eq!(a.sample(4, 1.0), b.sample(4, 1.0)); // the same noise: never release both
+    /// assert_eq!(a.sample(4, 1.0).unwrap(), b.sample(4, 1.0).unwrap()); // the same noise: never release both
     /// ```
     pub fn duplicate_stream(&self) -> Self {
         let mut rng = self.rng.clone();
@@ -186,8 +186,15 @@ impl GaussianNoise {
     /// Each call takes a fresh 256-bit key from the main stream and fills fixed-size
     /// chunks of the output from independent ChaCha20 streams of that key (chunk `k` uses
     /// stream `k`), in parallel. The chunking does not depend on the number of threads, so
-    /// a seed gives the same noise bit for bit on any machine.
-    pub fn sample(&mut self, n: usize, std: f64) -> Vec<f32> {
+    /// a seed gives the same noise bit for bit on any machine. `std` must be finite, ≥ 0 and
+    /// at most `f32::MAX` ([`CoreError::InvalidNoise`] otherwise, with nothing drawn): a NaN
+    /// or infinite scale would turn every draw into NaN or ±∞.
+    pub fn sample(&mut self, n: usize, std: f64) -> Result<Vec<f32>> {
+        check_std(std)?;
+        Ok(self.sample_unchecked(n, std))
+    }
+
+    fn sample_unchecked(&mut self, n: usize, std: f64) -> Vec<f32> {
         self.cancel_prefetch();
         let key = self.next_key();
         fill_normals(key, n, std as f32)
@@ -217,11 +224,7 @@ impl GaussianNoise {
     /// (one [`GaussianNoise::sample`] call per tensor, or a matching prefetch). `std` must be
     /// finite, ≥ 0 and at most `f32::MAX` (the noise is scaled in f32).
     pub fn add_noise(&mut self, tensors: &[Tensor], std: f64) -> Result<Vec<Tensor>> {
-        // The noise is scaled in f32: a std beyond f32::MAX would be ∞ there and turn every
-        // coordinate into ±∞ (or NaN), so it is refused like a non-finite one.
-        if !(std.is_finite() && std >= 0.0 && std <= f32::MAX as f64) {
-            return Err(CoreError::InvalidNoise(std));
-        }
+        check_std(std)?;
         let sizes: Vec<usize> = tensors.iter().map(|t| t.elem_count()).collect();
         let prefetched = match self.pending.take() {
             Some(p) if p.sizes == sizes => match p.handle.join() {
@@ -241,7 +244,10 @@ impl GaussianNoise {
         // product `sample(n, std)` computes.
         let normals: Vec<Vec<f32>> = match prefetched {
             Some(z) => z,
-            None => sizes.iter().map(|&n| self.sample(n, 1.0)).collect(),
+            None => sizes
+                .iter()
+                .map(|&n| self.sample_unchecked(n, 1.0))
+                .collect(),
         };
         let s = std as f32;
         tensors
@@ -273,6 +279,16 @@ impl GaussianNoise {
     pub fn uniform(&mut self) -> f64 {
         self.cancel_prefetch();
         self.rng.gen()
+    }
+}
+
+/// The noise is scaled in f32: a std beyond `f32::MAX` would be ∞ there and turn every
+/// coordinate into ±∞ (or NaN), so it is refused like a non-finite one.
+fn check_std(std: f64) -> Result<()> {
+    if std.is_finite() && std >= 0.0 && std <= f32::MAX as f64 {
+        Ok(())
+    } else {
+        Err(CoreError::InvalidNoise(std))
     }
 }
 

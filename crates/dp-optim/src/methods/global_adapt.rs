@@ -395,7 +395,7 @@ mod tests {
             let mut late = Vec::new();
             for t in 0..3000 {
                 let plan = m.plan(&ctx).unwrap();
-                let count = plan.statistics[0].release(&norms, &mut noise);
+                let count = plan.statistics[0].release(&norms, &mut noise).unwrap();
                 m.update_from_count(count, 1000.0).unwrap();
                 if t >= 2000 {
                     late.push(0.7 * m.upper_bound());
