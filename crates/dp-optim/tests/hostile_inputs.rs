@@ -3,8 +3,8 @@
 //! optimisers and the methods, with NaN, ±∞, 0, −0, negative, tiny and huge values. Each
 //! must give a typed error or a trainer that works — never a panic.
 //!
-//! Entry points (7): TrainerConfig::new + PrivateTrainer::new, TrainerConfig::with_budget,
-//! Sgd::try_new, Adam::new (through the trainer), FixedClip::new,
+//! Entry points (8): TrainerConfig::new + PrivateTrainer::new, TrainerConfig::with_budget,
+//! Sgd::try_new, Adam::try_new, Adam::new (through the trainer), FixedClip::new,
 //! AdaptiveQuantileClip::new, optim::check_learning_rate.
 
 use candle_core::Device;
@@ -58,6 +58,7 @@ proptest! {
         let opt: Box<dyn dp_optim::BaseOptimizer> =
             if adam { Box::new(Adam::new(lr)) } else { Box::new(Sgd::new(lr)) };
         prop_assert_eq!(Sgd::try_new(lr).is_ok(), lr.is_finite() && lr > 0.0);
+        prop_assert_eq!(Adam::try_new(lr).is_ok(), lr.is_finite() && lr > 0.0);
         prop_assert_eq!(dp_optim::optim::check_learning_rate(lr).is_ok(), lr.is_finite() && lr > 0.0);
         let _ = AdaptiveQuantileClip::new(clip, batch);
         let Ok(method) = FixedClip::new(clip, sigma) else { return Ok(()) };

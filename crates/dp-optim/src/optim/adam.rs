@@ -47,7 +47,20 @@ pub struct Adam {
 }
 
 impl Adam {
-    /// Adam with `β = (0.9, 0.999)`, `ε = 1e-8`.
+    /// [`Adam::new`], with the learning rate checked at once (finite and > 0).
+    ///
+    /// ```
+    /// assert!(dp_optim::Adam::try_new(1e-3).is_ok());
+    /// assert!(dp_optim::Adam::try_new(f64::NAN).is_err());
+    /// assert!(dp_optim::Adam::try_new(0.0).is_err());
+    /// ```
+    pub fn try_new(lr: f64) -> crate::Result<Self> {
+        super::check_learning_rate(lr)?;
+        Ok(Self::new(lr))
+    }
+    /// Adam with `β = (0.9, 0.999)`, `ε = 1e-8`. The rate is checked when the optimiser is
+    /// used by [`crate::PrivateTrainer`] (at build) or [`crate::take_step`];
+    /// [`Adam::try_new`] checks it at once.
     pub fn new(lr: f64) -> Self {
         Self {
             lr,
