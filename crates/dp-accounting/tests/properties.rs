@@ -210,9 +210,16 @@ fn grid_edge_warning() {
     assert!(r.epsilon == 0.0 && !r.on_grid_edge, "{r:?}");
 }
 
-/// A dense reference grid: 1.01, 1.02, …, 11 and every integer to 256.
+/// A dense reference grid: 1 + h for h log-spaced from `MIN_ORDER_GAP` to 0.01 (20 per
+/// decade), then 1.01, 1.02, …, 11 and every integer to 256. The orders near 1 matter: when
+/// ε is huge (q = 1, small σ, many steps) the optimal order is 1 + O(√(ln(1/δ)/(t/2σ²))),
+/// e.g. 1.004, and a reference without them is beaten by a valid custom order.
 fn fine_orders() -> Vec<f64> {
-    let mut v: Vec<f64> = (1..=1000).map(|k| 1.0 + k as f64 / 100.0).collect();
+    let lo = dp_accounting::rdp::MIN_ORDER_GAP.log10();
+    let mut v: Vec<f64> = (0..(20.0 * (-2.0 - lo)) as usize)
+        .map(|k| 1.0 + 10f64.powf(lo + k as f64 / 20.0))
+        .collect();
+    v.extend((1..=1000).map(|k| 1.0 + k as f64 / 100.0));
     v.extend((12..=256).map(|k| k as f64));
     v
 }
@@ -252,4 +259,24 @@ proptest! {
         prop_assert!(got >= reference * (1.0 - 1e-3) - 1e-9,
             "α = {a}: {got} < dense-grid {reference} (default {base})");
     }
+}
+
+/// The case that made the property above fail at random (its reference grid stopped at
+/// 1.01): with q = 1, σ = 0.54 and 248,112 steps the optimal order is ≈ 1.004, which a valid
+/// custom order reaches and the old reference did not.
+#[test]
+fn a_custom_order_near_one_is_checked_against_a_grid_that_reaches_it() {
+    let (a, q, s, t, d) = (1.0039458819361518, 1.0, 0.543273301523821, 248_112, 1e-3);
+    let mut with = dp_accounting::rdp::default_orders();
+    with.push(a);
+    let got = rdp_epsilon_on(with, q, s, t, d);
+    let reference = rdp_epsilon_on(fine_orders(), q, s, t, d);
+    assert!(
+        got >= reference * (1.0 - 1e-3) - 1e-9,
+        "{got} < {reference}"
+    );
+    // The old reference (orders from 1.01 up) is beaten by more than its tolerance.
+    let mut old: Vec<f64> = (1..=1000).map(|k| 1.0 + k as f64 / 100.0).collect();
+    old.extend((12..=256).map(|k| k as f64));
+    assert!(got < rdp_epsilon_on(old, q, s, t, d) * (1.0 - 1e-3));
 }
