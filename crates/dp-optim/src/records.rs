@@ -108,6 +108,10 @@ pub struct StepRecord {
     pub epsilon: Option<f64>,
     /// What ε certifies.
     pub guarantee: Guarantee,
+    /// The regime this step ran in (a switching run changes it between phases; records of
+    /// checkpoints written before the field existed read as private).
+    #[serde(default)]
+    pub regime: Regime,
     /// NON-PRIVATE: mean loss over the realised batch (analysis only).
     #[serde(rename = "non_private_loss", alias = "loss")]
     pub loss: f64,

@@ -667,6 +667,7 @@ impl<M: Model> PrivateTrainer<M> {
             epoch: self.step as f64 * self.sampling_rate(),
             epsilon,
             guarantee: self.guarantee(),
+            regime,
             loss: if result.examples > 0 {
                 result.loss_sum / result.examples as f64
             } else {

@@ -351,9 +351,19 @@ fn switching_runs_account_only_private_steps_and_report_no_finite_epsilon() {
                 .sum::<u64>(),
             private_steps
         );
-        // The private phase was noised (its records carry the noise std), the other not.
+        // The private phase was noised (its records carry the noise std), the other not,
+        // and each record names its phase's regime.
         let noised = t.records().iter().filter(|r| r.noise_std > 0.0).count() as u64;
         assert_eq!(noised, private_steps);
+        for (i, r) in t.records().iter().enumerate() {
+            let want = if (i as u64) < 2 * per_epoch {
+                first
+            } else {
+                then
+            };
+            assert_eq!(r.regime, want, "step {}", r.step);
+            assert_eq!(r.noise_std > 0.0, want.is_private());
+        }
         let mut reference = RdpAccountant::new();
         reference
             .compose(
