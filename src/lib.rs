@@ -14,3 +14,6 @@ pub use dp_core as core;
 pub use dp_data as data;
 pub use dp_metrics as metrics;
 pub use dp_optim as optim;
+
+#[cfg(feature = "pipeline")]
+pub mod pipeline;

@@ -191,6 +191,10 @@ pub struct Series {
     pub x: Vec<f64>,
     /// y values (same length as x).
     pub y: Vec<f64>,
+    /// A shaded band `(lower, upper)` around the curve (e.g. the spread over seeds), same
+    /// length as x.
+    #[serde(default)]
+    pub band: Option<(Vec<f64>, Vec<f64>)>,
 }
 
 impl Series {
@@ -200,7 +204,23 @@ impl Series {
             name: name.into(),
             x,
             y,
+            band: None,
         }
+    }
+
+    /// The series with a shaded band from `lower` to `upper` (drawn under the curve).
+    ///
+    /// ```
+    /// use dp_metrics::plot::{line_plot, LinePlot, Series};
+    /// let s = Series::new("DP-SGD", vec![1.0, 3.0], vec![0.8, 0.9]).with_band(vec![0.78, 0.88], vec![0.82, 0.91]);
+    /// let p = std::env::temp_dir().join(format!("dp_metrics_doc_band_{}.svg", std::process::id()));
+    /// line_plot(&p, &LinePlot::new("acc", "ε", "accuracy").with_series(s))?;
+    /// # std::fs::remove_file(&p)?;
+    /// # Ok::<(), dp_metrics::MetricsError>(())
+    /// ```
+    pub fn with_band(mut self, lower: Vec<f64>, upper: Vec<f64>) -> Self {
+        self.band = Some((lower, upper));
+        self
     }
 
     fn check(&self) -> Result<()> {
@@ -209,6 +229,16 @@ impl Series {
                 "series {}: x and y differ in length",
                 self.name
             )));
+        }
+        if let Some((lo, hi)) = &self.band {
+            if lo.len() != self.x.len() || hi.len() != self.x.len() {
+                return Err(MetricsError::ShapeMismatch(format!(
+                    "series {}: the band differs in length from x",
+                    self.name
+                )));
+            }
+            ensure_finite(lo, "band lower")?;
+            ensure_finite(hi, "band upper")?;
         }
         Ok(())
     }
@@ -308,7 +338,21 @@ fn draw_lines<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, plot: &LinePlot
         } else {
             s.y.clone()
         };
-        series.push((s.name.as_str(), s.x.clone(), y));
+        let band = match &s.band {
+            Some((lo, hi)) if plot.log_y => {
+                if lo.iter().chain(hi).any(|v| *v <= 0.0) {
+                    return Err(MetricsError::InvalidArgument(
+                        "log_y needs a band > 0".into(),
+                    ));
+                }
+                Some((
+                    lo.iter().map(|v| v.log10()).collect::<Vec<_>>(),
+                    hi.iter().map(|v| v.log10()).collect::<Vec<_>>(),
+                ))
+            }
+            other => other.clone(),
+        };
+        series.push((s.name.as_str(), s.x.clone(), y, band));
     }
     let fold = |it: &mut dyn Iterator<Item = f64>| {
         it.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
@@ -316,7 +360,10 @@ fn draw_lines<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, plot: &LinePlot
         })
     };
     let (x0, x1) = fold(&mut series.iter().flat_map(|s| s.1.iter().copied()));
-    let (y0, y1) = fold(&mut series.iter().flat_map(|s| s.2.iter().copied()));
+    let (y0, y1) = fold(&mut series.iter().flat_map(|s| {
+        let band = s.3.iter().flat_map(|(lo, hi)| lo.iter().chain(hi));
+        s.2.iter().chain(band).copied()
+    }));
     let (x0, x1) = if x0.is_finite() {
         padded_range(x0, x1)
     } else {
@@ -352,7 +399,24 @@ fn draw_lines<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, plot: &LinePlot
         .light_line_style(RGBColor(235, 235, 235))
         .draw()
         .map_err(perr)?;
-    for (i, (name, x, y)) in series.iter().enumerate() {
+    for (i, (_, x, _, band)) in series.iter().enumerate() {
+        if let Some((lo, hi)) = band {
+            let color = PALETTE[i % PALETTE.len()];
+            let outline: Vec<(f64, f64)> = x
+                .iter()
+                .copied()
+                .zip(hi.iter().copied())
+                .chain(x.iter().copied().zip(lo.iter().copied()).rev())
+                .collect();
+            chart
+                .draw_series(std::iter::once(Polygon::new(
+                    outline,
+                    color.mix(0.18).filled(),
+                )))
+                .map_err(perr)?;
+        }
+    }
+    for (i, (name, x, y, _)) in series.iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()];
         chart
             .draw_series(LineSeries::new(

@@ -495,6 +495,11 @@ impl<M: Model> PrivateTrainer<M> {
     pub fn optimizer(&self) -> &dyn BaseOptimizer {
         self.optimizer.as_ref()
     }
+
+    /// The base optimiser, to change its learning rate between steps (a public schedule).
+    pub fn optimizer_mut(&mut self) -> &mut dyn BaseOptimizer {
+        self.optimizer.as_mut()
+    }
     /// Replaces the loss (e.g. after [`PrivateTrainer::resume`], which restores the default).
     pub fn set_loss(&mut self, loss: impl Loss + Send + Sync + 'static) {
         self.loss = Box::new(loss);
@@ -711,7 +716,34 @@ impl<M: Model> PrivateTrainer<M> {
         test: Option<&Dataset>,
         device: &Device,
     ) -> Result<TrainReport> {
+        self.train_until_on(train, test, device, u64::MAX, &mut |_| {})
+    }
+
+    /// Trains until step `until` (at most the planned steps), the end of the plan, or the
+    /// budget, calling `on_step` after every step. Epochs end and are evaluated as in
+    /// [`PrivateTrainer::train`], so a run trained in pieces (say one epoch per call, with a
+    /// checkpoint between calls) has the records of one trained in one call.
+    ///
+    /// ```
+    /// use dp_optim::{BatchSize, Delta, Epochs, FixedClip, PrivateTrainer, Sgd, TrainerConfig};
+    /// let data = dp_data::load_bundled_mnist().unwrap();
+    /// let model = dp_core::models::mlp(&[784, 8, 10], &candle_core::Device::Cpu, 0).unwrap();
+    /// let cfg = TrainerConfig::new(Epochs(0.2), BatchSize(100.0), Delta(1e-5)).with_seed(0);
+    /// let mut t = PrivateTrainer::new(model, Box::new(Sgd::new(0.1)), Box::new(FixedClip::new(1.0, 1.0).unwrap()), cfg, &data.train).unwrap();
+    /// let mut seen = 0;
+    /// t.train_until_on(&data.train, None, &candle_core::Device::Cpu, 3, &mut |_| seen += 1).unwrap();
+    /// assert_eq!((t.steps_taken(), seen), (3, 3));
+    /// ```
+    pub fn train_until_on(
+        &mut self,
+        train: &Dataset,
+        test: Option<&Dataset>,
+        device: &Device,
+        until: u64,
+        on_step: &mut dyn FnMut(&StepRecord),
+    ) -> Result<TrainReport> {
         let start = std::time::Instant::now();
+        let until = until.min(self.total_steps);
         self.stop_reason = None;
         let per_epoch = self.steps_per_epoch();
         let bar = if self.config.progress {
@@ -727,10 +759,11 @@ impl<M: Model> PrivateTrainer<M> {
         } else {
             None
         };
-        while self.step < self.total_steps {
+        while self.step < until {
             let Some(rec) = self.step(train, device)? else {
                 break;
             };
+            on_step(&rec);
             if let Some(b) = &bar {
                 b.set_position(self.step);
                 if let Some(e) = rec.epsilon {

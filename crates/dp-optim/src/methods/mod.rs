@@ -20,6 +20,7 @@ mod bam;
 mod clip_with;
 mod fixed;
 mod global_adapt;
+mod registry;
 
 pub use andrew_adaptive::{split_noise_multiplier, AdaptiveQuantileClip};
 pub use auto_clip::AutoS;
@@ -28,6 +29,7 @@ pub use bam::Bam;
 pub use clip_with::ClipWith;
 pub use fixed::FixedClip;
 pub use global_adapt::{AboveBound, GlobalAdapt};
+pub use registry::{MethodContext, MethodSpec};
 
 use crate::error::{Result, TrainError};
 use crate::plan::{PlanContext, StepOutcome, StepPlan};

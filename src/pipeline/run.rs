@@ -1,0 +1,350 @@
+//! Carrying out one run in a directory of its own: checkpoint every epoch, resume from the
+//! last checkpoint, write the result atomically. What the directory holds:
+//!
+//! - `config.toml`: the resolved config (every field);
+//! - `checkpoint/`: the trainer's last checkpoint (weights, optimiser, sampler, noise
+//!   stream, accountant), replaced atomically each epoch;
+//! - `epoch_metrics.jsonl`: the metrics computed every `metrics_every` epochs;
+//! - `running.json` while a process works on the run;
+//! - `result.json` once it finished ([`RunResult`]), or `error.json` if it failed;
+//! - `model/`: the released weights and privacy report.
+
+use super::config::{DatasetChoice, ModelChoice, Noise, RunConfig};
+use super::error::{io, PipelineError, Result};
+use super::metrics::{compute_metrics, Metrics};
+use candle_core::Device;
+use dp_core::{models, Prunable, PruneScope, Sequential};
+use dp_data::{DatasetName, Normalize, TrainTest};
+use dp_optim::methods::MethodContext;
+use dp_optim::{
+    Adam, AdamBc, BaseOptimizer, BatchSize, Delta, EpochRecord, Epochs, Guarantee, PrivateTrainer,
+    Sgd, TrainReport, TrainerConfig, TrainingMask,
+};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The result of a finished run (`result.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunResult {
+    /// The run's id in its sweep (or the name given to `dp-lab train`).
+    pub run_id: String,
+    /// The resolved config.
+    pub config: RunConfig,
+    /// The dataset's name in reports.
+    pub dataset: String,
+    /// Whether the run is differentially private (ε finite).
+    pub dp: bool,
+    /// What ε certifies.
+    pub guarantee: Guarantee,
+    /// ε spent; `None` when the run is not DP (never a finite number for such a run).
+    pub epsilon: Option<f64>,
+    /// δ.
+    pub delta: f64,
+    /// The (calibrated) noise multiplier.
+    pub noise_multiplier: f64,
+    /// Steps taken.
+    pub steps: u64,
+    /// Final test accuracy.
+    pub test_accuracy: Option<f64>,
+    /// Wall-clock seconds of training in the process that finished the run.
+    pub seconds: f64,
+    /// The step the run resumed from (0 for a run that never stopped).
+    pub resumed_from_step: u64,
+    /// The trainer's report of the last piece of training.
+    pub report: TrainReport,
+    /// The per-epoch records (test accuracy, ε so far).
+    pub epochs: Vec<EpochRecord>,
+    /// Metrics of the final model (analysis only).
+    pub metrics: Metrics,
+    /// Metrics every `metrics_every` epochs.
+    pub metrics_by_epoch: Vec<EpochMetrics>,
+}
+
+/// The metrics of one epoch (analysis only).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// Epoch (1-based).
+    pub epoch: u64,
+    /// Values by name.
+    pub metrics: Metrics,
+}
+
+/// The files of a run directory.
+#[derive(Debug, Clone)]
+pub struct RunDir(pub PathBuf);
+
+impl RunDir {
+    /// `config.toml`.
+    pub fn config(&self) -> PathBuf {
+        self.0.join("config.toml")
+    }
+    /// `result.json`.
+    pub fn result(&self) -> PathBuf {
+        self.0.join("result.json")
+    }
+    /// `error.json`.
+    pub fn error(&self) -> PathBuf {
+        self.0.join("error.json")
+    }
+    /// `running.json`.
+    pub fn running(&self) -> PathBuf {
+        self.0.join("running.json")
+    }
+    /// `checkpoint/`.
+    pub fn checkpoint(&self) -> PathBuf {
+        self.0.join("checkpoint")
+    }
+    /// `epoch_metrics.jsonl`.
+    pub fn epoch_metrics(&self) -> PathBuf {
+        self.0.join("epoch_metrics.jsonl")
+    }
+    /// The finished result, if any.
+    pub fn read_result(&self) -> Option<RunResult> {
+        let bytes = std::fs::read(self.result()).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsynced,
+/// then renamed over `path`. A crash leaves the old file or the new one, never a torn one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(bytes).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(io(path))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Loads the run's dataset, normalised with its per-pixel mean and std (public constants).
+pub fn load_dataset(cfg: &RunConfig) -> Result<TrainTest> {
+    let (name, norm) = match cfg.dataset {
+        DatasetChoice::Bundled => (DatasetName::BundledMnist, Normalize::mnist()),
+        DatasetChoice::Mnist => (DatasetName::Mnist, Normalize::mnist()),
+        DatasetChoice::FashionMnist => (DatasetName::FashionMnist, Normalize::fashion_mnist()),
+    };
+    let (mut data, _) = dp_data::load(name, cfg.data_dir.as_deref())?;
+    norm.apply_dataset(&mut data.train)?;
+    norm.apply_dataset(&mut data.test)?;
+    if data.train.len() != cfg.dataset.train_len() {
+        return Err(PipelineError::Other(format!(
+            "{} has {} training examples, expected {}",
+            cfg.dataset.label(),
+            data.train.len(),
+            cfg.dataset.train_len()
+        )));
+    }
+    Ok(data)
+}
+
+fn build_model(cfg: &RunConfig, dev: &Device) -> Result<Sequential> {
+    Ok(match cfg.model {
+        ModelChoice::MnistCnn => models::mnist_cnn(dev, cfg.seed)?,
+        ModelChoice::EsipovaCnn => models::esipova_cnn(dev, cfg.seed)?,
+        ModelChoice::Mlp => {
+            let mut dims = vec![784];
+            dims.extend(&cfg.mlp_hidden);
+            dims.push(10);
+            models::mlp(&dims, dev, cfg.seed)?
+        }
+    })
+}
+
+fn build_optimizer(cfg: &RunConfig) -> Result<Box<dyn BaseOptimizer>> {
+    let o = &cfg.optimizer;
+    Ok(match o.name.as_str() {
+        "sgd" => Box::new(
+            Sgd::try_new(o.lr)?
+                .with_momentum(o.momentum)
+                .with_weight_decay(o.weight_decay),
+        ),
+        "adam" => Box::new(Adam::try_new(o.lr)?),
+        "adamw" => Box::new(Adam::try_new(o.lr)?.with_weight_decay(o.weight_decay)),
+        "adam_bc" => Box::new(AdamBc::new(o.lr)),
+        other => {
+            return Err(PipelineError::config(
+                "",
+                "optimizer.name",
+                format!("unknown optimizer '{other}'"),
+            ))
+        }
+    })
+}
+
+fn trainer_config(cfg: &RunConfig) -> Result<TrainerConfig> {
+    let mut t = TrainerConfig::new(
+        Epochs(cfg.epochs),
+        BatchSize(cfg.batch_size),
+        Delta(cfg.delta),
+    )
+    .with_seed(cfg.seed)
+    .with_regime(cfg.regime()?)
+    .with_max_physical_batch(cfg.max_physical_batch)
+    .with_accountant(
+        cfg.accountant
+            .parse()
+            .map_err(|e: String| PipelineError::config("", "accountant", e))?,
+    )
+    .with_clipping_bias(cfg.metrics.iter().any(|m| m == "clipping_bias"));
+    if let Noise::Budget(eps) = cfg.noise()? {
+        t = t.with_budget(eps).calibrate_noise_from_budget();
+    }
+    Ok(t)
+}
+
+/// What a run reports while it trains: `(steps done, steps planned)` after every step.
+pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
+
+/// Carries out the run in `dir`: resumes from its checkpoint if there is one, trains epoch by
+/// epoch with a checkpoint after each, computes the metrics, releases the model and writes
+/// `result.json` atomically. `run_id` names it in the result.
+pub fn execute(cfg: &RunConfig, run_id: &str, dir: &Path, progress: Progress) -> Result<RunResult> {
+    cfg.validate("")?;
+    let rd = RunDir(dir.to_path_buf());
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let dev = Device::Cpu;
+    let data = load_dataset(cfg)?;
+    let sigma = match cfg.noise()? {
+        Noise::Sigma(s) => s,
+        // Replaced by calibration (Budget) or unused (no noise).
+        Noise::Budget(_) | Noise::None => 1.0,
+    };
+    let ctx = MethodContext {
+        expected_batch_size: cfg.batch_size,
+        steps_per_epoch: cfg.steps_per_epoch(),
+    };
+    let fresh_parts = || -> Result<_> {
+        Ok((
+            build_model(cfg, &dev)?,
+            build_optimizer(cfg)?,
+            cfg.method.build(sigma, &ctx)?,
+        ))
+    };
+    let (mut trainer, resumed_from_step) = if dir.join("checkpoint/manifest.json").exists() {
+        let (m, o, meth) = fresh_parts()?;
+        let t = PrivateTrainer::resume(rd.checkpoint(), m, o, meth, &data.train, &dev)?;
+        let s = t.steps_taken();
+        (t, s)
+    } else {
+        let (m, o, meth) = fresh_parts()?;
+        let mut b = PrivateTrainer::builder(m, o, meth, trainer_config(cfg)?);
+        if cfg.sparsity > 0.0 {
+            let scope = if cfg.prune_scope == "per_layer" {
+                PruneScope::PerLayer
+            } else {
+                PruneScope::Global
+            };
+            let fresh = build_model(cfg, &dev)?;
+            b = b.mask(TrainingMask::at_initialisation(
+                &fresh,
+                cfg.sparsity,
+                scope,
+                Prunable::Weights,
+            )?);
+        }
+        (b.build(&data.train)?, 0)
+    };
+    // Metrics of epochs before the checkpoint survive; later ones are recomputed.
+    let mut by_epoch = read_epoch_metrics(&rd)?;
+    let per_epoch = trainer.steps_per_epoch();
+    let total = trainer.total_steps();
+    by_epoch.retain(|m| m.epoch * per_epoch <= trainer.steps_taken());
+    let epochs = cfg.whole_epochs();
+    let start = std::time::Instant::now();
+    let mut report = None;
+    while trainer.steps_taken() < total {
+        let epoch = trainer.steps_taken() / per_epoch;
+        trainer
+            .optimizer_mut()
+            .set_learning_rate(cfg.optimizer.lr_at(epoch, epochs));
+        let until = ((epoch + 1) * per_epoch).min(total);
+        let before = trainer.steps_taken();
+        let r = trainer.train_until_on(&data.train, Some(&data.test), &dev, until, &mut |rec| {
+            progress(rec.step + 1, total)
+        })?;
+        let stopped = trainer.steps_taken() < until;
+        trainer.save_checkpoint(rd.checkpoint())?;
+        let done_epoch = trainer.steps_taken().div_ceil(per_epoch);
+        if cfg.metrics_every > 0
+            && done_epoch.is_multiple_of(cfg.metrics_every)
+            && trainer.steps_taken() < total
+            && !stopped
+        {
+            let m = compute_metrics(cfg, &mut trainer, &data, &dev)?;
+            let em = EpochMetrics {
+                epoch: done_epoch,
+                metrics: m,
+            };
+            append_epoch_metrics(&rd, &em)?;
+            by_epoch.push(em);
+        }
+        report = Some(r);
+        if stopped || trainer.steps_taken() == before {
+            break; // the budget stopped it
+        }
+    }
+    let report = match report {
+        Some(r) => r,
+        // Resumed at the end: nothing left to train, report what the checkpoint holds.
+        None => trainer.train_until_on(&data.train, Some(&data.test), &dev, total, &mut |_| {})?,
+    };
+    let metrics = compute_metrics(cfg, &mut trainer, &data, &dev)?;
+    trainer.save_release(dir.join("model"))?;
+    let dp = report.guarantee.is_private() && report.epsilon.is_finite();
+    let result = RunResult {
+        run_id: run_id.to_string(),
+        config: cfg.clone(),
+        dataset: cfg.dataset.label().to_string(),
+        dp,
+        guarantee: report.guarantee.clone(),
+        epsilon: dp.then_some(report.epsilon),
+        delta: cfg.delta,
+        noise_multiplier: trainer.method().noise_multiplier(),
+        steps: trainer.steps_taken(),
+        test_accuracy: trainer.epoch_records().last().and_then(|e| e.test_accuracy),
+        seconds: start.elapsed().as_secs_f64(),
+        resumed_from_step,
+        report,
+        epochs: trainer.epoch_records().to_vec(),
+        metrics,
+        metrics_by_epoch: by_epoch,
+    };
+    write_atomic(&rd.result(), &serde_json::to_vec_pretty(&result)?)?;
+    Ok(result)
+}
+
+fn read_epoch_metrics(rd: &RunDir) -> Result<Vec<EpochMetrics>> {
+    let path = rd.epoch_metrics();
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(&path)(e)),
+    };
+    // A line torn by a crash is dropped (its epoch is recomputed only if it is after the
+    // checkpoint; otherwise that epoch's metrics are missing, which the result shows).
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
+}
+
+fn append_epoch_metrics(rd: &RunDir, m: &EpochMetrics) -> Result<()> {
+    use std::io::Write;
+    let path = rd.epoch_metrics();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(io(&path))?;
+    writeln!(f, "{}", serde_json::to_string(m)?).map_err(io(&path))?;
+    f.sync_all().map_err(io(&path))?;
+    Ok(())
+}
