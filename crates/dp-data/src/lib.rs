@@ -65,6 +65,7 @@ mod fileio;
 pub mod idx;
 mod rng;
 pub mod sampling;
+pub mod scattering;
 pub mod source;
 pub mod subsets;
 pub mod transforms;
@@ -79,6 +80,7 @@ pub use sampling::{
     num_physical_batches, physical_batches, BatchSampler, FixedSizeSampler, PhysicalBatches,
     PoissonSampler, SamplerState, SamplingScheme, ShuffledSampler,
 };
+pub use scattering::Scattering2D;
 pub use source::{load, load_fashion_mnist, resolve, DataSource, DatasetName, DATA_ENV_VAR};
 pub use subsets::{
     esipova_imbalanced_mnist, fixed_size_subset, imbalanced_indices, imbalanced_subset,
