@@ -87,6 +87,6 @@ pub use subsets::{
     random_split,
 };
 pub use transforms::{
-    augment_multiplicity, Augmentation, Normalize, CIFAR10_MEAN, CIFAR10_STD, FASHION_MNIST_MEAN,
-    FASHION_MNIST_STD, MNIST_MEAN, MNIST_STD,
+    augment_multiplicity, Augmentation, GroupNormalize, Normalize, CIFAR10_MEAN, CIFAR10_STD,
+    FASHION_MNIST_MEAN, FASHION_MNIST_STD, MNIST_MEAN, MNIST_STD,
 };

@@ -158,3 +158,37 @@ fn bad_settings_and_images_are_refused() {
         dp_data::Dataset::new("x", vec![0.0; 2 * 32 * 32], vec![0, 1], vec![1, 32, 32], 2).unwrap();
     assert!(s.transform_dataset(&other).is_err());
 }
+
+#[test]
+fn group_norm_of_features_is_per_example() {
+    // Tramèr & Boneh's GroupNorm(27, 81): each example's groups of 3 channels get mean 0 and
+    // variance 1 from that example alone — so the normalised features of one example do not
+    // change when the other examples do (no privacy cost).
+    let all = load_bundled_mnist_all().unwrap();
+    let s = Scattering2D::tramer_boneh(28, 28).unwrap();
+    let norm = dp_data::GroupNormalize::new(27, 1e-5).unwrap();
+    let mut a = s.transform_dataset(&all.subset(&[0, 1, 2])).unwrap();
+    let raw = a.example(1).unwrap().to_vec();
+    let mut b = s.transform_dataset(&all.subset(&[0, 9, 10])).unwrap();
+    norm.apply_dataset(&mut a).unwrap();
+    norm.apply_dataset(&mut b).unwrap();
+    assert_eq!(a.example(0).unwrap(), b.example(0).unwrap());
+    let moments = |g: &[f32]| {
+        let n = g.len() as f64;
+        let mean = g.iter().map(|&v| v as f64).sum::<f64>() / n;
+        let var = g.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+        (mean, var)
+    };
+    for (group, before) in a.example(1).unwrap().chunks(3 * 49).zip(raw.chunks(3 * 49)) {
+        let (mean, var) = moments(group);
+        let (_, v0) = moments(before);
+        assert!(mean.abs() < 1e-5, "group mean {mean}");
+        // (x − μ)/√(v + ε) has variance v/(v + ε): ε matters for the small order-2 paths.
+        approx::assert_relative_eq!(var, v0 / (v0 + 1e-5), max_relative = 1e-4);
+    }
+    assert!(dp_data::GroupNormalize::new(25, 1e-5)
+        .unwrap()
+        .apply_dataset(&mut a)
+        .is_err());
+    assert!(dp_data::GroupNormalize::new(3, f32::NAN).is_err());
+}
