@@ -263,7 +263,9 @@ fn main() -> Result<()> {
         // Full datasets: the paper's B. The bundled digits: B scaled by N/60,000 (same q and
         // steps), but at least the 256 of the project's other bundled runs (a batch of 34
         // drowns a 26k-parameter CNN's clipped signal in noise of norm ~10× larger).
-        let batch = (paper_b * batch_scale).round().clamp(256f64.min(paper_b), paper_b);
+        let batch = (paper_b * batch_scale)
+            .round()
+            .clamp(256f64.min(paper_b), paper_b);
         let shape = inputs.train.example_shape().to_vec();
         let mut curve = Vec::new();
         let targets: Vec<Option<f64>> = epsilons
