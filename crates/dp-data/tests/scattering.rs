@@ -100,6 +100,7 @@ fn constant_image_has_only_the_low_pass_channel() {
     let s = Scattering2D::tramer_boneh(28, 28).unwrap();
     let c = 0.7f32;
     let out = s.transform_image(&vec![c; 784]).unwrap();
+    #[allow(clippy::approx_constant)] // kymatio's literal constant
     let gain = std::f64::consts::PI / 3.1415;
     for v in &out[..49] {
         approx::assert_relative_eq!(*v as f64, c as f64 * gain, max_relative = 1e-5);
