@@ -150,6 +150,9 @@ struct RunRecord {
     epochs: Vec<EpochRecord>,
 }
 
+/// (ε, test accuracy, test accuracy of the EMA weights) of one run.
+type CurvePoint = (f64, f64, f64);
+
 /// Train and test sets of one model's inputs.
 struct Inputs {
     train: Dataset,
@@ -252,7 +255,7 @@ fn main() -> Result<()> {
     epsilons.extend(args.sweep.iter().copied().filter(|e| *e != args.epsilon));
     let mut runs = Vec::new();
     let mut lines = Vec::new();
-    let mut curves: Vec<(Model, Vec<(f64, f64, f64)>)> = Vec::new();
+    let mut curves: Vec<(Model, Vec<CurvePoint>)> = Vec::new();
     for &model in &args.models {
         let inputs = match model {
             Model::EndToEnd => pixels.as_ref(),
