@@ -1,8 +1,8 @@
 //! Hostile command-line values for every example: each run must end quickly with a non-zero
 //! exit status and an error message, never a panic, never a run that trains with the value.
 //!
-//! Covered: 9 examples, 58 numeric flags, 4 values each (NaN, ∞, −1, 0; 0 is left out where
-//! it is a documented setting: BAM's r and α, a sparsity of 0), 229 runs. `abadi_dp_sgd`
+//! Covered: 10 examples, 65 numeric flags, 4 values each (NaN, ∞, −1, 0; 0 is left out where
+//! it is a documented setting: BAM's r and α, a sparsity of 0), 257 runs. `abadi_dp_sgd`
 //! needs the full datasets and is left out; `bench_step` has no numeric training flags.
 //!
 //! The binaries are the ones `cargo test --workspace` builds next to this test
@@ -89,6 +89,18 @@ const CASES: &[(&str, &[&str])] = &[
             "--lr-sgd",
             "--lr-adam",
             "--lr-adambc",
+        ],
+    ),
+    (
+        "tramer_scatternet",
+        &[
+            "--epochs",
+            "--clip",
+            "--epsilon",
+            "--sweep",
+            "--delta",
+            "--groups",
+            "--ema-decay",
         ],
     ),
     (

@@ -27,6 +27,15 @@ pub struct Loaded {
 impl Data {
     /// Loads the dataset (from `dir` if given) and normalises both splits.
     pub fn load(self, dir: Option<&Path>) -> Result<Loaded> {
+        let (mut l, norm) = self.load_raw(dir)?;
+        norm.apply_dataset(&mut l.data.train)?;
+        norm.apply_dataset(&mut l.data.test)?;
+        Ok(l)
+    }
+
+    /// The dataset with pixels in `[0, 1]` (not normalised), and the normalisation
+    /// [`Data::load`] would apply (for features computed from raw pixels, e.g. scattering).
+    pub fn load_raw(self, dir: Option<&Path>) -> Result<(Loaded, Normalize)> {
         let (name, norm, label) = match self {
             Data::Bundled => (
                 DatasetName::BundledMnist,
@@ -40,14 +49,15 @@ impl Data {
                 "fashion-mnist",
             ),
         };
-        let (mut data, source) = load(name, dir).context("loading the dataset")?;
-        norm.apply_dataset(&mut data.train)?;
-        norm.apply_dataset(&mut data.test)?;
-        Ok(Loaded {
-            data,
-            label,
-            source: source.to_string(),
-        })
+        let (data, source) = load(name, dir).context("loading the dataset")?;
+        Ok((
+            Loaded {
+                data,
+                label,
+                source: source.to_string(),
+            },
+            norm,
+        ))
     }
 
     /// [`Data::load`], then says on stderr what was loaded from where.

@@ -126,3 +126,82 @@ pub fn cifar_cnn(device: &Device, seed: u64, group_norm: bool) -> Result<Sequent
     Ok(m.push(GlobalAvgPool::default())
         .push(Linear::new(128, 10, true, &mut init, device)?))
 }
+
+/// Tramèr & Boneh (2021)'s ScatterNet + linear model: a linear classifier over the
+/// scattering features of an image (`[B, channels, h, w]`, e.g. 81×7×7 for a 28×28 digit
+/// with J = 2; official code `ScatterLinear`). The features' GroupNorm is applied to the
+/// data beforehand (`dp_data::GroupNormalize`, per example, no privacy cost), as their
+/// `affine=False` GroupNorm has no parameters.
+///
+/// ```
+/// use dp_core::{models, Model};
+/// let m = models::scatter_linear(81, 7, 7, 10, &candle_core::Device::Cpu, 0).unwrap();
+/// assert_eq!(m.num_params(), 81 * 49 * 10 + 10);
+/// ```
+pub fn scatter_linear(
+    channels: usize,
+    h: usize,
+    w: usize,
+    classes: usize,
+    device: &Device,
+    seed: u64,
+) -> Result<Sequential> {
+    let d = channels * h * w;
+    if d == 0 || classes == 0 {
+        return Err(CoreError::InvalidArgument(format!(
+            "scatter_linear needs non-empty features and classes, got {channels}×{h}×{w} → {classes}"
+        )));
+    }
+    let mut init = Init::seeded(seed);
+    Ok(Sequential::new(device)
+        .push(Reshape::new(&[d]))
+        .push(Linear::new(d, classes, true, &mut init, device)?))
+}
+
+/// Tramèr & Boneh (2021)'s ScatterNet + CNN for MNIST-sized inputs (official code
+/// `MNIST_CNN` with `in_channels = 81`): Conv(channels→16, 3×3, stride 2, pad 1) – tanh –
+/// Conv(16→32, 3×3, pad 1) – tanh – Linear(32·h'·w' → 32) – tanh – Linear(32→10), with
+/// `h' = ⌈h/2⌉` (4×4 for 7×7 features); 33,066 parameters over 81×7×7. Inputs
+/// `[B, channels, h, w]` (channel first, as dp-data's scattering features), converted to
+/// channels-last inside.
+///
+/// ```
+/// use dp_core::{models, Model};
+/// let mut m = models::scatter_cnn(81, 7, 7, &candle_core::Device::Cpu, 0).unwrap();
+/// assert_eq!(m.num_params(), 33_066);
+/// let x = candle_core::Tensor::zeros((2, 81, 7, 7), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+/// assert_eq!(m.forward(&x, false).unwrap().dims(), &[2, 10]);
+/// ```
+pub fn scatter_cnn(
+    channels: usize,
+    h: usize,
+    w: usize,
+    device: &Device,
+    seed: u64,
+) -> Result<Sequential> {
+    if channels == 0 || h == 0 || w == 0 {
+        return Err(CoreError::InvalidArgument(format!(
+            "scatter_cnn needs non-empty features, got {channels}×{h}×{w}"
+        )));
+    }
+    let (h2, w2) = (h.div_ceil(2), w.div_ceil(2));
+    let mut init = Init::seeded(seed);
+    Ok(Sequential::new(device)
+        .push(ChannelsLast)
+        .push(Conv2d::new(
+            Conv2dConfig::new(channels, 16, 3).stride(2).padding(1),
+            &mut init,
+            device,
+        )?)
+        .push(Tanh::default())
+        .push(Conv2d::new(
+            Conv2dConfig::new(16, 32, 3).padding(1),
+            &mut init,
+            device,
+        )?)
+        .push(Tanh::default())
+        .push(Flatten::default())
+        .push(Linear::new(32 * h2 * w2, 32, true, &mut init, device)?)
+        .push(Tanh::default())
+        .push(Linear::new(32, 10, true, &mut init, device)?))
+}

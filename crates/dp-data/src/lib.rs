@@ -65,6 +65,7 @@ mod fileio;
 pub mod idx;
 mod rng;
 pub mod sampling;
+pub mod scattering;
 pub mod source;
 pub mod subsets;
 pub mod transforms;
@@ -79,12 +80,13 @@ pub use sampling::{
     num_physical_batches, physical_batches, BatchSampler, FixedSizeSampler, PhysicalBatches,
     PoissonSampler, SamplerState, SamplingScheme, ShuffledSampler,
 };
+pub use scattering::Scattering2D;
 pub use source::{load, load_fashion_mnist, resolve, DataSource, DatasetName, DATA_ENV_VAR};
 pub use subsets::{
     esipova_imbalanced_mnist, fixed_size_subset, imbalanced_indices, imbalanced_subset,
     random_split,
 };
 pub use transforms::{
-    augment_multiplicity, Augmentation, Normalize, CIFAR10_MEAN, CIFAR10_STD, FASHION_MNIST_MEAN,
-    FASHION_MNIST_STD, MNIST_MEAN, MNIST_STD,
+    augment_multiplicity, Augmentation, GroupNormalize, Normalize, CIFAR10_MEAN, CIFAR10_STD,
+    FASHION_MNIST_MEAN, FASHION_MNIST_STD, MNIST_MEAN, MNIST_STD,
 };

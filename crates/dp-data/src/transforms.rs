@@ -134,6 +134,99 @@ impl Normalize {
     }
 }
 
+/// Per-example group normalisation of channel-first features (PyTorch's
+/// `GroupNorm(groups, C, affine=False)`, applied once to the data): the `C` channels are
+/// split into `groups` consecutive groups, and each example's group is standardised over its
+/// channels and positions, `x ← (x − μ) / √(σ² + eps)` with the biased variance.
+///
+/// Tramèr & Boneh (2021) normalise ScatterNet features this way (`--input_norm=GroupNorm
+/// --num_groups=27` for 81 channels; their private alternative is noisy batch-norm
+/// statistics). Each example is normalised with its own statistics only, so this is a
+/// per-example transform and **costs no privacy** — unlike batch-norm statistics, which
+/// average over the training set and must be released with noise and accounted.
+///
+/// ```
+/// use dp_data::{Dataset, GroupNormalize};
+/// let mut d = Dataset::new("x", vec![1.0, 3.0, 10.0, 30.0], vec![0], vec![2, 2], 2)?;
+/// GroupNormalize::new(2, 1e-5)?.apply_dataset(&mut d)?;
+/// let f = d.features();
+/// assert!((f[0] + 1.0).abs() < 1e-4 && (f[1] - 1.0).abs() < 1e-4); // each group: ±1
+/// assert!((f[2] + 1.0).abs() < 1e-4 && (f[3] - 1.0).abs() < 1e-4);
+/// assert!(GroupNormalize::new(0, 1e-5).is_err());
+/// # Ok::<(), dp_data::DataError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct GroupNormalize {
+    groups: usize,
+    eps: f32,
+}
+
+impl GroupNormalize {
+    /// PyTorch's GroupNorm default ε.
+    pub const DEFAULT_EPS: f32 = 1e-5;
+
+    /// `groups ≥ 1` groups, `eps` finite and > 0 (a zero ε divides a constant group by 0).
+    pub fn new(groups: usize, eps: f32) -> Result<Self, DataError> {
+        if groups == 0 {
+            return Err(DataError::InvalidArgument(
+                "GroupNormalize needs at least one group".into(),
+            ));
+        }
+        if !(eps.is_finite() && eps > 0.0) {
+            return Err(DataError::InvalidArgument(format!(
+                "GroupNormalize eps {eps} must be finite and > 0"
+            )));
+        }
+        Ok(Self { groups, eps })
+    }
+
+    /// The number of groups.
+    pub fn groups(&self) -> usize {
+        self.groups
+    }
+
+    /// Normalises `features` (`[C, ...]` examples back to back) in place; `C` must be a
+    /// multiple of the number of groups.
+    pub fn apply(&self, features: &mut [f32], example_shape: &[usize]) -> Result<(), DataError> {
+        let example_len: usize = example_shape.iter().product();
+        let channels = example_shape.first().copied().unwrap_or(0);
+        if channels == 0 || !channels.is_multiple_of(self.groups) {
+            return Err(DataError::InvalidArgument(format!(
+                "GroupNormalize: {channels} channels (shape {example_shape:?}) are not a \
+                 multiple of {} groups",
+                self.groups
+            )));
+        }
+        if example_len == 0 || !features.len().is_multiple_of(example_len) {
+            return Err(DataError::InvalidArgument(format!(
+                "{} values are not a whole number of examples of shape {example_shape:?}",
+                features.len()
+            )));
+        }
+        let group_len = example_len / self.groups;
+        for group in features.chunks_exact_mut(group_len) {
+            let n = group.len() as f64;
+            let mean = group.iter().map(|&v| v as f64).sum::<f64>() / n;
+            let var = group
+                .iter()
+                .map(|&v| (v as f64 - mean).powi(2))
+                .sum::<f64>()
+                / n;
+            let inv = 1.0 / (var + self.eps as f64).sqrt();
+            for v in group.iter_mut() {
+                *v = ((*v as f64 - mean) * inv) as f32;
+            }
+        }
+        Ok(())
+    }
+
+    /// Normalises every example of a dataset in place.
+    pub fn apply_dataset(&self, ds: &mut Dataset) -> Result<(), DataError> {
+        let shape = ds.example_shape().to_vec();
+        self.apply(ds.features_mut(), &shape)
+    }
+}
+
 /// Random augmentation of one `[C, H, W]` image: crop with zero padding, then flip.
 ///
 /// `crop_padding = p` pads each side by `p` pixels of `pad_value` and takes a random

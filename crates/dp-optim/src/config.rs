@@ -118,6 +118,11 @@ pub struct TrainerConfig {
     /// ε = ∞ in every record, since the model it releases is not DP.
     #[serde(default)]
     pub regime_switches: Vec<(u64, Regime)>,
+    /// Keep an average of the iterates (EMA or Polyak; De et al. 2022) and evaluate it after
+    /// every epoch next to the trained weights ([`crate::EpochRecord::averaged_test_accuracy`]).
+    /// Post-processing of the private iterates: no privacy cost. Stored in checkpoints.
+    #[serde(default)]
+    pub averaging: Option<crate::Averaging>,
 }
 
 impl TrainerConfig {
@@ -148,7 +153,20 @@ impl TrainerConfig {
             augmentation: None,
             track_clipping_bias: false,
             regime_switches: Vec::new(),
+            averaging: None,
         }
+    }
+    /// Keep this average of the iterates (see [`TrainerConfig::averaging`]).
+    ///
+    /// ```
+    /// use dp_optim::{Averaging, BatchSize, Delta, Epochs, TrainerConfig};
+    /// let cfg = TrainerConfig::new(Epochs(1.0), BatchSize(64.0), Delta(1e-5))
+    ///     .with_averaging(Averaging::ema(0.999).unwrap());
+    /// assert!(matches!(cfg.averaging, Some(Averaging::Ema { .. })));
+    /// ```
+    pub fn with_averaging(mut self, averaging: crate::Averaging) -> Self {
+        self.averaging = Some(averaging);
+        self
     }
     /// From epoch `epoch` on, train in `regime` (see [`TrainerConfig::regime_switches`]).
     ///

@@ -35,6 +35,7 @@
 //! ```
 
 mod accounting;
+mod averaging;
 mod checkpoint;
 mod config;
 mod error;
@@ -49,6 +50,7 @@ mod step;
 mod tensor_state;
 mod trainer;
 
+pub use averaging::{Averaging, ParamAverage};
 pub use checkpoint::checkpoint_step;
 pub use config::{BatchSize, ConfigWarning, Delta, Epochs, TrainerConfig};
 /// The accountant a trainer uses, chosen at run time (from dp-accounting).

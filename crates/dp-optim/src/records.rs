@@ -159,6 +159,13 @@ pub struct EpochRecord {
     pub test_loss: Option<f64>,
     /// Clip bound of the last step of the epoch.
     pub clip_norm: f64,
+    /// Test accuracy of the averaged weights, for a run with
+    /// [`crate::TrainerConfig::averaging`] (post-processing: same ε).
+    #[serde(default)]
+    pub averaged_test_accuracy: Option<f64>,
+    /// Mean test loss of the averaged weights.
+    #[serde(default)]
+    pub averaged_test_loss: Option<f64>,
 }
 
 /// Why training stopped.
@@ -191,6 +198,10 @@ pub struct TrainReport {
     pub noise_multiplier: f64,
     /// Test accuracy after the last epoch, if evaluated.
     pub test_accuracy: Option<f64>,
+    /// Test accuracy of the averaged weights after the last epoch, for a run with
+    /// [`crate::TrainerConfig::averaging`].
+    #[serde(default)]
+    pub averaged_test_accuracy: Option<f64>,
     /// Why it stopped.
     pub stop: StopReason,
     /// Wall-clock seconds of this call.

@@ -29,4 +29,7 @@ pub(crate) struct TrainerState {
     /// The pruning mask the run trains under.
     #[serde(default)]
     pub mask: Option<crate::pruning::MaskState>,
+    /// The average of the iterates, for a run with averaging.
+    #[serde(default)]
+    pub average: Option<crate::averaging::AverageState>,
 }

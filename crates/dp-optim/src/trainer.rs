@@ -2,6 +2,7 @@
 //! with a budget that is never exceeded.
 
 use crate::accounting::SampleAccounting;
+use crate::averaging::ParamAverage;
 use crate::config::{ConfigWarning, TrainerConfig};
 use crate::error::{Result, TrainError};
 use crate::evaluate::{evaluate_with, rows_to_tensors};
@@ -114,6 +115,7 @@ pub struct PrivateTrainer<M: Model> {
     augment_rng: rand_chacha::ChaCha20Rng,
     warnings: Vec<ConfigWarning>,
     mask: Option<TrainingMask>,
+    average: Option<ParamAverage>,
 }
 
 pub(crate) fn noise_seed(seed: u64) -> u64 {
@@ -201,6 +203,9 @@ fn check_config(config: &TrainerConfig) -> Result<Option<PrivacyBudget>> {
             "expected batch size {} must be > 0",
             config.expected_batch_size
         )));
+    }
+    if let Some(a) = &config.averaging {
+        a.validate()?;
     }
     if let Some((_, 0)) = &config.augmentation {
         return Err(TrainError::InvalidConfig(
@@ -370,7 +375,11 @@ impl<M: Model> PrivateTrainer<M> {
             Some(s) => GaussianNoise::seeded(noise_seed(s)),
             None => GaussianNoise::from_entropy(),
         };
+        let average = config
+            .averaging
+            .map(|a| ParamAverage::new(a, &model.param_tensors()));
         Ok(Self {
+            average,
             model,
             optimizer,
             method,
@@ -414,6 +423,7 @@ impl<M: Model> PrivateTrainer<M> {
                 }
             }),
             mask: self.mask.as_ref().map(|m| m.to_state()).transpose()?,
+            average: self.average.as_ref().map(|a| a.to_state()).transpose()?,
         })
     }
 
@@ -434,6 +444,24 @@ impl<M: Model> PrivateTrainer<M> {
             .mask
             .map(|m| TrainingMask::from_state(m, &model))
             .transpose()?;
+        let device = model
+            .param_tensors()
+            .first()
+            .map_or(Device::Cpu, |t| t.device().clone());
+        let average = match (&state.config.averaging, &state.average) {
+            (None, None) => None,
+            (Some(kind), Some(a)) if *kind == a.kind => Some(ParamAverage::from_state(a, &device)?),
+            (kind, a) => {
+                return Err(TrainError::Checkpoint {
+                    path: "state".into(),
+                    reason: format!(
+                        "the configuration's averaging {kind:?} does not match the stored \
+                         average ({:?})",
+                        a.as_ref().map(|a| a.kind)
+                    ),
+                })
+            }
+        };
         let fallback_rng = augment_rng(state.config.seed);
         let warnings = state.config.warnings(state.dataset_len);
         Ok(Self {
@@ -463,6 +491,7 @@ impl<M: Model> PrivateTrainer<M> {
             epochs: state.epochs,
             stop_reason: None,
             mask,
+            average,
         })
     }
 
@@ -651,6 +680,9 @@ impl<M: Model> PrivateTrainer<M> {
         if let Some(e) = &event {
             self.guard.record(e)?;
         }
+        if let Some(a) = &mut self.average {
+            a.update(&self.model.param_tensors())?;
+        }
         self.method.after_step(&StepOutcome {
             step: self.step,
             gradient: &result.gradient,
@@ -689,6 +721,35 @@ impl<M: Model> PrivateTrainer<M> {
         };
         self.records.push(rec.clone());
         Ok(Some(rec))
+    }
+
+    /// The average of the iterates, for a run with [`TrainerConfig::averaging`].
+    pub fn average(&self) -> Option<&ParamAverage> {
+        self.average.as_ref()
+    }
+
+    /// Mean loss and accuracy of the **averaged** weights on `data` (`None` for a run
+    /// without averaging). The model's own weights are swapped back afterwards, so training
+    /// continues from them; post-processing, so ε is unchanged.
+    pub fn evaluate_averaged(
+        &mut self,
+        data: &Dataset,
+        device: &Device,
+    ) -> Result<Option<(f64, f64)>> {
+        let Some(avg) = self.average.as_ref().map(|a| a.values().to_vec()) else {
+            return Ok(None);
+        };
+        let own = self.model.param_tensors();
+        self.model.set_param_tensors(&avg)?;
+        let result = evaluate_with(
+            &mut self.model,
+            data,
+            device,
+            self.config.eval_batch,
+            self.loss.as_ref(),
+        );
+        self.model.set_param_tensors(&own)?;
+        result.map(Some)
     }
 
     /// Mean loss (the trainer's) and accuracy on `data` (evaluation mode, in chunks).
@@ -791,6 +852,7 @@ impl<M: Model> PrivateTrainer<M> {
             guarantee: self.guarantee(),
             noise_multiplier: self.method.noise_multiplier(),
             test_accuracy: self.epochs.last().and_then(|e| e.test_accuracy),
+            averaged_test_accuracy: self.epochs.last().and_then(|e| e.averaged_test_accuracy),
             stop,
             seconds: start.elapsed().as_secs_f64(),
         })
@@ -804,6 +866,10 @@ impl<M: Model> PrivateTrainer<M> {
             }
             None => (None, None),
         };
+        let averaged = match test {
+            Some(t) => self.evaluate_averaged(t, device)?,
+            None => None,
+        };
         let epsilon = self.epsilon()?;
         self.epochs.push(EpochRecord {
             epoch: self.epochs.len() as u64 + 1,
@@ -813,6 +879,8 @@ impl<M: Model> PrivateTrainer<M> {
             test_accuracy: acc,
             test_loss: loss,
             clip_norm: self.records.last().map_or(f64::NAN, |r| r.clip_norm),
+            averaged_test_accuracy: averaged.map(|(_, a)| a),
+            averaged_test_loss: averaged.map(|(l, _)| l),
         });
         Ok(())
     }
