@@ -347,7 +347,7 @@ impl RunConfig {
         if self.max_physical_batch == 0 {
             return bad("max_physical_batch", "must be ≥ 1".into());
         }
-        if self.model == ModelChoice::Mlp && self.mlp_hidden.iter().any(|&h| h == 0) {
+        if self.model == ModelChoice::Mlp && self.mlp_hidden.contains(&0) {
             return bad("mlp_hidden", "widths must be ≥ 1".into());
         }
         let o = &self.optimizer;

@@ -131,7 +131,7 @@ pub fn compute_metrics(
         let (x, y) = batch_tensors(&data.train, &spread(data.train.len(), cfg.probe_size), dev)?;
         let mut surface = CoreModelSurface::new(model, x, y)?;
         let theta = dp_metrics::LossSurface::parameters(&surface);
-        let seed = cfg.seed ^ 0x6d65_7472_6963_73;
+        let seed = cfg.seed ^ 0x006d_6574_7269_6373;
         if wants("sharpness") {
             let r = random_direction_sharpness(
                 &mut surface,

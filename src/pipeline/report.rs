@@ -414,8 +414,8 @@ pub fn write_report(dir: &SweepDir) -> Result<ReportFiles> {
         }
     }
     // The best configuration per (method, dataset, ε), over configs averaged across seeds.
-    let mut best: BTreeMap<(String, String, String), (f64, f64, usize, &RunResult, f64)> =
-        BTreeMap::new();
+    type Best<'a> = (f64, f64, usize, &'a RunResult, f64);
+    let mut best: BTreeMap<(String, String, String), Best> = BTreeMap::new();
     let mut by_config: BTreeMap<String, Vec<&RunResult>> = BTreeMap::new();
     for r in &results {
         by_config.entry(config_key(r)).or_default().push(r);
