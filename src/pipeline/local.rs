@@ -153,15 +153,16 @@ pub fn run_pool(dir: &SweepDir, exe: &Path, opts: &PoolOptions) -> Result<PoolSu
                     if dir.state(&w.id) == RunState::Done {
                         summary.done += 1;
                     } else {
-                        if !dir.run(&w.id).error().exists() || !status.success() {
-                            let tail = log_tail(&dir.run(&w.id).0.join("log.txt"));
-                            let _ = std::fs::remove_file(dir.run(&w.id).running());
-                            if !dir.run(&w.id).error().exists() {
-                                dir.record_failure(
-                                    &w.id,
-                                    &format!("worker exited with {status}; log: {tail}"),
-                                )?;
-                            }
+                        // A worker that died (not one that recorded its error) leaves its
+                        // marker behind and no error.json: clear the one, write the other.
+                        let rd = dir.run(&w.id);
+                        let _ = std::fs::remove_file(rd.running());
+                        if !rd.error().exists() {
+                            let tail = log_tail(&rd.0.join("log.txt"));
+                            dir.record_failure(
+                                &w.id,
+                                &format!("worker exited with {status}; log: {tail}"),
+                            )?;
                         }
                         summary.failed.push(w.id.clone());
                     }

@@ -235,20 +235,25 @@ pub fn execute(cfg: &RunConfig, run_id: &str, dir: &Path, progress: Progress) ->
         (t, s)
     } else {
         let (m, o, meth) = fresh_parts()?;
-        let mut b = PrivateTrainer::builder(m, o, meth, trainer_config(cfg)?);
-        if cfg.sparsity > 0.0 {
+        // The mask ranks the run's own initial weights (data-independent, free).
+        let mask = if cfg.sparsity > 0.0 {
             let scope = if cfg.prune_scope == "per_layer" {
                 PruneScope::PerLayer
             } else {
                 PruneScope::Global
             };
-            let fresh = build_model(cfg, &dev)?;
-            b = b.mask(TrainingMask::at_initialisation(
-                &fresh,
+            Some(TrainingMask::at_initialisation(
+                &m,
                 cfg.sparsity,
                 scope,
                 Prunable::Weights,
-            )?);
+            )?)
+        } else {
+            None
+        };
+        let mut b = PrivateTrainer::builder(m, o, meth, trainer_config(cfg)?);
+        if let Some(mask) = mask {
+            b = b.mask(mask);
         }
         (b.build(&data.train)?, 0)
     };
