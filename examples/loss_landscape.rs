@@ -66,11 +66,11 @@ use dp_lab::metrics::plot::{
     LinePlot, Series, SurfaceOptions, SurfaceStyle,
 };
 use dp_lab::metrics::{
-    hutchinson_trace, interpolate, layer_activations, linear_cka, linspace,
+    hutchinson_trace, interpolate, layer_activations, linear_cka, linspace, max_eigenvalue,
     random_direction_sharpness, random_slice_1d, random_slice_2d, summarize_slices_1d,
-    top_eigenvalue, tv_summary_2d, BiasHandling, CoreModelSurface, EigenEstimate, HutchinsonConfig,
-    Interpolation, Kappa, LossSurface, PowerIterationConfig, SharpnessConfig, SharpnessReport,
-    Slice1d, Slice2d, SliceSummary1d, TraceEstimate, TvSummary2d,
+    tv_summary_2d, BiasHandling, CoreModelSurface, EigenEstimate, HutchinsonConfig, Interpolation,
+    Kappa, LossSurface, PowerIterationConfig, SharpnessConfig, SharpnessReport, Slice1d, Slice2d,
+    SliceSummary1d, TraceEstimate, TvSummary2d,
 };
 use dp_lab::optim::{batch_tensors, evaluate, take_step, Regime, Sgd, StepEnv, StepPlan};
 
@@ -664,7 +664,7 @@ fn analyse(
     let eps_scale = args
         .hvp_eps
         .unwrap_or(if dtype == DType::F64 { 1e-5 } else { 1e-4 });
-    let lambda_max = top_eigenvalue(
+    let lambda_max = max_eigenvalue(
         &mut surface,
         &theta,
         &PowerIterationConfig {

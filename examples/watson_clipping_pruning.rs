@@ -66,7 +66,7 @@ use dp_lab::metrics::plot::{
 };
 use dp_lab::metrics::{
     filter_normalize, flatten_params, hutchinson_trace, linspace, loss_change_decomposition,
-    mean_sd, random_direction, slice_1d, slice_2d, top_eigenvalue, tv_summary_1d, tv_summary_2d,
+    max_eigenvalue, mean_sd, random_direction, slice_1d, slice_2d, tv_summary_1d, tv_summary_2d,
     BiasHandling, CoreModelSurface, HutchinsonConfig, LossChangeDecomposition, LossSurface,
     MetricsError, PowerIterationConfig, StepGradients, DEFAULT_HVP_EPS_SCALE,
 };
@@ -576,7 +576,7 @@ fn landscape(ctx: &Ctx, model: &Sequential, mask: Option<&GradientMask>) -> Resu
     let dy = direction(&center, args.seed + 2, mask.as_ref())?;
     let s2 = slice_2d(&mut s, &center, &dx, &dy, &grid, &grid)?;
     let tv2 = tv_summary_2d(&s2.losses, grid[1] - grid[0])?;
-    let lam = top_eigenvalue(
+    let lam = max_eigenvalue(
         &mut s,
         &center,
         &PowerIterationConfig {

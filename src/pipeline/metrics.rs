@@ -10,9 +10,9 @@ use candle_core::{Device, Tensor};
 use dp_core::{CrossEntropy, Loss, Model, Sequential};
 use dp_data::{Dataset, TrainTest};
 use dp_metrics::{
-    accuracy_by_class, hutchinson_trace, linspace, loss_threshold_attack, name_params,
-    predictions_from_logits, random_direction_sharpness, random_slice_1d, sparsity_report,
-    top_eigenvalue, tv_summary_1d, BiasHandling, CoreModelSurface, HutchinsonConfig,
+    accuracy_by_class, hutchinson_trace, linspace, loss_threshold_attack, max_eigenvalue,
+    name_params, predictions_from_logits, random_direction_sharpness, random_slice_1d,
+    sparsity_report, tv_summary_1d, BiasHandling, CoreModelSurface, HutchinsonConfig,
     PowerIterationConfig, SharpnessConfig, Threshold, DEFAULT_FPR_LEVELS,
 };
 use dp_optim::{batch_tensors, PrivateTrainer};
@@ -146,7 +146,7 @@ pub fn compute_metrics(
             out.insert("sharpness".into(), r.radii[0].sharpness);
         }
         if wants("lambda_max") {
-            let r = top_eigenvalue(
+            let r = max_eigenvalue(
                 &mut surface,
                 &theta,
                 &PowerIterationConfig {

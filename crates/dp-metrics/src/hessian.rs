@@ -208,7 +208,8 @@ fn power_iteration_flat<S: LossSurface + ?Sized>(
     ))
 }
 
-/// Largest-magnitude Hessian eigenvalue (λ_max at a minimum, where H ⪰ 0) by power iteration
+/// Largest-magnitude Hessian eigenvalue (λ_max at a minimum, where H ⪰ 0; elsewhere it may be
+/// negative: use [`max_eigenvalue`] for the algebraically largest one) by power iteration
 /// v ← Hv/‖Hv‖ with Rayleigh quotient λ = vᵀHv (§14.2).
 ///
 /// ```
@@ -229,6 +230,48 @@ pub fn top_eigenvalue<S: LossSurface + ?Sized>(
     let layout = ParamLayout::of(center);
     let theta = layout.flatten(center)?;
     Ok(power_iteration_flat(surface, &layout, &theta, 0.0, cfg)?.0)
+}
+
+/// Algebraically largest Hessian eigenvalue λ_max, also away from a minimum.
+///
+/// Power iteration ([`top_eigenvalue`]) converges to the eigenvalue of largest *magnitude*, which
+/// is negative wherever a strongly negative curvature dominates (a saddle, an unconverged or
+/// clipped run, a pruned subspace): reporting that number as "λ_max" or as sharpness is wrong.
+/// When the first pass returns λ₁ < 0, every eigenvalue lies in [λ₁, −λ₁], so H − λ₁·I is
+/// positive semi-definite with top eigenvalue λ_max − λ₁; a second, shifted pass finds it and
+/// the shift is added back. `iterations` and `history` cover both passes (history shifted back).
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use dp_metrics::{max_eigenvalue, top_eigenvalue, PowerIterationConfig, QuadraticSurface};
+/// let c = vec![Tensor::new(&[0.5f64, 0.5, 0.5], &Device::Cpu)?];
+/// let mut q = QuadraticSurface::diagonal(c.clone(), &[-6.0, 2.0, 0.5])?;
+/// let cfg = PowerIterationConfig { tol: 1e-10, max_iter: 2000, ..Default::default() };
+/// assert!((top_eigenvalue(&mut q, &c, &cfg)?.eigenvalue + 6.0).abs() < 1e-5);
+/// assert!((max_eigenvalue(&mut q, &c, &cfg)?.eigenvalue - 2.0).abs() < 1e-5);
+/// # Ok::<(), dp_metrics::MetricsError>(())
+/// ```
+pub fn max_eigenvalue<S: LossSurface + ?Sized>(
+    surface: &mut S,
+    center: &[Tensor],
+    cfg: &PowerIterationConfig,
+) -> Result<EigenEstimate> {
+    let layout = ParamLayout::of(center);
+    let theta = layout.flatten(center)?;
+    let (first, _) = power_iteration_flat(surface, &layout, &theta, 0.0, cfg)?;
+    if first.eigenvalue >= 0.0 {
+        return Ok(first);
+    }
+    let shift = first.eigenvalue;
+    let (second, _) = power_iteration_flat(surface, &layout, &theta, shift, cfg)?;
+    let mut history = first.history;
+    history.extend(second.history.iter().map(|h| h + shift));
+    Ok(EigenEstimate {
+        eigenvalue: second.eigenvalue + shift,
+        iterations: first.iterations + second.iterations,
+        converged: first.converged && second.converged,
+        history,
+    })
 }
 
 /// Most negative (smallest) Hessian eigenvalue by power iteration on H − λ_max·I (§14.2);

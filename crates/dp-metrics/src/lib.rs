@@ -7,7 +7,7 @@
 //!   [`random_slice_2d`]), interpolation and barrier height ([`interpolate`]), total variation
 //!   and roughness ([`tv_summary_1d`], [`tv_summary_2d`], [`rof_roughness`]), sharpness and
 //!   flatness ([`random_direction_sharpness`], [`flatness_width_1d`]), Hessian spectrum
-//!   ([`top_eigenvalue`], [`min_eigenvalue`], [`hutchinson_trace`]). Models plug in through
+//!   ([`top_eigenvalue`], [`max_eigenvalue`], [`min_eigenvalue`], [`hutchinson_trace`]). Models plug in through
 //!   the small [`LossSurface`] trait; dp-core models through [`CoreModelSurface`].
 //! * **Optimisation metrics** from per-example gradients `[n, d]` — clipping statistics,
 //!   clipping bias, dispersion and signal-to-noise ([`clipping_stats`]), gradient
@@ -84,8 +84,8 @@ pub use directions::{
 };
 pub use error::{MetricsError, Result};
 pub use hessian::{
-    hessian_vector_product, hutchinson_trace, min_eigenvalue, top_eigenvalue, EigenEstimate,
-    HutchinsonConfig, PowerIterationConfig, TraceEstimate, DEFAULT_HVP_EPS_SCALE,
+    hessian_vector_product, hutchinson_trace, max_eigenvalue, min_eigenvalue, top_eigenvalue,
+    EigenEstimate, HutchinsonConfig, PowerIterationConfig, TraceEstimate, DEFAULT_HVP_EPS_SCALE,
     MIN_EPS_SCALE_F32,
 };
 pub use landscape::{

@@ -391,6 +391,45 @@ fn power_iteration_recovers_lambda_max_and_min() -> R<()> {
     Ok(())
 }
 
+/// A saddle whose negative curvature dominates: power iteration alone reports the negative
+/// eigenvalue; `max_eigenvalue` must find the algebraically largest one, and must equal
+/// `top_eigenvalue` where the dominant eigenvalue is positive.
+#[test]
+fn max_eigenvalue_is_the_largest_not_the_largest_magnitude() -> R<()> {
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let saddle: Vec<f64> = (0..15)
+        .map(|i| match i {
+            0 => -40.0,
+            1 => 7.0,
+            _ => 0.3 * i as f64 - 1.5,
+        })
+        .collect();
+    let h = hessian_with_spectrum(&mut rng, &saddle);
+    let params = small_params(DType::F64, 3)?;
+    let cfg = PowerIterationConfig {
+        max_iter: 2000,
+        tol: 1e-9,
+        seed: 3,
+        eps_scale: 1e-3,
+    };
+    let mut q = QuadraticSurface::new(params.clone(), h, vec![0.1; 15], 0.0)?;
+    let top = top_eigenvalue(&mut q, &params, &cfg)?;
+    assert_relative_eq!(top.eigenvalue, -40.0, max_relative = 1e-5);
+    let max = max_eigenvalue(&mut q, &params, &cfg)?;
+    assert_relative_eq!(max.eigenvalue, 7.0, max_relative = 1e-4);
+    assert!(max.converged && max.iterations > top.iterations);
+    assert_eq!(max.history.len(), max.iterations);
+
+    let bowl: Vec<f64> = (0..15).map(|i| 0.5 + i as f64).collect();
+    let h = hessian_with_spectrum(&mut rng, &bowl);
+    let mut q = QuadraticSurface::new(params.clone(), h, vec![0.1; 15], 0.0)?;
+    assert_eq!(
+        max_eigenvalue(&mut q, &params, &cfg)?,
+        top_eigenvalue(&mut q, &params, &cfg)?
+    );
+    Ok(())
+}
+
 #[test]
 fn hutchinson_converges_to_the_trace() -> R<()> {
     let mut rng = ChaCha8Rng::seed_from_u64(4);
