@@ -39,19 +39,18 @@ mod common;
 use common::{Data, Loaded};
 
 use anyhow::Result;
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use clap::Parser;
 use dp_lab::accounting::AccountantKind;
 use dp_lab::core::{models, per_example_gradients, CrossEntropy, Model, Sequential};
 use dp_lab::data::{esipova_imbalanced_mnist, Dataset};
 use dp_lab::metrics::plot::{line_plot, LinePlot, Series};
 use dp_lab::metrics::{
-    accuracy_by_class, gradient_misalignment_with_factors, predictions_from_logits,
-    GroupGradientAccumulator,
+    accuracy_by_class, gradient_misalignment_with_factors, GroupGradientAccumulator,
 };
 use dp_lab::optim::{
-    batch_tensors, BatchSize, Delta, Epochs, FixedClip, GlobalAdapt, PrivacyMethod, PrivateTrainer,
-    Regime, Sgd, TrainerConfig,
+    batch_tensors, predicted_classes, BatchSize, Delta, Epochs, FixedClip, GlobalAdapt,
+    PrivacyMethod, PrivateTrainer, Regime, Sgd, TrainerConfig,
 };
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -154,13 +153,7 @@ fn probe(
 }
 
 fn per_class_accuracy(model: &mut Sequential, test: &Dataset, dev: &Device) -> Result<Vec<f64>> {
-    let mut preds = Vec::with_capacity(test.len());
-    let idx: Vec<usize> = (0..test.len()).collect();
-    for chunk in idx.chunks(1000) {
-        let (x, _) = batch_tensors(test, chunk, dev)?;
-        let logits: Tensor = model.forward(&x, false)?;
-        preds.extend(predictions_from_logits(&logits)?);
-    }
+    let preds = predicted_classes(model, test, dev, 1000)?;
     let labels: Vec<usize> = test.labels().iter().map(|&l| l as usize).collect();
     let r = accuracy_by_class(&preds, &labels)?;
     let mut out = vec![f64::NAN; 10];

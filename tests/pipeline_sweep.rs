@@ -225,6 +225,15 @@ fn a_two_run_sweep_end_to_end_and_its_csv_matches_the_runs_json() {
             assert_eq!(&row[col("epsilon")], "not DP");
             assert!(r.epsilon.is_none());
         }
+        // The report adds the CKA to the non-private run of the same setting (not to the
+        // non-private run itself).
+        let cka = &row[col("cka_to_non_private")];
+        if r.config.regime == "non-private" {
+            assert_eq!(cka, "");
+        } else {
+            let v: f64 = cka.parse().unwrap();
+            assert!(v > 0.0 && v <= 1.0 + 1e-9, "CKA {v}");
+        }
         // The resolved config is next to the result, and reproduces it.
         let cfg = std::fs::read_to_string(dir.run(&run.id).config()).unwrap();
         assert_eq!(RunConfig::from_toml(&cfg, "c").unwrap(), r.config);

@@ -139,6 +139,26 @@ pub enum MaskSourceChoice {
     /// Magnitude pruning of the initial weights: data-independent, free.
     #[default]
     Init,
+    /// Magnitude pruning of weights released by a first private stage of the same run
+    /// (`⌊epochs/2⌋` epochs at the σ of the whole run), then re-training from those weights
+    /// under the mask; the second stage is calibrated so that both together spend the run's
+    /// ε (Watson et al.'s two-stage pipeline). Needs `epochs ≥ 2` and a private regime.
+    Released,
+    /// Magnitude pruning of a model trained non-privately on the *other* dataset (MNIST ↔
+    /// FashionMNIST; FashionMNIST for the bundled digits, which are MNIST), its first
+    /// `train_len` examples, with the run's model, optimiser and epochs: public data, free.
+    Public,
+}
+
+impl MaskSourceChoice {
+    /// The name in results and reports.
+    pub fn label(self) -> &'static str {
+        match self {
+            MaskSourceChoice::Init => "init",
+            MaskSourceChoice::Released => "released",
+            MaskSourceChoice::Public => "public",
+        }
+    }
 }
 
 /// One training run. Every field has a default; `dp-lab train` writes the resolved config
@@ -184,8 +204,12 @@ pub struct RunConfig {
     pub optimizer: OptimizerConfig,
     /// Fraction of weights pruned, in [0, 1).
     pub sparsity: f64,
-    /// Where the pruning mask comes from.
+    /// Where the pruning mask comes from: `init`, `released` or `public` (moot, and
+    /// ignored, when `sparsity = 0`).
     pub mask_source: MaskSourceChoice,
+    /// Directory of the public dataset of `mask_source = "public"` (default: as for
+    /// `data_dir`).
+    pub public_data_dir: Option<PathBuf>,
     /// `global` (one ranking) or `per_layer`.
     pub prune_scope: String,
     /// Seed of the model, the sampler, the noise and the metrics' probes.
@@ -220,6 +244,7 @@ impl Default for RunConfig {
             optimizer: OptimizerConfig::default(),
             sparsity: 0.0,
             mask_source: MaskSourceChoice::Init,
+            public_data_dir: None,
             prune_scope: "global".into(),
             seed: 0,
             metrics: vec!["per_class_accuracy".into()],
@@ -308,6 +333,7 @@ impl RunConfig {
         let bad = |field: &str, msg: String| Err(PipelineError::config(file, field, msg));
         let finite_pos = |x: f64| x.is_finite() && x > 0.0;
         self.noise().map_err(|e| e.in_file(file))?;
+        let regime = self.regime().map_err(|e| e.in_file(file))?;
         if let Some(e) = self.epsilon {
             if !finite_pos(e) {
                 return bad("epsilon", format!("{e}: must be finite and > 0"));
@@ -395,6 +421,29 @@ impl RunConfig {
         if !(self.sparsity.is_finite() && (0.0..1.0).contains(&self.sparsity)) {
             return bad("sparsity", format!("{}: must be in [0, 1)", self.sparsity));
         }
+        // Without pruning the mask source is moot (a dense run, whatever it says).
+        if self.mask_source == MaskSourceChoice::Released && self.sparsity > 0.0 {
+            if regime != Regime::Private {
+                return bad(
+                    "mask_source",
+                    format!(
+                        "'released' is a two-stage private pipeline; regime '{}' is not \
+                         private (use 'init' or 'public')",
+                        self.regime
+                    ),
+                );
+            }
+            if self.epochs < 2.0 || self.epochs.fract() != 0.0 {
+                return bad(
+                    "mask_source",
+                    format!(
+                        "'released' trains ⌊epochs/2⌋ epochs, prunes, then the rest: epochs \
+                         must be a whole number ≥ 2, got {}",
+                        self.epochs
+                    ),
+                );
+            }
+        }
         if !["global", "per_layer"].contains(&self.prune_scope.as_str()) {
             return bad(
                 "prune_scope",
@@ -422,7 +471,6 @@ impl RunConfig {
         self.method
             .validate(&ctx)
             .map_err(|e| PipelineError::config(file, "method", e.to_string()))?;
-        let regime = self.regime().map_err(|e| e.in_file(file))?;
         let published = !self.method.is_dp_as_published();
         if published != (regime == Regime::DataDependentNoise) {
             return bad(

@@ -6,16 +6,16 @@
 
 use super::config::RunConfig;
 use super::error::Result;
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use dp_core::{CrossEntropy, Loss, Model, Sequential};
 use dp_data::{Dataset, TrainTest};
 use dp_metrics::{
-    accuracy_by_class, hutchinson_trace, linspace, loss_threshold_attack, max_eigenvalue,
-    name_params, predictions_from_logits, random_direction_sharpness, random_slice_1d,
-    sparsity_report, tv_summary_1d, BiasHandling, CoreModelSurface, HutchinsonConfig,
-    PowerIterationConfig, SharpnessConfig, Threshold, DEFAULT_FPR_LEVELS,
+    accuracy_by_class, hutchinson_trace, layer_activations, linear_cka, linspace,
+    loss_threshold_attack, max_eigenvalue, name_params, random_direction_sharpness,
+    random_slice_1d, sparsity_report, tv_summary_1d, BiasHandling, CoreModelSurface,
+    HutchinsonConfig, PowerIterationConfig, SharpnessConfig, Threshold, DEFAULT_FPR_LEVELS,
 };
-use dp_optim::{batch_tensors, PrivateTrainer};
+use dp_optim::{batch_tensors, predicted_classes, PrivateTrainer};
 use std::collections::BTreeMap;
 
 /// Scalar metrics by name.
@@ -50,13 +50,7 @@ fn per_class(
     dev: &Device,
     out: &mut Metrics,
 ) -> Result<()> {
-    let idx: Vec<usize> = (0..test.len()).collect();
-    let mut preds = Vec::with_capacity(test.len());
-    for chunk in idx.chunks(1000) {
-        let (x, _) = batch_tensors(test, chunk, dev)?;
-        let logits: Tensor = model.forward(&x, false)?;
-        preds.extend(predictions_from_logits(&logits)?);
-    }
+    let preds = predicted_classes(model, test, dev, 1000)?;
     let labels: Vec<usize> = test.labels().iter().map(|&l| l as usize).collect();
     let r = accuracy_by_class(&preds, &labels)?;
     for g in &r.groups {
@@ -186,4 +180,23 @@ pub fn compute_metrics(
         }
     }
     Ok(out)
+}
+
+/// Linear CKA (Kornblith et al. 2019) between the penultimate-layer representations of two
+/// models of one architecture on `k` test examples spread over the test set: how far private
+/// training moved the representation from the non-private one (1 = the same up to rotation
+/// and scale). Analysis only.
+pub fn penultimate_cka(
+    a: &mut Sequential,
+    b: &mut Sequential,
+    test: &Dataset,
+    k: usize,
+    dev: &Device,
+) -> Result<f64> {
+    let layer = a.len().saturating_sub(2);
+    let (x, _) = batch_tensors(test, &spread(test.len(), k), dev)?;
+    Ok(linear_cka(
+        &layer_activations(a, &x, layer)?,
+        &layer_activations(b, &x, layer)?,
+    )?)
 }

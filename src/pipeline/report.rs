@@ -6,9 +6,12 @@
 //! regime's for a run that is not DP (whose ε is never a number; it is drawn as a horizontal
 //! reference line). Seeds are averaged; the band of each curve is the min–max over seeds.
 
+use super::config::MaskSourceChoice;
 use super::error::{io, Result};
-use super::run::{write_atomic, RunResult};
+use super::metrics::penultimate_cka;
+use super::run::{load_dataset, load_released_model, write_atomic, RunResult};
 use super::sweep_dir::SweepDir;
+use candle_core::Device;
 use dp_metrics::plot::{line_plot, LinePlot, Series};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -33,18 +36,89 @@ pub struct ReportFiles {
 
 /// The label a run is grouped under.
 pub fn label(r: &RunResult) -> String {
-    let base = if r.dp {
+    let base = base_label(r);
+    match (r.config.sparsity > 0.0, r.config.mask_source) {
+        (false, _) => base,
+        (true, MaskSourceChoice::Init) => format!("{base} sparsity {}", r.config.sparsity),
+        (true, src) => format!(
+            "{base} sparsity {} ({} mask)",
+            r.config.sparsity,
+            src.label()
+        ),
+    }
+}
+
+/// The label without sparsity: the method's name, or the regime's for a run that is not DP.
+fn base_label(r: &RunResult) -> String {
+    if r.dp {
         r.config.method.name.clone()
     } else if r.config.regime.replace('-', "_") == "private" {
         format!("{} (not DP)", r.config.method.name)
     } else {
         format!("{} (not DP)", r.config.regime.replace('-', "_"))
-    };
-    if r.config.sparsity > 0.0 {
-        format!("{base} sparsity {}", r.config.sparsity)
-    } else {
-        base
     }
+}
+
+/// Examples of the test set the CKA to the non-private model is measured on.
+const CKA_EXAMPLES: usize = 1000;
+
+/// The non-private run `r` is compared with: same dataset, model, seed, epochs, batch size
+/// and optimiser, trained without privacy; of the same sparsity and mask source if the sweep
+/// has one, else dense.
+fn non_private_reference<'a>(r: &RunResult, all: &'a [RunResult]) -> Option<&'a RunResult> {
+    let same_setting = |o: &&RunResult| {
+        o.config.regime == "non-private"
+            && o.config.dataset == r.config.dataset
+            && o.config.data_dir == r.config.data_dir
+            && o.config.model == r.config.model
+            && o.config.mlp_hidden == r.config.mlp_hidden
+            && o.config.seed == r.config.seed
+            && o.config.epochs == r.config.epochs
+            && o.config.batch_size == r.config.batch_size
+            && o.config.optimizer == r.config.optimizer
+    };
+    let same_mask = |o: &&RunResult| {
+        o.config.sparsity == r.config.sparsity && o.config.mask_source == r.config.mask_source
+    };
+    all.iter().filter(same_setting).find(same_mask).or_else(|| {
+        all.iter()
+            .filter(same_setting)
+            .find(|o| o.config.sparsity == 0.0)
+    })
+}
+
+/// Adds `cka_to_non_private` (linear CKA of the penultimate representations, see
+/// [`penultimate_cka`]) to every run that is not itself non-private and has a reference run
+/// in the sweep. Released weights are read from each run's `model/`; a run whose weights
+/// are missing is left without the metric.
+pub fn attach_cka(dir: &SweepDir, results: &mut [RunResult]) -> Result<()> {
+    let dev = Device::Cpu;
+    let mut test_sets: BTreeMap<String, dp_data::Dataset> = BTreeMap::new();
+    let pairs: Vec<(usize, String)> = results
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.config.regime != "non-private")
+        .filter_map(|(i, r)| non_private_reference(r, results).map(|o| (i, o.run_id.clone())))
+        .collect();
+    for (i, ref_id) in pairs {
+        let r = &results[i];
+        let Some(reference) = results.iter().find(|o| o.run_id == ref_id) else {
+            continue;
+        };
+        let (Ok(mut a), Ok(mut b)) = (
+            load_released_model(&r.config, &dir.run(&r.run_id).0, &dev),
+            load_released_model(&reference.config, &dir.run(&ref_id).0, &dev),
+        ) else {
+            continue;
+        };
+        if !test_sets.contains_key(&r.dataset) {
+            test_sets.insert(r.dataset.clone(), load_dataset(&r.config)?.test);
+        }
+        let test = &test_sets[&r.dataset];
+        let cka = penultimate_cka(&mut a, &mut b, test, CKA_EXAMPLES, &dev)?;
+        results[i].metrics.insert("cka_to_non_private".into(), cka);
+    }
+    Ok(())
 }
 
 /// The finished runs of `dir`, in expansion order (runs of a manifest-less directory of run
@@ -272,7 +346,8 @@ impl Table {
 
 /// Writes the results and the report into `dir` (the report's plots into `dir/report/`).
 pub fn write_report(dir: &SweepDir) -> Result<ReportFiles> {
-    let results = collect(dir)?;
+    let mut results = collect(dir)?;
+    attach_cka(dir, &mut results)?;
     let root = &dir.root;
     let csv = root.join("results.csv");
     let json = root.join("results.json");
@@ -318,14 +393,38 @@ pub fn write_report(dir: &SweepDir) -> Result<ReportFiles> {
                 "sparsity",
                 "test accuracy",
             );
+            // One curve per (method or regime, ε, mask source); a dense run belongs to the
+            // curve of every mask source its setting was pruned with.
+            let base = |r: &RunResult| {
+                if r.dp {
+                    format!("{} ε={}", base_label(r), fmt_opt(target_eps(r)))
+                } else {
+                    base_label(r)
+                }
+            };
+            let mut sources: BTreeMap<String, BTreeSet<&'static str>> = BTreeMap::new();
+            for r in runs.iter().filter(|r| r.config.sparsity > 0.0) {
+                sources
+                    .entry(base(r))
+                    .or_default()
+                    .insert(r.config.mask_source.label());
+            }
             let mut groups: BTreeMap<String, Vec<&RunResult>> = BTreeMap::new();
             for r in &runs {
-                let name = if r.dp {
-                    format!("{} ε={}", r.config.method.name, fmt_opt(target_eps(r)))
+                let b = base(r);
+                let srcs: Vec<&str> = if r.config.sparsity > 0.0 {
+                    vec![r.config.mask_source.label()]
                 } else {
-                    label(r)
+                    sources
+                        .get(&b)
+                        .map_or(vec!["init"], |s| s.iter().copied().collect())
                 };
-                groups.entry(name).or_default().push(r);
+                for src in srcs {
+                    groups
+                        .entry(format!("{b} ({src} mask)"))
+                        .or_default()
+                        .push(r);
+                }
             }
             for (name, g) in groups {
                 let mut pts: BTreeMap<i64, Vec<f64>> = BTreeMap::new();

@@ -9,16 +9,16 @@
 //! - `result.json` once it finished ([`RunResult`]), or `error.json` if it failed;
 //! - `model/`: the released weights and privacy report.
 
-use super::config::{DatasetChoice, ModelChoice, Noise, RunConfig};
+use super::config::{DatasetChoice, MaskSourceChoice, ModelChoice, Noise, RunConfig};
 use super::error::{io, PipelineError, Result};
 use super::metrics::{compute_metrics, Metrics};
 use candle_core::Device;
-use dp_core::{models, Prunable, PruneScope, Sequential};
+use dp_core::{models, Model, Prunable, PruneScope, Sequential};
 use dp_data::{DatasetName, Normalize, TrainTest};
 use dp_optim::methods::MethodContext;
 use dp_optim::{
-    Adam, AdamBc, BaseOptimizer, BatchSize, Delta, EpochRecord, Epochs, Guarantee, PrivateTrainer,
-    Sgd, TrainReport, TrainerConfig, TrainingMask,
+    Adam, AdamBc, BaseOptimizer, BatchSize, Delta, EpochRecord, Epochs, Guarantee, MaskSource,
+    PrivateTrainer, Sgd, TrainReport, TrainerConfig, TrainingMask,
 };
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -58,6 +58,26 @@ pub struct RunResult {
     pub metrics: Metrics,
     /// Metrics every `metrics_every` epochs.
     pub metrics_by_epoch: Vec<EpochMetrics>,
+    /// The first stage of a `mask_source = "released"` run (its epochs precede `epochs`).
+    #[serde(default)]
+    pub first_stage: Option<FirstStage>,
+    /// Where the run's pruning mask came from (`None`: dense), as the trainer states it.
+    #[serde(default)]
+    pub mask: Option<MaskSource>,
+}
+
+/// The first, dense stage of a released-mask run: its weights are pruned and re-trained by
+/// the second stage, whose ε ([`RunResult::epsilon`]) includes this stage's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FirstStage {
+    /// Steps of the first stage.
+    pub steps: u64,
+    /// ε spent by the first stage alone.
+    pub epsilon: f64,
+    /// Test accuracy of the released (dense) weights.
+    pub test_accuracy: Option<f64>,
+    /// Its per-epoch records.
+    pub epochs: Vec<EpochRecord>,
 }
 
 /// The metrics of one epoch (analysis only).
@@ -94,6 +114,10 @@ impl RunDir {
     pub fn checkpoint(&self) -> PathBuf {
         self.0.join("checkpoint")
     }
+    /// `stage1/`: the first stage of a released-mask run (its checkpoint and summary).
+    pub fn first_stage(&self) -> PathBuf {
+        self.0.join("stage1")
+    }
     /// `epoch_metrics.jsonl`.
     pub fn epoch_metrics(&self) -> PathBuf {
         self.0.join("epoch_metrics.jsonl")
@@ -124,13 +148,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Loads the run's dataset, normalised with its per-pixel mean and std (public constants).
-pub fn load_dataset(cfg: &RunConfig) -> Result<TrainTest> {
-    let (name, norm) = match cfg.dataset {
+fn dataset_name(d: DatasetChoice) -> (DatasetName, Normalize) {
+    match d {
         DatasetChoice::Bundled => (DatasetName::BundledMnist, Normalize::mnist()),
         DatasetChoice::Mnist => (DatasetName::Mnist, Normalize::mnist()),
         DatasetChoice::FashionMnist => (DatasetName::FashionMnist, Normalize::fashion_mnist()),
-    };
+    }
+}
+
+/// Loads the run's dataset, normalised with its per-pixel mean and std (public constants).
+pub fn load_dataset(cfg: &RunConfig) -> Result<TrainTest> {
+    let (name, norm) = dataset_name(cfg.dataset);
     let (mut data, _) = dp_data::load(name, cfg.data_dir.as_deref())?;
     norm.apply_dataset(&mut data.train)?;
     norm.apply_dataset(&mut data.test)?;
@@ -145,7 +173,7 @@ pub fn load_dataset(cfg: &RunConfig) -> Result<TrainTest> {
     Ok(data)
 }
 
-fn build_model(cfg: &RunConfig, dev: &Device) -> Result<Sequential> {
+pub(crate) fn build_model(cfg: &RunConfig, dev: &Device) -> Result<Sequential> {
     Ok(match cfg.model {
         ModelChoice::MnistCnn => models::mnist_cnn(dev, cfg.seed)?,
         ModelChoice::EsipovaCnn => models::esipova_cnn(dev, cfg.seed)?,
@@ -179,21 +207,20 @@ fn build_optimizer(cfg: &RunConfig) -> Result<Box<dyn BaseOptimizer>> {
     })
 }
 
-fn trainer_config(cfg: &RunConfig) -> Result<TrainerConfig> {
-    let mut t = TrainerConfig::new(
-        Epochs(cfg.epochs),
-        BatchSize(cfg.batch_size),
-        Delta(cfg.delta),
-    )
-    .with_seed(cfg.seed)
-    .with_regime(cfg.regime()?)
-    .with_max_physical_batch(cfg.max_physical_batch)
-    .with_accountant(
-        cfg.accountant
-            .parse()
-            .map_err(|e: String| PipelineError::config("", "accountant", e))?,
-    )
-    .with_clipping_bias(cfg.metrics.iter().any(|m| m == "clipping_bias"));
+/// What pruning ranks: the weights (biases and norm parameters are kept).
+const PRUNABLE: Prunable = Prunable::Weights;
+
+fn trainer_config(cfg: &RunConfig, epochs: f64) -> Result<TrainerConfig> {
+    let mut t = TrainerConfig::new(Epochs(epochs), BatchSize(cfg.batch_size), Delta(cfg.delta))
+        .with_seed(cfg.seed)
+        .with_regime(cfg.regime()?)
+        .with_max_physical_batch(cfg.max_physical_batch)
+        .with_accountant(
+            cfg.accountant
+                .parse()
+                .map_err(|e: String| PipelineError::config("", "accountant", e))?,
+        )
+        .with_clipping_bias(cfg.metrics.iter().any(|m| m == "clipping_bias"));
     if let Noise::Budget(eps) = cfg.noise()? {
         t = t.with_budget(eps).calibrate_noise_from_budget();
     }
@@ -228,40 +255,68 @@ pub fn execute(cfg: &RunConfig, run_id: &str, dir: &Path, progress: Progress) ->
             cfg.method.build(sigma, &ctx)?,
         ))
     };
+    let scope = if cfg.prune_scope == "per_layer" {
+        PruneScope::PerLayer
+    } else {
+        PruneScope::Global
+    };
+    // The released-mask pipeline's second stage trains the epochs after the first.
+    let two_stage = cfg.sparsity > 0.0 && cfg.mask_source == MaskSourceChoice::Released;
+    let stage_epochs = if two_stage {
+        cfg.whole_epochs() - first_stage_epochs(cfg)
+    } else {
+        cfg.whole_epochs()
+    };
+    let mut first_stage = None;
     let (mut trainer, resumed_from_step) = if dir.join("checkpoint/manifest.json").exists() {
         let (m, o, meth) = fresh_parts()?;
         let t = PrivateTrainer::resume(rd.checkpoint(), m, o, meth, &data.train, &dev)?;
+        if two_stage {
+            first_stage = read_first_stage(&rd)?;
+        }
         let s = t.steps_taken();
         (t, s)
     } else {
         let (m, o, meth) = fresh_parts()?;
-        // The mask ranks the run's own initial weights (data-independent, free).
-        let mask = if cfg.sparsity > 0.0 {
-            let scope = if cfg.prune_scope == "per_layer" {
-                PruneScope::PerLayer
-            } else {
-                PruneScope::Global
-            };
-            Some(TrainingMask::at_initialisation(
-                &m,
-                cfg.sparsity,
-                scope,
-                Prunable::Weights,
-            )?)
-        } else {
-            None
+        let (m, mask) = match (cfg.sparsity > 0.0, cfg.mask_source) {
+            (false, _) => (m, None),
+            // The run's own initial weights (data-independent, free).
+            (true, MaskSourceChoice::Init) => {
+                let mask = TrainingMask::at_initialisation(&m, cfg.sparsity, scope, PRUNABLE)?;
+                (m, Some(mask))
+            }
+            (true, MaskSourceChoice::Public) => {
+                let (public, label) = train_public_model(cfg, &dev)?;
+                let mask =
+                    TrainingMask::from_public_model(&public, label, cfg.sparsity, scope, PRUNABLE)?;
+                (m, Some(mask))
+            }
+            // A first private stage, whose released weights are ranked and then re-trained:
+            // the mask carries that stage's accounting into the second.
+            (true, MaskSourceChoice::Released) => {
+                let (first, summary) = run_first_stage(cfg, &rd, &data, &dev, progress)?;
+                let mask = TrainingMask::from_released(&first, cfg.sparsity, scope, PRUNABLE)?;
+                first_stage = Some(summary);
+                (first.into_model(), Some(mask))
+            }
         };
-        let mut b = PrivateTrainer::builder(m, o, meth, trainer_config(cfg)?);
+        let epochs = if two_stage {
+            stage_epochs as f64
+        } else {
+            cfg.epochs
+        };
+        let mut b = PrivateTrainer::builder(m, o, meth, trainer_config(cfg, epochs)?);
         if let Some(mask) = mask {
             b = b.mask(mask);
         }
         (b.build(&data.train)?, 0)
     };
+    let epoch_offset = cfg.whole_epochs() - stage_epochs;
     // Metrics of epochs before the checkpoint survive; later ones are recomputed.
     let mut by_epoch = read_epoch_metrics(&rd)?;
     let per_epoch = trainer.steps_per_epoch();
     let total = trainer.total_steps();
-    by_epoch.retain(|m| m.epoch * per_epoch <= trainer.steps_taken());
+    by_epoch.retain(|m| m.epoch.saturating_sub(epoch_offset) * per_epoch <= trainer.steps_taken());
     let epochs = cfg.whole_epochs();
     let start = std::time::Instant::now();
     let mut report = None;
@@ -269,7 +324,7 @@ pub fn execute(cfg: &RunConfig, run_id: &str, dir: &Path, progress: Progress) ->
         let epoch = trainer.steps_taken() / per_epoch;
         trainer
             .optimizer_mut()
-            .set_learning_rate(cfg.optimizer.lr_at(epoch, epochs));
+            .set_learning_rate(cfg.optimizer.lr_at(epoch_offset + epoch, epochs));
         let until = ((epoch + 1) * per_epoch).min(total);
         let before = trainer.steps_taken();
         let r = trainer.train_until_on(&data.train, Some(&data.test), &dev, until, &mut |rec| {
@@ -277,7 +332,7 @@ pub fn execute(cfg: &RunConfig, run_id: &str, dir: &Path, progress: Progress) ->
         })?;
         let stopped = trainer.steps_taken() < until;
         trainer.save_checkpoint(rd.checkpoint())?;
-        let done_epoch = trainer.steps_taken().div_ceil(per_epoch);
+        let done_epoch = epoch_offset + trainer.steps_taken().div_ceil(per_epoch);
         if cfg.metrics_every > 0
             && done_epoch.is_multiple_of(cfg.metrics_every)
             && trainer.steps_taken() < total
@@ -313,7 +368,7 @@ pub fn execute(cfg: &RunConfig, run_id: &str, dir: &Path, progress: Progress) ->
         epsilon: dp.then_some(report.epsilon),
         delta: cfg.delta,
         noise_multiplier: trainer.method().noise_multiplier(),
-        steps: trainer.steps_taken(),
+        steps: trainer.steps_taken() + first_stage.as_ref().map_or(0, |f| f.steps),
         test_accuracy: trainer.epoch_records().last().and_then(|e| e.test_accuracy),
         seconds: start.elapsed().as_secs_f64(),
         resumed_from_step,
@@ -321,6 +376,8 @@ pub fn execute(cfg: &RunConfig, run_id: &str, dir: &Path, progress: Progress) ->
         epochs: trainer.epoch_records().to_vec(),
         metrics,
         metrics_by_epoch: by_epoch,
+        first_stage,
+        mask: trainer.mask().map(|m| m.source().clone()),
     };
     write_atomic(&rd.result(), &serde_json::to_vec_pretty(&result)?)?;
     Ok(result)
@@ -352,4 +409,152 @@ fn append_epoch_metrics(rd: &RunDir, m: &EpochMetrics) -> Result<()> {
     writeln!(f, "{}", serde_json::to_string(m)?).map_err(io(&path))?;
     f.sync_all().map_err(io(&path))?;
     Ok(())
+}
+
+/// Epochs of a released-mask run's first stage: `⌊epochs/2⌋`.
+fn first_stage_epochs(cfg: &RunConfig) -> u64 {
+    cfg.whole_epochs() / 2
+}
+
+fn read_first_stage(rd: &RunDir) -> Result<Option<FirstStage>> {
+    let path = rd.first_stage().join("summary.json");
+    match std::fs::read(&path) {
+        Ok(b) => Ok(Some(serde_json::from_slice(&b)?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io(&path)(e)),
+    }
+}
+
+/// The first stage of a released-mask run: the run's method at the σ calibrated for the
+/// **whole** run, for `⌊epochs/2⌋` epochs, checkpointed every epoch in `stage1/` (so a killed
+/// run resumes it); returns the trainer holding the released weights and its summary.
+fn run_first_stage(
+    cfg: &RunConfig,
+    rd: &RunDir,
+    data: &TrainTest,
+    dev: &Device,
+    progress: Progress,
+) -> Result<(PrivateTrainer<Sequential>, FirstStage)> {
+    let ck = rd.first_stage().join("checkpoint");
+    let sigma = match cfg.noise()? {
+        Noise::Sigma(s) => s,
+        Noise::Budget(_) | Noise::None => 1.0,
+    };
+    let ctx = MethodContext {
+        expected_batch_size: cfg.batch_size,
+        steps_per_epoch: cfg.steps_per_epoch(),
+    };
+    let (m, o, meth) = (
+        build_model(cfg, dev)?,
+        build_optimizer(cfg)?,
+        cfg.method.build(sigma, &ctx)?,
+    );
+    let mut t = if ck.join("manifest.json").exists() {
+        PrivateTrainer::resume(&ck, m, o, meth, &data.train, dev)?
+    } else {
+        // Configured for the whole run, so calibration gives the whole run's σ; it stops
+        // half-way.
+        PrivateTrainer::builder(m, o, meth, trainer_config(cfg, cfg.whole_epochs() as f64)?)
+            .build(&data.train)?
+    };
+    let per_epoch = t.steps_per_epoch();
+    let stop = first_stage_epochs(cfg) * per_epoch;
+    let epochs = cfg.whole_epochs();
+    while t.steps_taken() < stop {
+        let epoch = t.steps_taken() / per_epoch;
+        t.optimizer_mut()
+            .set_learning_rate(cfg.optimizer.lr_at(epoch, epochs));
+        let before = t.steps_taken();
+        t.train_until_on(
+            &data.train,
+            Some(&data.test),
+            dev,
+            (epoch + 1) * per_epoch,
+            &mut |r| progress(r.step + 1, 2 * stop),
+        )?;
+        t.save_checkpoint(&ck)?;
+        if t.steps_taken() == before {
+            return Err(PipelineError::Other(
+                "the first stage of the released-mask run stopped early (budget)".into(),
+            ));
+        }
+    }
+    let summary = FirstStage {
+        steps: t.steps_taken(),
+        epsilon: t.epsilon()?,
+        test_accuracy: t.epoch_records().last().and_then(|e| e.test_accuracy),
+        epochs: t.epoch_records().to_vec(),
+    };
+    write_atomic(
+        &rd.first_stage().join("summary.json"),
+        &serde_json::to_vec_pretty(&summary)?,
+    )?;
+    Ok((t, summary))
+}
+
+/// The public dataset of a `mask_source = "public"` run: the other one of MNIST and
+/// FashionMNIST (FashionMNIST for the bundled digits, which are MNIST digits).
+fn public_dataset(cfg: &RunConfig) -> DatasetChoice {
+    match cfg.dataset {
+        DatasetChoice::Bundled | DatasetChoice::Mnist => DatasetChoice::FashionMnist,
+        DatasetChoice::FashionMnist => DatasetChoice::Mnist,
+    }
+}
+
+/// Trains the run's model non-privately on the first `train_len` examples of the public
+/// dataset, with the run's optimiser, schedule, epochs and seed; returns it and its label.
+fn train_public_model(cfg: &RunConfig, dev: &Device) -> Result<(Sequential, String)> {
+    let choice = public_dataset(cfg);
+    let pcfg = RunConfig {
+        dataset: choice,
+        data_dir: cfg.public_data_dir.clone(),
+        ..cfg.clone()
+    };
+    let (name, norm) = dataset_name(choice);
+    let (mut data, _) = dp_data::load(name, pcfg.data_dir.as_deref()).map_err(|e| {
+        PipelineError::Other(format!(
+            "the public dataset of mask_source = \"public\" ({}): {e}",
+            choice.label()
+        ))
+    })?;
+    let n = cfg.dataset.train_len().min(data.train.len());
+    let mut train = data.train.subset(&(0..n).collect::<Vec<_>>());
+    norm.apply_dataset(&mut train)?;
+    data.train = train;
+    let tc = TrainerConfig::new(
+        Epochs(cfg.whole_epochs() as f64),
+        BatchSize(cfg.batch_size),
+        Delta(cfg.delta),
+    )
+    .with_seed(cfg.seed)
+    .with_regime(dp_optim::Regime::NonPrivate)
+    .with_max_physical_batch(cfg.max_physical_batch);
+    let method = Box::new(dp_optim::FixedClip::new(cfg.method.clip, 1.0)?);
+    let mut t = PrivateTrainer::builder(build_model(cfg, dev)?, build_optimizer(cfg)?, method, tc)
+        .build(&data.train)?;
+    let per_epoch = t.steps_per_epoch();
+    let epochs = cfg.whole_epochs();
+    for epoch in 0..epochs {
+        t.optimizer_mut()
+            .set_learning_rate(cfg.optimizer.lr_at(epoch, epochs));
+        t.train_until_on(&data.train, None, dev, (epoch + 1) * per_epoch, &mut |_| {})?;
+    }
+    Ok((t.into_model(), format!("public:{}", choice.label())))
+}
+
+/// The model a finished run released (`model/model.safetensors` of its directory), rebuilt
+/// from the run's config and loaded by parameter name.
+pub fn load_released_model(cfg: &RunConfig, run_dir: &Path, dev: &Device) -> Result<Sequential> {
+    let path = run_dir.join("model").join("model.safetensors");
+    let mut weights = candle_core::safetensors::load(&path, dev)
+        .map_err(|e| PipelineError::Other(format!("{}: {e}", path.display())))?;
+    let mut model = build_model(cfg, dev)?;
+    let mut values = Vec::new();
+    for (name, _) in model.named_params() {
+        values.push(weights.remove(&name).ok_or_else(|| {
+            PipelineError::Other(format!("{}: no tensor named {name}", path.display()))
+        })?);
+    }
+    model.set_param_tensors(&values)?;
+    Ok(model)
 }

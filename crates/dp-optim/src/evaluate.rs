@@ -107,3 +107,32 @@ pub fn evaluate_with<M: Model + ?Sized>(
     };
     Ok((loss / n as f64, accuracy))
 }
+
+/// The arg-max class `model` predicts for every example of `data`, in order, evaluated in
+/// chunks of `batch`: what per-class and per-group accuracies
+/// (`dp_metrics::accuracy_by_class`) are computed from. A non-finite output row gives class
+/// 0 rather than an error (as `argmax` does); [`evaluate`] reports such a model as NaN.
+///
+/// ```
+/// let data = dp_data::load_bundled_mnist().unwrap();
+/// let mut m = dp_core::models::mlp(&[784, 8, 10], &candle_core::Device::Cpu, 0).unwrap();
+/// let p = dp_optim::predicted_classes(&mut m, &data.test, &candle_core::Device::Cpu, 500).unwrap();
+/// assert_eq!(p.len(), data.test.len());
+/// assert!(p.iter().all(|&c| c < 10));
+/// ```
+pub fn predicted_classes<M: Model + ?Sized>(
+    model: &mut M,
+    data: &Dataset,
+    device: &Device,
+    batch: usize,
+) -> Result<Vec<usize>> {
+    let idx: Vec<usize> = (0..data.len()).collect();
+    let mut out = Vec::with_capacity(data.len());
+    for chunk in idx.chunks(batch.max(1)) {
+        let (x, _) = batch_tensors(data, chunk, device)?;
+        let logits = model.forward(&x, false)?;
+        let classes = logits.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?;
+        out.extend(classes.into_iter().map(|c| c as usize));
+    }
+    Ok(out)
+}

@@ -56,7 +56,7 @@ pub use config::{BatchSize, ConfigWarning, Delta, Epochs, TrainerConfig};
 /// The accountant a trainer uses, chosen at run time (from dp-accounting).
 pub use dp_accounting::AnyAccountant;
 pub use error::{Result, TrainError};
-pub use evaluate::{batch_tensors, evaluate, evaluate_with};
+pub use evaluate::{batch_tensors, evaluate, evaluate_with, predicted_classes};
 pub use methods::{
     AboveBound, AdaptiveQuantileClip, AutoS, Bam, ClipWith, FixedClip, GlobalAdapt, PrivacyMethod,
 };
