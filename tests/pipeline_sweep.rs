@@ -157,12 +157,33 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     p
 }
 
+/// `dp-lab ARGS` with one thread per process (as the pool gives its workers).
 fn dp_lab(args: &[&str]) -> std::process::Output {
     Command::new(bin())
         .args(args)
         .env("CANDLE_NUM_THREADS", "1")
         .output()
         .unwrap()
+}
+
+/// `dp-lab sweep FILE --out OUT --quiet [--jobs N]`.
+fn sweep_args(file: &Path, out: &Path, jobs: Option<usize>) -> Vec<String> {
+    let mut a: Vec<String> = ["sweep", path_str(file), "--out", path_str(out), "--quiet"]
+        .map(String::from)
+        .to_vec();
+    if let Some(j) = jobs {
+        a.extend(["--jobs".to_string(), j.to_string()]);
+    }
+    a
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn sweep_cmd(file: &Path, out: &Path, jobs: Option<usize>) -> std::process::Output {
+    let a = sweep_args(file, out, jobs);
+    dp_lab(&a.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 const SMALL_BASE: &str = r#"
@@ -188,15 +209,7 @@ fn a_two_run_sweep_end_to_end_and_its_csv_matches_the_runs_json() {
         &format!("{SMALL_BASE}\n[[grid]]\naxes = {{ \"method.name\" = [\"dp_sgd\"], epsilon = [2] }}\n[[grid]]\naxes = {{ regime = [\"non-private\"] }}\n"),
     );
     let out = d.join("out");
-    let o = dp_lab(&[
-        "sweep",
-        sweep.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--quiet",
-        "--jobs",
-        "2",
-    ]);
+    let o = sweep_cmd(&sweep, &out, Some(2));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let o = dp_lab(&["report", out.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -258,13 +271,7 @@ fn a_two_run_sweep_end_to_end_and_its_csv_matches_the_runs_json() {
         .contains("| bundled-mnist-5k |"));
 
     // Re-running skips the finished runs; another sweep in the same directory is refused.
-    let o = dp_lab(&[
-        "sweep",
-        sweep.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--quiet",
-    ]);
+    let o = sweep_cmd(&sweep, &out, None);
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("2 skipped"),
         "{}",
@@ -275,13 +282,7 @@ fn a_two_run_sweep_end_to_end_and_its_csv_matches_the_runs_json() {
         "other.toml",
         &format!("axes = {{ seed = [5] }}\n{SMALL_BASE}"),
     );
-    let o = dp_lab(&[
-        "sweep",
-        other.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--quiet",
-    ]);
+    let o = sweep_cmd(&other, &out, None);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("another sweep"));
     let o = dp_lab(&["status", out.to_str().unwrap()]);
@@ -300,15 +301,7 @@ fn a_failing_run_is_recorded_and_does_not_stop_the_others() {
         &format!("axes = {{ dataset = [\"mnist\"], data_dir = [\"/nonexistent/dp-lab\"] }}\n{SMALL_BASE}\n[[grid]]\naxes = {{ seed = [0, 1] }}\n"),
     );
     let out = d.join("out");
-    let o = dp_lab(&[
-        "sweep",
-        sweep.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--quiet",
-        "--jobs",
-        "1",
-    ]);
+    let o = sweep_cmd(&sweep, &out, Some(1));
     assert_eq!(
         o.status.code(),
         Some(2),
@@ -345,15 +338,7 @@ fn a_killed_sweep_loses_nothing_and_resumes_from_its_checkpoints() {
     );
     let out = d.join("out");
     let mut child = Command::new(bin())
-        .args([
-            "sweep",
-            sweep.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--quiet",
-            "--jobs",
-            "2",
-        ])
+        .args(sweep_args(&sweep, &out, Some(2)))
         .env("CANDLE_NUM_THREADS", "1")
         .process_group(0)
         .spawn()
@@ -410,13 +395,7 @@ fn a_killed_sweep_loses_nothing_and_resumes_from_its_checkpoints() {
         .iter()
         .map(|r| dir.run(&r.id).checkpoint().join("manifest.json").exists())
         .collect();
-    let o = dp_lab(&[
-        "sweep",
-        sweep.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--quiet",
-    ]);
+    let o = sweep_cmd(&sweep, &out, None);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let mut resumed = 0;
     for ((r, before), ckpt) in m.runs.iter().zip(&mid).zip(&checkpointed) {
