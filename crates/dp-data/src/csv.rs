@@ -142,57 +142,85 @@ pub struct CsvRow {
     pub fields: Vec<String>,
 }
 
-/// Splits a line into fields, honouring double quotes (`""` is an escaped quote).
-fn split_line(line: &str, delim: char) -> Result<Vec<String>, String> {
-    let mut fields = Vec::new();
-    let mut cur = String::new();
-    let mut in_quotes = false;
-    let mut chars = line.chars().peekable();
-    while let Some(ch) = chars.next() {
-        if in_quotes {
-            if ch == '"' {
-                if chars.peek() == Some(&'"') {
-                    cur.push('"');
-                    chars.next();
-                } else {
-                    in_quotes = false;
-                }
-            } else {
-                cur.push(ch);
-            }
-        } else if ch == '"' {
-            in_quotes = true;
-        } else if ch == delim {
-            fields.push(cur.trim().to_string());
-            cur.clear();
-        } else {
-            cur.push(ch);
-        }
-    }
-    if in_quotes {
-        return Err("unterminated quoted field".into());
-    }
-    fields.push(cur.trim().to_string());
-    Ok(fields)
-}
-
-/// Reads a (possibly gzipped) CSV file into rows, checking every line's field count.
+/// Reads a (possibly gzipped) CSV file into rows, checking every record's field count.
+///
+/// Parsing is the `csv` crate's (RFC 4180: quoted fields may hold the delimiter, `""` and
+/// line breaks); fields are trimmed, blank lines and lines starting with
+/// [`CsvSpec::comment_prefix`] are skipped, and `line` is where a record starts.
+///
+/// ```
+/// let dir = std::env::temp_dir().join(format!("dp-data-csv-doc-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir).unwrap();
+/// let path = dir.join("t.csv");
+/// std::fs::write(&path, "x;note;y\n1.5;\"two\nlines; quoted\";a\n").unwrap();
+/// let spec = dp_data::CsvSpec {
+///     has_header: true,
+///     delimiter: ';',
+///     columns: vec![dp_data::ColumnKind::Numeric, dp_data::ColumnKind::Ignore, dp_data::ColumnKind::Ignore],
+///     column_names: None,
+///     label_column: 2,
+///     group_column: None,
+///     missing_values: vec![],
+///     comment_prefix: None,
+///     strip_label_period: false,
+/// };
+/// let rows = dp_data::read_csv_rows(&path, &spec).unwrap();
+/// assert_eq!(rows[0].fields[1], "two\nlines; quoted");
+/// assert_eq!(rows[0].line, 2);
+/// ```
 pub fn read_csv_rows(path: &Path, spec: &CsvSpec) -> Result<Vec<CsvRow>, DataError> {
     spec.validate()?;
+    let delimiter = u8::try_from(spec.delimiter)
+        .ok()
+        .filter(u8::is_ascii)
+        .ok_or_else(|| {
+            DataError::InvalidArgument(format!(
+                "CSV delimiter {:?} must be one ASCII character",
+                spec.delimiter
+            ))
+        })?;
     let bytes = read_maybe_gz(path)?;
-    let text = std::str::from_utf8(&bytes).map_err(|e| DataError::Malformed {
-        path: path.to_path_buf(),
-        reason: format!("not UTF-8: {e}"),
-    })?;
+    let mut reader = ::csv::ReaderBuilder::new()
+        .has_headers(false)
+        .delimiter(delimiter)
+        .flexible(true)
+        .trim(::csv::Trim::All)
+        .from_reader(bytes.as_slice());
     let mut rows = Vec::new();
     let mut header_pending = spec.has_header;
-    for (i, raw) in text.lines().enumerate() {
-        let line = raw.trim();
-        if line.is_empty() {
-            continue;
+    let mut record = ::csv::StringRecord::new();
+    loop {
+        let line = reader.position().line() as usize;
+        let more = reader.read_record(&mut record).map_err(|e| {
+            let line = e.position().map_or(line, |p| p.line() as usize);
+            let reason = match e.kind() {
+                ::csv::ErrorKind::Utf8 { .. } => format!("not UTF-8: {e}"),
+                _ => e.to_string(),
+            };
+            DataError::Csv {
+                path: path.to_path_buf(),
+                line,
+                reason,
+            }
+        })?;
+        if !more {
+            break;
         }
-        if let Some(p) = &spec.comment_prefix {
-            if !p.is_empty() && line.starts_with(p.as_str()) {
+        // The reader's position is where it started reading, before the blank lines it
+        // skipped: count those to name the line the record is on.
+        let line = record.position().map_or(line, |p| {
+            let skipped = bytes[p.byte() as usize..]
+                .iter()
+                .take_while(|b| matches!(b, b'\n' | b'\r'))
+                .filter(|&&b| b == b'\n')
+                .count();
+            p.line() as usize + skipped
+        });
+        if record.iter().all(str::is_empty) {
+            continue; // a blank (or whitespace-only) line
+        }
+        if let Some(p) = spec.comment_prefix.as_deref().filter(|p| !p.is_empty()) {
+            if record.get(0).is_some_and(|f| f.starts_with(p)) {
                 continue;
             }
         }
@@ -200,22 +228,16 @@ pub fn read_csv_rows(path: &Path, spec: &CsvSpec) -> Result<Vec<CsvRow>, DataErr
             header_pending = false;
             continue;
         }
-        let err = |reason: String| DataError::Csv {
-            path: path.to_path_buf(),
-            line: i + 1,
-            reason,
-        };
-        let fields = split_line(line, spec.delimiter).map_err(err)?;
-        if fields.len() != spec.columns.len() {
-            return Err(err(format!(
-                "{} fields, expected {}",
-                fields.len(),
-                spec.columns.len()
-            )));
+        if record.len() != spec.columns.len() {
+            return Err(DataError::Csv {
+                path: path.to_path_buf(),
+                line,
+                reason: format!("{} fields, expected {}", record.len(), spec.columns.len()),
+            });
         }
         rows.push(CsvRow {
-            line: i + 1,
-            fields,
+            line,
+            fields: record.iter().map(String::from).collect(),
         });
     }
     Ok(rows)

@@ -72,7 +72,9 @@ pub mod transforms;
 
 pub use bundled::{load_bundled_mnist, load_bundled_mnist_all, BUNDLED_SPLIT_SEED};
 pub use cifar::{load_cifar10, load_cifar10_with_records};
-pub use csv::{load_csv, load_csv_split, ColumnKind, CsvSpec, TabularEncoder};
+pub use csv::{
+    load_csv, load_csv_split, read_csv_rows, ColumnKind, CsvRow, CsvSpec, TabularEncoder,
+};
 pub use dataset::{Batch, Dataset, TrainTest};
 pub use error::DataError;
 pub use idx::load_mnist_idx;

@@ -447,6 +447,56 @@ fn csv_single_file_split_is_stratified_and_seeded() {
 }
 
 #[test]
+fn csv_quoted_fields_other_delimiters_and_bad_delimiters() {
+    let dir = tmpdir("csv-quoted");
+    // Tab-separated, a quoted field spanning two lines and holding the delimiter and an
+    // escaped quote, a comment line and a blank line.
+    let text = "# made by hand\nx\tnote\ty\n1\t\"a\tb\n\"\"c\"\"\"\tpos\n\n  2 \tplain\tneg\n";
+    std::fs::write(dir.join("t.tsv"), text).unwrap();
+    let spec = CsvSpec {
+        has_header: true,
+        delimiter: '\t',
+        columns: vec![
+            ColumnKind::Numeric,
+            ColumnKind::Ignore,
+            ColumnKind::Categorical,
+        ],
+        column_names: None,
+        label_column: 2,
+        group_column: None,
+        missing_values: vec![],
+        comment_prefix: Some("#".into()),
+        strip_label_period: false,
+    };
+    let rows = dp_data::read_csv_rows(&dir.join("t.tsv"), &spec).unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].fields, ["1", "a\tb\n\"c\"", "pos"]);
+    assert_eq!(rows[0].line, 3);
+    assert_eq!(rows[1].fields, ["2", "plain", "neg"]);
+    assert_eq!(
+        rows[1].line, 6,
+        "the record after the two-line one and the blank line"
+    );
+    // A record with a missing field names its line.
+    std::fs::write(dir.join("short.tsv"), "x\tnote\ty\n1\tpos\n").unwrap();
+    let e = dp_data::read_csv_rows(&dir.join("short.tsv"), &spec).unwrap_err();
+    assert!(
+        e.to_string().contains("short.tsv:2") && e.to_string().contains("2 fields"),
+        "{e}"
+    );
+    let e = dp_data::read_csv_rows(
+        &dir.join("t.tsv"),
+        &CsvSpec {
+            delimiter: '§',
+            ..spec
+        },
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("ASCII"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
 fn source_resolution_order() {
     let root = tmpdir("resolve");
     let explicit = root.join("explicit");
