@@ -121,6 +121,8 @@ fn bad_sweeps_are_refused_naming_what_is_wrong() {
     assert!(err(r#"axes = { epsilon = [] }"#).contains("at least one value"));
     assert!(err(r#"zip = [{ epsilon = [1, 2], seed = [0] }]"#).contains("zip"));
     assert!(err(r#"axes = { delta = [2.0] }"#).contains("delta"));
+    let e = err(r#"axes = { "method.name" = ["bam"], sparsity = [0.5] }"#);
+    assert!(e.contains("sparsity") && e.contains("bam"), "{e}");
     assert!(err(r#"axes = { seed = { start = 0, stop = 2000, step = 1 } }"#).contains("max_runs"));
     assert!(err("bogus = 1").contains("bogus"));
     assert!(err("[base]\nmodel = \"resnet\"").contains("resnet"));

@@ -421,6 +421,15 @@ impl RunConfig {
         if !(self.sparsity.is_finite() && (0.0..1.0).contains(&self.sparsity)) {
             return bad("sparsity", format!("{}: must be in [0, 1)", self.sparsity));
         }
+        if self.sparsity > 0.0 && !self.method.supports_pruning() {
+            return bad(
+                "sparsity",
+                format!(
+                    "method '{}' does not train under a pruning mask: use sparsity = 0",
+                    self.method.name
+                ),
+            );
+        }
         // Without pruning the mask source is moot (a dense run, whatever it says).
         if self.mask_source == MaskSourceChoice::Released && self.sparsity > 0.0 {
             if regime != Regime::Private {

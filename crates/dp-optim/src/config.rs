@@ -123,6 +123,12 @@ pub struct TrainerConfig {
     /// Post-processing of the private iterates: no privacy cost. Stored in checkpoints.
     #[serde(default)]
     pub averaging: Option<crate::Averaging>,
+    /// The learning-rate schedule the trainer applies before every step, as a factor of
+    /// the optimiser's rate when the trainer was built (public: no privacy cost).
+    /// [`crate::LrSchedule::Constant`] leaves the rate alone, so a caller may set it
+    /// itself.
+    #[serde(default)]
+    pub lr_schedule: crate::LrSchedule,
 }
 
 impl TrainerConfig {
@@ -154,7 +160,22 @@ impl TrainerConfig {
             track_clipping_bias: false,
             regime_switches: Vec::new(),
             averaging: None,
+            lr_schedule: crate::LrSchedule::Constant,
         }
+    }
+
+    /// Apply `schedule` to the learning rate before every step (see
+    /// [`TrainerConfig::lr_schedule`]).
+    ///
+    /// ```
+    /// use dp_optim::{BatchSize, Delta, Epochs, LrSchedule, TrainerConfig};
+    /// let cfg = TrainerConfig::new(Epochs(1.0), BatchSize(64.0), Delta(1e-5))
+    ///     .with_lr_schedule(LrSchedule::Cosine { floor: 0.0 });
+    /// assert_eq!(cfg.lr_schedule, LrSchedule::Cosine { floor: 0.0 });
+    /// ```
+    pub fn with_lr_schedule(mut self, schedule: crate::LrSchedule) -> Self {
+        self.lr_schedule = schedule;
+        self
     }
     /// Keep this average of the iterates (see [`TrainerConfig::averaging`]).
     ///

@@ -45,6 +45,7 @@ pub mod optim;
 mod plan;
 mod pruning;
 mod records;
+mod schedule;
 mod state;
 mod step;
 mod tensor_state;
@@ -64,6 +65,9 @@ pub use optim::{Adam, AdamBc, BaseOptimizer, OptimizerState, Sgd};
 pub use plan::{PerExampleObjective, PlanContext, Regime, StatisticQuery, StepOutcome, StepPlan};
 pub use pruning::{MaskSource, TrainingMask};
 pub use records::{EpochRecord, Guarantee, PrivacyReport, StepRecord, StopReason, TrainReport};
+pub use schedule::LrSchedule;
 pub use step::{take_step, ClippingBias, StepEnv, StepResult};
 pub use tensor_state::TensorState;
-pub use trainer::{BoxedLoss, BoxedSampler, PrivateTrainer, TrainerBuilder};
+pub use trainer::{
+    BoxedLoss, BoxedSampler, EpochHook, PrivateTrainer, StepHook, TrainHooks, TrainerBuilder,
+};

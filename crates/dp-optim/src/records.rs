@@ -180,6 +180,11 @@ pub enum StopReason {
         /// The budget.
         budget: f64,
     },
+    /// The epoch callback of [`crate::TrainHooks::on_epoch`] stopped the run.
+    StoppedByCallback {
+        /// The epoch after which it stopped (1-based).
+        epoch: u64,
+    },
 }
 
 /// Summary of a [`crate::PrivateTrainer::train`] call.

@@ -11,6 +11,7 @@ use crate::optim::BaseOptimizer;
 use crate::plan::{PlanContext, StepOutcome};
 use crate::pruning::{compose_prior, TrainingMask};
 use crate::records::{EpochRecord, Guarantee, StepRecord, StopReason, TrainReport};
+use crate::schedule::LrSchedule;
 use crate::state::TrainerState;
 use crate::step::{take_step, StepEnv};
 use candle_core::{Device, Tensor};
@@ -116,6 +117,9 @@ pub struct PrivateTrainer<M: Model> {
     warnings: Vec<ConfigWarning>,
     mask: Option<TrainingMask>,
     average: Option<ParamAverage>,
+    /// The optimiser's learning rate when the trainer was built or resumed: what
+    /// [`TrainerConfig::lr_schedule`] scales.
+    base_lr: f64,
 }
 
 pub(crate) fn noise_seed(seed: u64) -> u64 {
@@ -186,6 +190,7 @@ fn check_output_width<M: Model>(model: &mut M, loss: &dyn Loss, train: &Dataset)
 
 /// Checks the parts of a configuration that do not depend on the data.
 fn check_config(config: &TrainerConfig) -> Result<Option<PrivacyBudget>> {
+    config.lr_schedule.validate()?;
     if !(config.delta > 0.0 && config.delta < 1.0) {
         return Err(TrainError::InvalidConfig(format!(
             "δ = {} outside (0, 1)",
@@ -381,6 +386,7 @@ impl<M: Model> PrivateTrainer<M> {
         Ok(Self {
             average,
             model,
+            base_lr: optimizer.learning_rate(),
             optimizer,
             method,
             augment_rng: augment_rng(seed),
@@ -467,6 +473,7 @@ impl<M: Model> PrivateTrainer<M> {
         Ok(Self {
             warnings,
             model,
+            base_lr: optimizer.learning_rate(),
             optimizer,
             method,
             config: state.config,
@@ -599,6 +606,13 @@ impl<M: Model> PrivateTrainer<M> {
                 self.dataset_len,
                 data.len()
             )));
+        }
+        if self.config.lr_schedule != LrSchedule::Constant {
+            let f =
+                self.config
+                    .lr_schedule
+                    .factor(self.step, self.steps_per_epoch(), self.total_steps);
+            self.optimizer.set_learning_rate(self.base_lr * f);
         }
         let ctx = PlanContext {
             step: self.step,
@@ -803,8 +817,50 @@ impl<M: Model> PrivateTrainer<M> {
         until: u64,
         on_step: &mut dyn FnMut(&StepRecord),
     ) -> Result<TrainReport> {
+        let mut hooks = TrainHooks::new().on_step(on_step).until(until);
+        self.train_with(train, test, device, &mut hooks)
+    }
+
+    /// Trains as [`PrivateTrainer::train_until_on`] does, with `hooks`: a callback after every
+    /// step, a callback after every epoch that gets the trainer itself (to evaluate, log,
+    /// save, or stop the run early), and a checkpoint every `k` steps (and at the end).
+    ///
+    /// ```
+    /// use dp_optim::{BatchSize, Delta, Epochs, FixedClip, PrivateTrainer, Sgd, TrainHooks, TrainerConfig};
+    /// use std::ops::ControlFlow;
+    /// let data = dp_data::load_bundled_mnist().unwrap();
+    /// let dev = candle_core::Device::Cpu;
+    /// let model = dp_core::models::mlp(&[784, 8, 10], &dev, 0).unwrap();
+    /// let cfg = TrainerConfig::new(Epochs(3.0), BatchSize(400.0), Delta(1e-5)).with_seed(0);
+    /// let mut t = PrivateTrainer::new(model, Box::new(Sgd::new(0.1)), Box::new(FixedClip::new(1.0, 1.0).unwrap()), cfg, &data.train).unwrap();
+    /// let dir = std::env::temp_dir().join(format!("dp-optim-hooks-doc-{}", std::process::id()));
+    /// let mut on_epoch = |t: &mut PrivateTrainer<_>, e: &dp_optim::EpochRecord| {
+    ///     let (_, train_acc) = t.evaluate(&data.test, &dev)?; // the caller's own evaluation
+    ///     assert!((0.0..=1.0).contains(&train_acc));
+    ///     Ok(if e.epoch == 2 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
+    /// };
+    /// let mut hooks = TrainHooks::new().on_epoch(&mut on_epoch).checkpoint_every(7, &dir);
+    /// let r = t.train_with(&data.train, None, &dev, &mut hooks).unwrap();
+    /// assert_eq!(r.steps, 20); // stopped after two epochs of 10 steps
+    /// assert_eq!(dp_optim::checkpoint_step(&dir).unwrap(), 20);
+    /// # std::fs::remove_dir_all(&dir).ok();
+    /// ```
+    pub fn train_with(
+        &mut self,
+        train: &Dataset,
+        test: Option<&Dataset>,
+        device: &Device,
+        hooks: &mut TrainHooks<'_, M>,
+    ) -> Result<TrainReport> {
         let start = std::time::Instant::now();
-        let until = until.min(self.total_steps);
+        let until = hooks.until.min(self.total_steps);
+        if let Some((k, _)) = &hooks.checkpoint {
+            if *k == 0 {
+                return Err(TrainError::InvalidConfig(
+                    "checkpoint_every: k must be ≥ 1".into(),
+                ));
+            }
+        }
         self.stop_reason = None;
         let per_epoch = self.steps_per_epoch();
         let bar = if self.config.progress {
@@ -824,21 +880,40 @@ impl<M: Model> PrivateTrainer<M> {
             let Some(rec) = self.step(train, device)? else {
                 break;
             };
-            on_step(&rec);
+            if let Some(f) = hooks.on_step.as_mut() {
+                f(&rec);
+            }
             if let Some(b) = &bar {
                 b.set_position(self.step);
                 if let Some(e) = rec.epsilon {
                     b.set_message(format!("ε={e:.3} C={:.3}", rec.clip_norm));
                 }
             }
+            if let Some((k, dir)) = &hooks.checkpoint {
+                if self.step.is_multiple_of(*k) {
+                    self.save_checkpoint(dir)?;
+                }
+            }
             if self.step.is_multiple_of(per_epoch) || self.step == self.total_steps {
                 self.end_epoch(test, device)?;
+                if let Some(f) = hooks.on_epoch.as_mut() {
+                    let rec = self.epochs.last().cloned().expect("an epoch just ended");
+                    if f(self, &rec)?.is_break() {
+                        self.stop_reason = Some(StopReason::StoppedByCallback { epoch: rec.epoch });
+                        break;
+                    }
+                }
             }
         }
         if let Some(b) = bar {
             b.finish_and_clear();
         }
         let stop = self.stop_reason.clone().unwrap_or(StopReason::Completed);
+        if let Some((k, dir)) = &hooks.checkpoint {
+            if !self.step.is_multiple_of(*k) {
+                self.save_checkpoint(dir)?;
+            }
+        }
         if matches!(stop, StopReason::BudgetExhausted { .. })
             && self.epochs.last().map(|e| e.step) != Some(self.step)
             && self.step > 0
@@ -950,4 +1025,64 @@ fn calibrate(
         config.delta,
         search,
     )?)
+}
+
+/// What [`PrivateTrainer::train_with`] calls and writes while it trains.
+pub struct TrainHooks<'a, M: Model> {
+    until: u64,
+    on_step: Option<Box<StepHook<'a>>>,
+    on_epoch: Option<Box<EpochHook<'a, M>>>,
+    checkpoint: Option<(u64, std::path::PathBuf)>,
+}
+
+/// The step callback of [`TrainHooks::on_step`].
+pub type StepHook<'a> = dyn FnMut(&StepRecord) + 'a;
+
+/// The epoch callback of [`TrainHooks::on_epoch`].
+pub type EpochHook<'a, M> =
+    dyn FnMut(&mut PrivateTrainer<M>, &EpochRecord) -> Result<std::ops::ControlFlow<()>> + 'a;
+
+impl<M: Model> Default for TrainHooks<'_, M> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<'a, M: Model> TrainHooks<'a, M> {
+    /// No callbacks, no checkpoints, train to the end of the plan.
+    pub fn new() -> Self {
+        Self {
+            until: u64::MAX,
+            on_step: None,
+            on_epoch: None,
+            checkpoint: None,
+        }
+    }
+
+    /// Stop at step `until` (at most the planned steps).
+    pub fn until(mut self, until: u64) -> Self {
+        self.until = until;
+        self
+    }
+
+    /// Call `f` after every step with its record.
+    pub fn on_step(mut self, f: &'a mut StepHook<'a>) -> Self {
+        self.on_step = Some(Box::new(f));
+        self
+    }
+
+    /// Call `f` after every epoch (after the trainer's own evaluation) with the trainer and
+    /// the epoch's record; `ControlFlow::Break` stops the run there
+    /// ([`StopReason::StoppedByCallback`]).
+    pub fn on_epoch(mut self, f: &'a mut EpochHook<'a, M>) -> Self {
+        self.on_epoch = Some(Box::new(f));
+        self
+    }
+
+    /// Write a checkpoint ([`PrivateTrainer::save_checkpoint`]) into `dir` every `k` steps
+    /// and when training stops.
+    pub fn checkpoint_every(mut self, k: u64, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.checkpoint = Some((k, dir.into()));
+        self
+    }
 }

@@ -106,6 +106,20 @@ impl MethodSpec {
         self.name != "auto_dpsgd_published_not_dp"
     }
 
+    /// Whether the method trains under a pruning mask ([`crate::TrainingMask`]). BAM does not
+    /// yet: its ascent points would have to move only the kept coordinates, which dp-core's
+    /// per-example objective does not support, so a BAM run with a mask is refused.
+    ///
+    /// ```
+    /// let mut m = dp_optim::methods::MethodSpec::default();
+    /// assert!(m.supports_pruning());
+    /// m.name = "bam".into();
+    /// assert!(!m.supports_pruning());
+    /// ```
+    pub fn supports_pruning(&self) -> bool {
+        self.name != "bam"
+    }
+
     /// Refuses an unknown name (listing the known ones) or a parameter out of range, without
     /// building anything a run would use.
     pub fn validate(&self, ctx: &MethodContext) -> Result<()> {
