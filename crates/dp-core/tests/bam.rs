@@ -400,7 +400,6 @@ fn rel_err(a: &[f64], b: &[f64]) -> f64 {
 /// kernels) and f64 (candle's ops); and it leaves no offsets behind.
 #[test]
 fn factored_path_equals_the_materialised_path() {
-    let dev = Device::Cpu;
     type Build = fn(u64) -> Sequential;
     let cases: [(&str, Build, usize, usize); 4] = [
         ("mlp", |s| models::mlp(&[12, 16, 10, 4], &Device::Cpu, s).unwrap(), 12, 4),
