@@ -354,8 +354,8 @@ fn non_finite_examples_follow_the_engine_policy() {
     assert_eq!(flat(&out.sum), flat(&want.sum));
 }
 
-/// A strided, padded CNN with a grouped convolution (offsets materialised in both convs'
-/// first form, factored in the second conv and the Linear: see `prefer_factored`).
+/// A strided, padded CNN with a grouped convolution (BAM keeps the grouped conv's ascent
+/// offsets materialised, the second conv's and the Linear's factored: `prefer_factored`).
 fn strided_cnn(seed: u64) -> Sequential {
     let d = Device::Cpu;
     let mut i = Init::seeded(seed);
