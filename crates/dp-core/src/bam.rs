@@ -389,7 +389,10 @@ pub fn bam_clipped_gradient<M: Model + ?Sized>(
 /// path, kept as it was) or some private layer cannot keep its ascent offsets factored.
 fn use_factored<M: Model + ?Sized>(model: &mut M, opts: &GradOptions) -> Result<bool> {
     if opts.mode == GradMode::Materialize
-        || opts.layer_modes.values().any(|m| *m == GradMode::Materialize)
+        || opts
+            .layer_modes
+            .values()
+            .any(|m| *m == GradMode::Materialize)
     {
         return Ok(false);
     }

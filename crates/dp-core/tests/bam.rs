@@ -402,10 +402,20 @@ fn rel_err(a: &[f64], b: &[f64]) -> f64 {
 fn factored_path_equals_the_materialised_path() {
     type Build = fn(u64) -> Sequential;
     let cases: [(&str, Build, usize, usize); 4] = [
-        ("mlp", |s| models::mlp(&[12, 16, 10, 4], &Device::Cpu, s).unwrap(), 12, 4),
+        (
+            "mlp",
+            |s| models::mlp(&[12, 16, 10, 4], &Device::Cpu, s).unwrap(),
+            12,
+            4,
+        ),
         ("strided_cnn", strided_cnn, 162, 4),
         ("sequence", sequence_model, 30, 4),
-        ("mnist_cnn", |s| models::mnist_cnn(&Device::Cpu, s).unwrap(), 784, 10),
+        (
+            "mnist_cnn",
+            |s| models::mnist_cnn(&Device::Cpu, s).unwrap(),
+            784,
+            10,
+        ),
     ];
     for (name, make, din, classes) in cases {
         for dtype in [DType::F32, DType::F64] {
@@ -430,7 +440,10 @@ fn factored_path_equals_the_materialised_path() {
             let probe = run(&mut m, GradMode::Materialize, 1e9);
             let c = probe.stats.median().unwrap();
             let want = run(&mut m, GradMode::Materialize, c);
-            assert!(want.stats.num_clipped > 0 && want.stats.num_clipped < b, "{name}");
+            assert!(
+                want.stats.num_clipped > 0 && want.stats.num_clipped < b,
+                "{name}"
+            );
             let tol = if dtype == DType::F32 { 2e-4 } else { 1e-9 };
             let before = clipped_gradient(
                 &mut m,
@@ -481,18 +494,26 @@ fn factored_path_equals_one_model_per_example() {
     let (r, alpha, c) = (0.4, 0.6, 0.5);
     type Build = fn(u64) -> Sequential;
     let cases: [(&str, Build, usize); 3] = [
-        ("mlp", |s| models::mlp(&[7, 9, 3], &Device::Cpu, s).unwrap(), 7),
+        (
+            "mlp",
+            |s| models::mlp(&[7, 9, 3], &Device::Cpu, s).unwrap(),
+            7,
+        ),
         ("cnn", small_cnn, 36),
-        ("sequence", |s| {
-            let d = Device::Cpu;
-            let mut i = Init::seeded(s);
-            Sequential::new(&d)
-                .push(Reshape::new(&[4, 5]))
-                .push(Linear::new(5, 6, true, &mut i, &d).unwrap())
-                .push(Tanh::default())
-                .push(Flatten::default())
-                .push(Linear::new(24, 3, true, &mut i, &d).unwrap())
-        }, 20),
+        (
+            "sequence",
+            |s| {
+                let d = Device::Cpu;
+                let mut i = Init::seeded(s);
+                Sequential::new(&d)
+                    .push(Reshape::new(&[4, 5]))
+                    .push(Linear::new(5, 6, true, &mut i, &d).unwrap())
+                    .push(Tanh::default())
+                    .push(Flatten::default())
+                    .push(Linear::new(24, 3, true, &mut i, &d).unwrap())
+            },
+            20,
+        ),
     ];
     for (name, make, din) in cases {
         let mut m = make(4);

@@ -252,10 +252,13 @@ impl PerSampleGrad for Linear {
 
     fn mix_factored_ascent(&mut self, alpha: f64) -> Result<()> {
         let name = self.name();
-        let asc = self.ascent.take().ok_or_else(|| crate::CoreError::MissingRecord {
-            layer: name.clone(),
-            what: "no ascent offsets to mix (begin_factored_ascent first)".into(),
-        })?;
+        let asc = self
+            .ascent
+            .take()
+            .ok_or_else(|| crate::CoreError::MissingRecord {
+                layer: name.clone(),
+                what: "no ascent offsets to mix (begin_factored_ascent first)".into(),
+            })?;
         asc.mix(&mut self.rec, &name, alpha)
     }
 }

@@ -535,7 +535,10 @@ impl AscentOffsets {
             ));
         }
         let a = Tensor::cat(&[&self.a, &a2], 1)?;
-        let g = Tensor::cat(&[&self.g.affine(1.0 - alpha, 0.0)?, &g2.affine(alpha, 0.0)?], 1)?;
+        let g = Tensor::cat(
+            &[&self.g.affine(1.0 - alpha, 0.0)?, &g2.affine(alpha, 0.0)?],
+            1,
+        )?;
         rec.a = Some(a);
         rec.g = Some(g);
         rec.materialized = None;
@@ -612,8 +615,10 @@ mod tests {
                 }
                 // Offsets for one batch size refuse another, and the scales must match it.
                 assert!(off_check(&rec, &s));
-                assert!(AscentOffsets::new(&rec, "test", &s.narrow(0, 0, 2).unwrap(), bias, None)
-                    .is_err());
+                assert!(
+                    AscentOffsets::new(&rec, "test", &s.narrow(0, 0, 2).unwrap(), bias, None)
+                        .is_err()
+                );
             }
         }
     }
