@@ -23,14 +23,28 @@
 //! passes over the batch, not `B` models. Every layer with parameters must support offsets
 //! (Linear and Conv2d do); a model with another one is refused with an error naming it.
 //!
-//! Memory: the per-example gradients are materialised (`3·B·d` values for `g`, `g′`, `h`).
+//! Two paths compute the same thing:
+//!
+//! - **factored** (the default, [`GradMode::Auto`] / [`GradMode::Ghost`]): a linear-type
+//!   layer's per-example gradient is `g_i = G_iᵀA_i` over the example's `T` positions, so the
+//!   offset `Δ_i = s_i·G_iᵀA_i` (`s_i = r/‖g_i‖`) need not be formed: the second forward adds
+//!   `s_i(A′_iA_iᵀ)G_i` and the second backward `s_i(G′_iG_iᵀ)A_i` (position Gram matrices;
+//!   per layer, whichever of this and the materialised `Δ_i` is cheaper). The mix
+//!   `h_i = (1−α)G_iᵀA_i + αG′_iᵀA′_i = [(1−α)G_i; αG′_i]ᵀ[A_i; A′_i]` is an ordinary record of
+//!   `2T` positions, so its norm is a ghost norm and its clipped sum book-keeping (Li et al.
+//!   2021; Bu et al. 2022): no per-example gradient is materialised where the layer's rule
+//!   would not materialise it for DP-SGD ([`crate::PerSampleGrad::begin_factored_ascent`],
+//!   [`crate::PerSampleGrad::mix_factored_ascent`]).
+//! - **materialised** ([`GradMode::Materialize`], the reference): `g_i`, `g′_i` and `h_i`
+//!   are materialised (`3·B·d` values); with `α = 0` it equals DP-SGD bit for bit. It is also
+//!   taken for a model with a layer that has offsets but no factored form.
 //!
 //! Decisions where the method is not pinned down (`shared/docs/algorithms.md` §5; no official
 //! code was found): `r = 0.05`, `α = 0.8` are the defaults of the public objax implementation;
 //! the normalisation uses the flat norm over all layers; an example whose gradient is exactly
 //! zero is not moved (`Δ_i = 0`, so `h_i = g_i = 0`).
 
-use crate::clipping::ClipStrategy;
+use crate::clipping::{ClipStrategy, LayerSqNorms};
 use crate::engine::{
     check_clipped_sum, clip_weights, empty_batch, forward_backward, private_layers,
     sq_norms_to_host, without_examples, ClipStats, ClippedBatch,
@@ -247,8 +261,10 @@ pub fn per_example_ascent_gradients<M: Model + ?Sized>(
 /// reference is the **plain** `Σ_i g_i`, so the clipping bias `‖Σ c_i h_i − Σ g_i‖` measures
 /// how far the released direction is from the ordinary gradient.
 ///
-/// With `α = 0` the result equals [`crate::clipped_gradient`] in [`GradMode::Materialize`]
-/// bit for bit. Augmentation multiplicity is not supported (an error).
+/// With [`GradMode::Materialize`] the per-example gradients are materialised (the reference
+/// path; with `α = 0` the result equals [`crate::clipped_gradient`] in that mode bit for
+/// bit); otherwise the factored path runs (module documentation), which agrees with it up
+/// to rounding. Augmentation multiplicity is not supported (an error).
 ///
 /// ```
 /// use dp_core::{bam_clipped_gradient, BamConfig, CrossEntropy, GradOptions, Init, Sequential};
@@ -295,6 +311,9 @@ pub fn bam_clipped_gradient<M: Model + ?Sized>(
         return Err(CoreError::InvalidArgument(
             "BAM does not support gradient masks (pruning)".into(),
         ));
+    }
+    if use_factored(model, opts)? {
+        return bam_factored(model, x, targets, loss, clip, opts, cfg);
     }
     let device = x.device().clone();
     let (plain, plain_sq, loss_sum) = plain_gradients(model, x, targets, loss)?;
@@ -354,6 +373,133 @@ pub fn bam_clipped_gradient<M: Model + ?Sized>(
     } else {
         None
     };
+    check_clipped_sum(&sum, sensitivity, b)?;
+    let norms: Vec<f32> = totals.iter().map(|&n| n as f32).collect();
+    Ok(ClippedBatch {
+        sum,
+        sensitivity,
+        stats: ClipStats::new(norms, threshold, 0),
+        loss_sum,
+        examples: b,
+        unclipped_sum,
+    })
+}
+
+/// The factored path applies unless [`GradMode::Materialize`] is asked for (the reference
+/// path, kept as it was) or some private layer cannot keep its ascent offsets factored.
+fn use_factored<M: Model + ?Sized>(model: &mut M, opts: &GradOptions) -> Result<bool> {
+    if opts.mode == GradMode::Materialize
+        || opts
+            .layer_modes
+            .values()
+            .any(|m| *m == GradMode::Materialize)
+    {
+        return Ok(false);
+    }
+    Ok(private_layers(model)?
+        .into_iter()
+        .all(|l| l.per_sample().is_some_and(|r| r.supports_factored_ascent())))
+}
+
+/// BAM without per-example gradients (for models whose private layers are all linear-type):
+/// the plain pass's norms give the scales `s_i = r/‖g_i‖`; each layer keeps its ascent
+/// offset `Δ_i = s_i G_iᵀA_i` factored ([`crate::PerSampleGrad::begin_factored_ascent`]) for
+/// the second pass; afterwards its record becomes that of `h_i` over `2T` positions
+/// ([`crate::PerSampleGrad::mix_factored_ascent`]), whose norms and clipped sum follow the
+/// layer's ordinary rule (ghost norm and book-keeping where cheaper). Same clipping, same
+/// per-example sensitivity check and same statistics as the materialised path.
+fn bam_factored<M: Model + ?Sized>(
+    model: &mut M,
+    x: &Tensor,
+    targets: &Tensor,
+    loss: &dyn Loss,
+    clip: &mut dyn ClipStrategy,
+    opts: &GradOptions,
+    cfg: &BamConfig,
+) -> Result<ClippedBatch> {
+    let sensitivity = clip.sensitivity();
+    let threshold = clip.threshold();
+    let b = x.dim(0)?;
+    let device = x.device().clone();
+    let mode_of = |k: usize| opts.layer_modes.get(&k).copied().unwrap_or(opts.mode);
+    // Everything between the first forward and the end of the step runs in a closure so
+    // that the records and offsets are dropped whatever happens.
+    let run = (|| -> Result<(f64, Option<Vec<Tensor>>, LayerSqNorms)> {
+        let loss_sum = forward_backward(model, x, targets, loss)?;
+        let mut plain_sq = Vec::new();
+        let mut unclipped = opts.track_unclipped_sum.then(Vec::new);
+        let ones = Tensor::ones(b, DType::F32, &device)?;
+        for (k, layer) in private_layers(model)?.into_iter().enumerate() {
+            let name = layer.name();
+            let rule = layer
+                .per_sample()
+                .ok_or(CoreError::UnsupportedLayer { layer: name })?;
+            plain_sq.push(rule.sq_norms(mode_of(k))?);
+            if let Some(u) = unclipped.as_mut() {
+                u.extend(rule.weighted_sum(&ones)?);
+            }
+        }
+        let scale = ascent_scales(&plain_sq, cfg.radius, &device)?;
+        for layer in private_layers(model)? {
+            let name = layer.name();
+            let rule = layer
+                .per_sample()
+                .ok_or(CoreError::UnsupportedLayer { layer: name })?;
+            rule.begin_factored_ascent(&scale)?;
+        }
+        forward_backward(model, x, targets, loss)?;
+        let mut sq = Vec::new();
+        for (k, layer) in private_layers(model)?.into_iter().enumerate() {
+            let name = layer.name();
+            let rule = layer
+                .per_sample()
+                .ok_or(CoreError::UnsupportedLayer { layer: name })?;
+            rule.mix_factored_ascent(cfg.alpha)?;
+            sq.push(rule.sq_norms(mode_of(k))?);
+        }
+        Ok((loss_sum, unclipped, sq_norms_to_host(sq)?))
+    })();
+    let (loss_sum, unclipped_sum, sq) = match run {
+        Ok(v) => v,
+        Err(e) => {
+            model.clear();
+            return Err(e);
+        }
+    };
+
+    let totals = sq.total_norms();
+    let bad: Vec<usize> = (0..b).filter(|&i| !totals[i].is_finite()).collect();
+    if !bad.is_empty() {
+        model.clear();
+        if opts.non_finite == NonFinitePolicy::Error {
+            return Err(CoreError::NonFiniteGradient { examples: bad });
+        }
+        // ZeroOut: recompute on the finite examples (as the engine does).
+        let (xg, yg) = without_examples(x, targets, &bad, b, 1)?;
+        let mut out = bam_clipped_gradient(model, &xg, &yg, loss, clip, opts, cfg)?;
+        let norms: Vec<f32> = totals.iter().map(|&n| n as f32).collect();
+        out.stats = ClipStats::new(norms, threshold, bad.len());
+        return Ok(out);
+    }
+
+    let sums = (|| -> Result<Vec<Tensor>> {
+        let (weights, shared) = clip_weights(clip, &sq, b, sensitivity, &device)?;
+        let mut sum = Vec::new();
+        for (l, layer) in private_layers(model)?.into_iter().enumerate() {
+            let name = layer.name();
+            let rule = layer
+                .per_sample()
+                .ok_or(CoreError::UnsupportedLayer { layer: name })?;
+            let w = match &shared {
+                Some(w) => w.clone(),
+                None => Tensor::from_vec(weights[l].clone(), b, &device)?,
+            };
+            sum.extend(rule.weighted_sum(&w)?);
+        }
+        Ok(sum)
+    })();
+    model.clear();
+    let sum = sums?;
     check_clipped_sum(&sum, sensitivity, b)?;
     let norms: Vec<f32> = totals.iter().map(|&n| n as f32).collect();
     Ok(ClippedBatch {

@@ -135,4 +135,66 @@ pub trait PerSampleGrad {
             "this layer does not support per-example parameter offsets".into(),
         ))
     }
+
+    /// Whether the layer implements [`PerSampleGrad::begin_factored_ascent`] and
+    /// [`PerSampleGrad::mix_factored_ascent`] (Linear and Conv2d do). BAM takes its fast
+    /// path only when every private layer does, and otherwise materialises.
+    fn supports_factored_ascent(&self) -> bool {
+        false
+    }
+
+    /// Per-example offsets `Δ_i = s_i·g_i` along each example's **own recorded gradient**
+    /// (`scales` = `s`, shape `[B]`), for the next `forward(train=true)` + `backward`, as
+    /// [`PerSampleGrad::set_example_offsets`] with `offsets = s_i·per_sample_grads()` — but
+    /// without materialising `g_i` where it has a cheaper form. A linear-type layer's
+    /// per-example gradient is `G_iᵀA_i` over the example's `T` positions, so the extra
+    /// forward output `A′_iΔ_iᵀ = s_i(A′_iA_iᵀ)G_i` and the extra input gradient
+    /// `G′_iΔ_i = s_i(G′_iG_iᵀ)A_i` are position Gram matrices applied (BAM's ascent points,
+    /// Knolle et al. 2023). Call it after the plain pass's backward (and its norms); the
+    /// layer keeps that pass's record for [`PerSampleGrad::mix_factored_ascent`].
+    /// [`Layer::clear`] drops both.
+    ///
+    /// ```
+    /// use dp_core::layers::Linear;
+    /// use dp_core::{Init, Layer};
+    /// use candle_core::{Device, Tensor};
+    /// let dev = Device::Cpu;
+    /// let mut lin = Linear::new(3, 2, true, &mut Init::seeded(0), &dev).unwrap();
+    /// let x = Tensor::new(&[[1f32, 2., 3.], [0., 1., 0.]], &dev).unwrap();
+    /// let gy = Tensor::new(&[[1f32, -1.], [0.5, 0.]], &dev).unwrap();
+    /// lin.forward(&x, true).unwrap();
+    /// lin.backward(&gy, false).unwrap();
+    /// let rule = lin.per_sample().unwrap();
+    /// let g = rule.per_sample_grads().unwrap(); // the plain gradients
+    /// rule.begin_factored_ascent(&Tensor::new(&[0.1f32, 0.0], &dev).unwrap()).unwrap();
+    /// // The second pass evaluates example 0 at θ + 0.1·g_0 and example 1 at θ.
+    /// lin.forward(&x, true).unwrap();
+    /// lin.backward(&gy, false).unwrap();
+    /// let rule = lin.per_sample().unwrap();
+    /// rule.mix_factored_ascent(0.5).unwrap();
+    /// // The mixed gradient h_i = ½g_i + ½g′_i; here g′_i = g_i (the output gradient was fixed).
+    /// let h = rule.per_sample_grads().unwrap();
+    /// let d = (&h[0] - &g[0]).unwrap().abs().unwrap().sum_all().unwrap();
+    /// assert!(d.to_scalar::<f32>().unwrap() < 1e-6);
+    /// ```
+    fn begin_factored_ascent(&mut self, scales: &Tensor) -> Result<()> {
+        let _ = scales;
+        Err(crate::CoreError::InvalidArgument(
+            "this layer does not support factored ascent offsets".into(),
+        ))
+    }
+
+    /// After the pass at the ascent points of [`PerSampleGrad::begin_factored_ascent`]:
+    /// replaces the layer's record by that of the mixed gradient
+    /// `h_i = (1 − α)·g_i + α·g′_i`, so that [`PerSampleGrad::sq_norms`],
+    /// [`PerSampleGrad::weighted_sum`] and [`PerSampleGrad::per_sample_grads`] then give
+    /// `h_i`'s norms, clipped sum and values. For a linear-type layer the mix is the record of
+    /// `2T` positions `[A_i; A′_i]`, `[(1−α)G_i; αG′_i]`, so its ghost norm and
+    /// book-keeping sum form no per-example gradient. Drops the ascent offsets.
+    fn mix_factored_ascent(&mut self, alpha: f64) -> Result<()> {
+        let _ = alpha;
+        Err(crate::CoreError::InvalidArgument(
+            "this layer does not support factored ascent offsets".into(),
+        ))
+    }
 }

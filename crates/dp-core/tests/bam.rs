@@ -353,3 +353,221 @@ fn non_finite_examples_follow_the_engine_policy() {
         bam_clipped_gradient(&mut m, &xs, &ys, &CrossEntropy, &mut clip, &zero, &cfg).unwrap();
     assert_eq!(flat(&out.sum), flat(&want.sum));
 }
+
+/// A strided, padded CNN with a grouped convolution (BAM keeps the grouped conv's ascent
+/// offsets materialised, the second conv's and the Linear's factored: `prefer_factored`).
+fn strided_cnn(seed: u64) -> Sequential {
+    let d = Device::Cpu;
+    let mut i = Init::seeded(seed);
+    Sequential::new(&d)
+        .push(Reshape::new(&[9, 9, 2]))
+        .push(
+            Conv2d::new(
+                Conv2dConfig::new(2, 6, 3).stride(2).padding(1).groups(2),
+                &mut i,
+                &d,
+            )
+            .unwrap(),
+        )
+        .push(Tanh::default())
+        .push(Conv2d::new(Conv2dConfig::new(6, 32, 3).stride(2).padding(1), &mut i, &d).unwrap())
+        .push(Relu::default())
+        .push(Flatten::default())
+        .push(Linear::new(288, 4, true, &mut i, &d).unwrap())
+}
+
+/// A Linear over a sequence of 5 positions per example, then a classifier.
+fn sequence_model(seed: u64) -> Sequential {
+    let d = Device::Cpu;
+    let mut i = Init::seeded(seed);
+    Sequential::new(&d)
+        .push(Reshape::new(&[5, 6]))
+        .push(Linear::new(6, 8, true, &mut i, &d).unwrap())
+        .push(Tanh::default())
+        .push(Flatten::default())
+        .push(Linear::new(40, 4, false, &mut i, &d).unwrap())
+}
+
+fn rel_err(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    norm(&a.iter().zip(b).map(|(x, y)| x - y).collect::<Vec<_>>()) / norm(b).max(1e-30)
+}
+
+/// The factored path (ghost norms over 2T positions, offsets as position Grams, no
+/// per-example gradients) equals the materialised reference: clipped sum, every example's
+/// norm of h_i, the clipped count, the loss and the unclipped reference — for an MLP, a
+/// strided/padded/grouped CNN, a sequence Linear model and the MNIST CNN, in f32 (host
+/// kernels) and f64 (candle's ops); and it leaves no offsets behind.
+#[test]
+fn factored_path_equals_the_materialised_path() {
+    type Build = fn(u64) -> Sequential;
+    let cases: [(&str, Build, usize, usize); 4] = [
+        (
+            "mlp",
+            |s| models::mlp(&[12, 16, 10, 4], &Device::Cpu, s).unwrap(),
+            12,
+            4,
+        ),
+        ("strided_cnn", strided_cnn, 162, 4),
+        ("sequence", sequence_model, 30, 4),
+        (
+            "mnist_cnn",
+            |s| models::mnist_cnn(&Device::Cpu, s).unwrap(),
+            784,
+            10,
+        ),
+    ];
+    for (name, make, din, classes) in cases {
+        for dtype in [DType::F32, DType::F64] {
+            let mut m = make(2);
+            if dtype == DType::F64 {
+                to_f64(&mut m);
+            }
+            let mut g = rng(13);
+            let b = 10;
+            let x = (randn(&mut g, &[b, din], dtype) * 1.5).unwrap();
+            let y = labels(&mut g, b, classes);
+            let cfg = BamConfig::new(0.3, 0.7).unwrap();
+            let run = |m: &mut Sequential, mode: GradMode, c: f64| {
+                let opts = GradOptions {
+                    track_unclipped_sum: true,
+                    ..GradOptions::with_mode(mode)
+                };
+                let mut clip = FlatClip::new(c).unwrap();
+                bam_clipped_gradient(m, &x, &y, &CrossEntropy, &mut clip, &opts, &cfg).unwrap()
+            };
+            // The clip bound at the median norm, so that some examples are clipped and some not.
+            let probe = run(&mut m, GradMode::Materialize, 1e9);
+            let c = probe.stats.median().unwrap();
+            let want = run(&mut m, GradMode::Materialize, c);
+            assert!(
+                want.stats.num_clipped > 0 && want.stats.num_clipped < b,
+                "{name}"
+            );
+            let tol = if dtype == DType::F32 { 2e-4 } else { 1e-9 };
+            let before = clipped_gradient(
+                &mut m,
+                &x,
+                &y,
+                &CrossEntropy,
+                &mut FlatClip::new(c).unwrap(),
+                &GradOptions::default(),
+            )
+            .unwrap();
+            for mode in [GradMode::Auto, GradMode::Ghost] {
+                let got = run(&mut m, mode, c);
+                let what = format!("{name} {dtype:?} {mode:?}");
+                let e = rel_err(&flat(&got.sum), &flat(&want.sum));
+                assert!(e < tol, "{what}: clipped sums differ by {e}");
+                for (i, (a, w)) in got.stats.norms.iter().zip(&want.stats.norms).enumerate() {
+                    let e = ((a - w) / w).abs() as f64;
+                    assert!(e < tol.max(1e-6), "{what}: norm of example {i}: {a} vs {w}");
+                }
+                assert_eq!(got.stats.num_clipped, want.stats.num_clipped, "{what}");
+                assert_eq!(got.loss_sum, want.loss_sum, "{what}: loss");
+                let e = rel_err(
+                    &flat(got.unclipped_sum.as_ref().unwrap()),
+                    &flat(want.unclipped_sum.as_ref().unwrap()),
+                );
+                assert!(e < tol, "{what}: unclipped sums differ by {e}");
+            }
+            // No ascent offsets outlive the step.
+            let after = clipped_gradient(
+                &mut m,
+                &x,
+                &y,
+                &CrossEntropy,
+                &mut FlatClip::new(c).unwrap(),
+                &GradOptions::default(),
+            )
+            .unwrap();
+            assert_eq!(flat(&before.sum), flat(&after.sum), "{name} {dtype:?}");
+        }
+    }
+}
+
+/// The factored path against one model per example, built explicitly: for each example a
+/// copy at θ gives g_i, a copy moved to θ + r·g_i/‖g_i‖ gives g′_i, and the clipped sum of
+/// h_i = (1−α)g_i + αg′_i and its norms are formed by hand (f64, a CNN and an MLP).
+#[test]
+fn factored_path_equals_one_model_per_example() {
+    let (r, alpha, c) = (0.4, 0.6, 0.5);
+    type Build = fn(u64) -> Sequential;
+    let cases: [(&str, Build, usize); 3] = [
+        (
+            "mlp",
+            |s| models::mlp(&[7, 9, 3], &Device::Cpu, s).unwrap(),
+            7,
+        ),
+        ("cnn", small_cnn, 36),
+        (
+            "sequence",
+            |s| {
+                let d = Device::Cpu;
+                let mut i = Init::seeded(s);
+                Sequential::new(&d)
+                    .push(Reshape::new(&[4, 5]))
+                    .push(Linear::new(5, 6, true, &mut i, &d).unwrap())
+                    .push(Tanh::default())
+                    .push(Flatten::default())
+                    .push(Linear::new(24, 3, true, &mut i, &d).unwrap())
+            },
+            20,
+        ),
+    ];
+    for (name, make, din) in cases {
+        let mut m = make(4);
+        to_f64(&mut m);
+        let mut g = rng(21);
+        let b = 6;
+        let x = (randn(&mut g, &[b, din], DType::F64) * 2.0).unwrap();
+        let y = labels(&mut g, b, 3);
+        let theta = flat(&m.param_tensors());
+        let mut want = vec![0.0; theta.len()];
+        let mut want_norms = Vec::new();
+        for i in 0..b {
+            let xi = x.narrow(0, i, 1).unwrap();
+            let yi = y.narrow(0, i, 1).unwrap();
+            let mut copy = make(4);
+            to_f64(&mut copy);
+            set_flat(&mut copy, &theta);
+            let (gi, _) = batch_gradient(&mut copy, &xi, &yi, &CrossEntropy).unwrap();
+            let gi = flat(&gi);
+            let n = norm(&gi);
+            let point: Vec<f64> = theta.iter().zip(&gi).map(|(t, g)| t + r * g / n).collect();
+            set_flat(&mut copy, &point);
+            let (gpi, _) = batch_gradient(&mut copy, &xi, &yi, &CrossEntropy).unwrap();
+            let h: Vec<f64> = gi
+                .iter()
+                .zip(flat(&gpi))
+                .map(|(a, b)| (1.0 - alpha) * a + alpha * b)
+                .collect();
+            let nh = norm(&h);
+            let f = (c / nh).min(1.0);
+            want.iter_mut().zip(&h).for_each(|(w, h)| *w += f * h);
+            want_norms.push(nh);
+        }
+        for mode in [GradMode::Auto, GradMode::Ghost] {
+            let out = bam_clipped_gradient(
+                &mut m,
+                &x,
+                &y,
+                &CrossEntropy,
+                &mut FlatClip::new(c).unwrap(),
+                &GradOptions::with_mode(mode),
+                &BamConfig::new(r, alpha).unwrap(),
+            )
+            .unwrap();
+            // The engine's clip factors are f32 (as DP-SGD's), hence the tolerance.
+            let e = rel_err(&flat(&out.sum), &want);
+            assert!(e < 1e-5, "{name} {mode:?}: clipped sum differs by {e}");
+            for (i, (a, w)) in out.stats.norms.iter().zip(&want_norms).enumerate() {
+                assert!(
+                    ((*a as f64 - w) / w).abs() < 1e-6,
+                    "{name} {mode:?} example {i}: {a} vs {w}"
+                );
+            }
+            assert!(out.stats.num_clipped > 0, "{name}: nothing clipped");
+        }
+    }
+}

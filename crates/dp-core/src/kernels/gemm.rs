@@ -253,6 +253,104 @@ pub(crate) fn ghost_sq_norms(a: &Tensor, g: &Tensor, bias: bool) -> candle_core:
     host_tensor(norms, &[b])
 }
 
+/// `(X_i Y_iᵀ + c·11ᵀ) Z_i` for every example `i` (`c = 1` if `ones`, else 0), with
+/// `X [B, T, m]`, `Y [B, S, m]`, `Z [B, S, n]` → `[B, T, n]`: a position Gram matrix applied
+/// to a third operand, per example, with the `T×S` Gram in a per-thread scratch buffer.
+///
+/// This is how a per-example parameter offset of rank `S` acts without being formed (BAM's
+/// ascent offsets `Δ_i = s_i G_iᵀA_i`, Knolle et al. 2023): the extra forward output
+/// `A′_i Δ_iᵀ + 1·δb_iᵀ = (A′_i A_iᵀ + 11ᵀ)(s_i G_i)` and the extra input gradient
+/// `G′_i Δ_i = (G′_i (s_i G_i)ᵀ) A_i`, at `T·S·(m+n)` multiply-adds instead of `T·m·n`.
+pub(crate) fn gram_apply(
+    x: &Tensor,
+    y: &Tensor,
+    z: &Tensor,
+    ones: bool,
+) -> candle_core::Result<Tensor> {
+    let (b, t, m) = x.dims3()?;
+    let (b2, s, m2) = y.dims3()?;
+    let (b3, s2, n) = z.dims3()?;
+    if b != b2 || b != b3 || m != m2 || s != s2 {
+        candle_core::bail!(
+            "gram_apply: inconsistent shapes [{b}, {t}, {m}] · [{b2}, {s}, {m2}]ᵀ · [{b3}, {s2}, {n}]"
+        );
+    }
+    let mut out = vec![0f32; b * t * n];
+    with_host(x, |xv| {
+        with_host(y, |yv| {
+            with_host(z, |zv| -> candle_core::Result<()> {
+                out.par_chunks_mut((t * n).max(1))
+                    .enumerate()
+                    .try_for_each_init(
+                        || vec![0f32; t * s],
+                        |gram, (i, oi)| -> candle_core::Result<()> {
+                            let xi = &xv[i * t * m..(i + 1) * t * m];
+                            let yi = &yv[i * s * m..(i + 1) * s * m];
+                            let zi = &zv[i * s * n..(i + 1) * s * n];
+                            gemm_into(
+                                gram,
+                                false,
+                                Op::n(xi, t, m),
+                                Op::t(yi, s, m),
+                                1.0,
+                                Parallelism::None,
+                            )?;
+                            if ones {
+                                gram.iter_mut().for_each(|v| *v += 1.0);
+                            }
+                            gemm_into(
+                                oi,
+                                false,
+                                Op::n(gram, t, s),
+                                Op::n(zi, s, n),
+                                1.0,
+                                Parallelism::None,
+                            )
+                        },
+                    )
+            })
+        })
+    })????;
+    host_tensor(out, &[b, t, n])
+}
+
+/// `X_i W_iᵀ` (`transpose`) or `X_i W_i` for every example `i`, with `X [B, T, k]` and
+/// `W [B, r, k]` resp. `W [B, k, r]` → `[B, T, r]`: per-example matrices applied to each
+/// example's positions, one single-threaded product per example, examples in parallel
+/// (candle's batched CPU matmul runs the batch one product at a time).
+pub(crate) fn batched_apply(
+    x: &Tensor,
+    w: &Tensor,
+    transpose: bool,
+) -> candle_core::Result<Tensor> {
+    let (b, t, k) = x.dims3()?;
+    let (b2, w0, w1) = w.dims3()?;
+    let (wk, r) = if transpose { (w1, w0) } else { (w0, w1) };
+    if b != b2 || k != wk {
+        candle_core::bail!(
+            "batched_apply: inconsistent shapes [{b}, {t}, {k}] and [{b2}, {w0}, {w1}]"
+        );
+    }
+    let mut out = vec![0f32; b * t * r];
+    with_host(x, |xv| {
+        with_host(w, |wv| -> candle_core::Result<()> {
+            out.par_chunks_mut((t * r).max(1))
+                .enumerate()
+                .try_for_each(|(i, oi)| {
+                    let xi = &xv[i * t * k..(i + 1) * t * k];
+                    let wi = &wv[i * w0 * w1..(i + 1) * w0 * w1];
+                    let rhs = if transpose {
+                        Op::t(wi, w0, w1)
+                    } else {
+                        Op::n(wi, w0, w1)
+                    };
+                    gemm_into(oi, false, Op::n(xi, t, k), rhs, 1.0, Parallelism::None)
+                })
+        })
+    })???;
+    host_tensor(out, &[b, t, r])
+}
+
 /// Materialised per-example gradients `G_iᵀA_i` (`[B, r, p]`) and `Σ_t G_{i,t}` (`[B, r]`),
 /// together with their squared norms (`[B]`), in one parallel pass over the examples.
 pub(crate) fn per_sample_with_norms(
@@ -537,6 +635,19 @@ mod tests {
             }
             prop_assert!(max_rel_diff(&weighted_sum_materialized(&pw, &wts).unwrap(), &want_w) < tol);
             prop_assert!(max_rel_diff(&weighted_sum_materialized(&pb, &wts).unwrap(), &want_b) < tol);
+
+            // Position Gram applied to a third operand, and per-example products.
+            let y = rand(&[b, t + 1, p], seed + 5);
+            let z = rand(&[b, t + 1, r], seed + 6);
+            let gram = a.matmul(&y.t().unwrap()).unwrap();
+            prop_assert!(max_rel_diff(&gram_apply(&a, &y, &z, false).unwrap(), &gram.matmul(&z).unwrap()) < tol);
+            let want = (gram + 1.0).unwrap().matmul(&z).unwrap();
+            prop_assert!(max_rel_diff(&gram_apply(&a, &y, &z, true).unwrap(), &want) < tol);
+            let wr = rand(&[b, r, p], seed + 7);
+            let want = a.matmul(&wr.t().unwrap()).unwrap();
+            prop_assert!(max_rel_diff(&batched_apply(&a, &wr, true).unwrap(), &want) < tol);
+            let want = g.matmul(&wr).unwrap();
+            prop_assert!(max_rel_diff(&batched_apply(&g, &wr, false).unwrap(), &want) < tol);
         }
     }
 
@@ -575,6 +686,10 @@ mod tests {
         let a = rand(&[2, 1, 4], 0);
         let g = rand(&[2, 1, 3], 1);
         assert!(weighted_sum(&a, &g, &rand(&[3], 2), false).is_err());
+        assert!(gram_apply(&a, &rand(&[2, 1, 5], 3), &g, false).is_err());
+        assert!(gram_apply(&a, &a, &rand(&[3, 1, 3], 4), false).is_err());
+        assert!(batched_apply(&a, &rand(&[2, 3, 5], 5), true).is_err());
+        assert!(batched_apply(&a, &rand(&[2, 5, 3], 6), false).is_err());
     }
 
     #[test]

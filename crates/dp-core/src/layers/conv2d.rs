@@ -1,6 +1,6 @@
 //! 2-D convolution (channels-last) with a per-sample rule.
 
-use super::seq_linear::{self, ExampleOffsets, SeqLinearRecord};
+use super::seq_linear::{self, AscentOffsets, ExampleOffsets, SeqLinearRecord};
 use crate::error::{shape_err, CoreError, Result};
 use crate::init::Init;
 use crate::layer::{GradMode, Layer, Param, PerSampleGrad};
@@ -103,6 +103,8 @@ pub struct Conv2d {
     index: Option<PatchIndex>,
     recs: Vec<SeqLinearRecord>,
     offsets: Option<ExampleOffsets>,
+    /// BAM's factored ascent offsets, one per channel group.
+    ascent: Option<Vec<AscentOffsets>>,
 }
 
 impl Conv2d {
@@ -160,6 +162,7 @@ impl Conv2d {
                 .map(|_| SeqLinearRecord::default())
                 .collect(),
             offsets: None,
+            ascent: None,
         })
     }
 
@@ -241,6 +244,11 @@ impl Layer for Conv2d {
         if let Some(off) = &self.offsets {
             off.check_examples(b, &self.name())?;
         }
+        if let Some(asc) = &self.ascent {
+            for a in asc {
+                a.check_examples(b, &self.name())?;
+            }
+        }
         let mut outs = Vec::with_capacity(groups);
         for g in 0..groups {
             let a = if groups == 1 {
@@ -267,6 +275,13 @@ impl Layer for Conv2d {
                     let og = self.cfg.out_channels / groups;
                     let dy = off.narrow_outputs(g * og, og)?.forward(&a)?;
                     (y + dy.reshape((b * l, og))?)?
+                }
+                None => y,
+            };
+            let y = match &self.ascent {
+                Some(asc) => {
+                    let og = self.cfg.out_channels / groups;
+                    (y + asc[g].forward(&a)?.reshape((b * l, og))?)?
                 }
                 None => y,
             };
@@ -325,6 +340,10 @@ impl Layer for Conv2d {
                     }
                     None => d,
                 };
+                let d = match &self.ascent {
+                    Some(asc) => (d.reshape((b, l, k * cg))? + asc[g].input_grad(&gg)?)?,
+                    None => d,
+                };
                 dcols.push(d.reshape((b, l, k, cg))?);
             }
         }
@@ -361,6 +380,7 @@ impl Layer for Conv2d {
         self.index = None;
         self.recs.iter_mut().for_each(|r| r.clear());
         self.offsets = None;
+        self.ascent = None;
     }
 }
 
@@ -431,6 +451,36 @@ impl PerSampleGrad for Conv2d {
             self.bias.is_some(),
             &name,
         )?);
+        self.ascent = None;
+        Ok(())
+    }
+
+    fn supports_factored_ascent(&self) -> bool {
+        true
+    }
+
+    fn begin_factored_ascent(&mut self, scales: &Tensor) -> Result<()> {
+        let name = self.name();
+        let bias = self.bias.is_some();
+        let asc = self
+            .recs
+            .iter()
+            .map(|rec| AscentOffsets::new(rec, &name, scales, bias, None))
+            .collect::<Result<Vec<_>>>()?;
+        self.ascent = Some(asc);
+        self.offsets = None;
+        Ok(())
+    }
+
+    fn mix_factored_ascent(&mut self, alpha: f64) -> Result<()> {
+        let name = self.name();
+        let asc = self.ascent.take().ok_or_else(|| CoreError::MissingRecord {
+            layer: name.clone(),
+            what: "no ascent offsets to mix (begin_factored_ascent first)".into(),
+        })?;
+        for (a, rec) in asc.into_iter().zip(self.recs.iter_mut()) {
+            a.mix(rec, &name, alpha)?;
+        }
         Ok(())
     }
 }

@@ -1,6 +1,6 @@
 //! Fully connected layer with a per-sample rule (ghost norm or materialised).
 
-use super::seq_linear::{self, ExampleOffsets, SeqLinearRecord};
+use super::seq_linear::{self, AscentOffsets, ExampleOffsets, SeqLinearRecord};
 use crate::error::{shape_err, Result};
 use crate::init::Init;
 use crate::layer::{GradMode, Layer, Param, PerSampleGrad};
@@ -25,6 +25,7 @@ pub struct Linear {
     rec: SeqLinearRecord,
     input_rank: usize,
     offsets: Option<ExampleOffsets>,
+    ascent: Option<AscentOffsets>,
 }
 
 impl Linear {
@@ -67,6 +68,7 @@ impl Linear {
             rec: SeqLinearRecord::default(),
             input_rank: 2,
             offsets: None,
+            ascent: None,
         })
     }
 
@@ -115,6 +117,13 @@ impl Layer for Linear {
             }
             None => y,
         };
+        let y = match &self.ascent {
+            Some(asc) => {
+                asc.check_examples(b, &self.name())?;
+                (y.reshape((b, t, r))? + asc.forward(&x3)?)?.reshape((b * t, r))?
+            }
+            None => y,
+        };
         if train {
             self.rec.clear();
             self.rec.a = Some(x3);
@@ -153,6 +162,10 @@ impl Layer for Linear {
             Some(off) => (dx.reshape((b, t, p))? + off.input_grad(&g3)?)?.reshape((b * t, p))?,
             None => dx,
         };
+        let dx = match &self.ascent {
+            Some(asc) => (dx.reshape((b, t, p))? + asc.input_grad(&g3)?)?.reshape((b * t, p))?,
+            None => dx,
+        };
         Ok(Some(if self.input_rank == 2 {
             dx
         } else {
@@ -179,6 +192,7 @@ impl Layer for Linear {
     fn clear(&mut self) {
         self.rec.clear();
         self.offsets = None;
+        self.ascent = None;
     }
 }
 
@@ -215,6 +229,36 @@ impl PerSampleGrad for Linear {
             self.bias.is_some(),
             &name,
         )?);
+        self.ascent = None;
         Ok(())
+    }
+
+    fn supports_factored_ascent(&self) -> bool {
+        true
+    }
+
+    fn begin_factored_ascent(&mut self, scales: &Tensor) -> Result<()> {
+        let name = self.name();
+        self.ascent = Some(AscentOffsets::new(
+            &self.rec,
+            &name,
+            scales,
+            self.bias.is_some(),
+            None,
+        )?);
+        self.offsets = None;
+        Ok(())
+    }
+
+    fn mix_factored_ascent(&mut self, alpha: f64) -> Result<()> {
+        let name = self.name();
+        let asc = self
+            .ascent
+            .take()
+            .ok_or_else(|| crate::CoreError::MissingRecord {
+                layer: name.clone(),
+                what: "no ascent offsets to mix (begin_factored_ascent first)".into(),
+            })?;
+        asc.mix(&mut self.rec, &name, alpha)
     }
 }

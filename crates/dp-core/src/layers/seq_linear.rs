@@ -381,8 +381,12 @@ impl ExampleOffsets {
     /// `A_i Δ_iᵀ + Δb_i` for activations `[B, T, p]`: what the offsets add to the output
     /// `[B, T, r]`.
     pub fn forward(&self, a: &Tensor) -> Result<Tensor> {
-        // candle's CPU matmul reads a transposed right operand in place.
-        let y = a.contiguous()?.matmul(&self.weight.t()?)?; // [B, T, p] x [B, p, r]
+        let y = if dispatch::applies(&[a, &self.weight]) {
+            host_gemm::batched_apply(a, &self.weight, true)?
+        } else {
+            // candle's CPU matmul reads a transposed right operand in place.
+            a.contiguous()?.matmul(&self.weight.t()?)? // [B, T, p] x [B, p, r]
+        };
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(&b.unsqueeze(1)?)?,
             None => y,
@@ -392,6 +396,235 @@ impl ExampleOffsets {
     /// `G_i Δ_i` for output gradients `[B, T, r]`: what the offsets add to the input
     /// gradient `[B, T, p]`.
     pub fn input_grad(&self, g: &Tensor) -> Result<Tensor> {
+        if dispatch::applies(&[g, &self.weight]) {
+            return Ok(host_gemm::batched_apply(g, &self.weight, false)?);
+        }
         Ok(g.contiguous()?.matmul(&self.weight)?)
+    }
+}
+
+/// `(X_i Y_iᵀ + c·11ᵀ) Z_i` per example (`c = 1` if `ones`): `X [B, T, m]`, `Y [B, S, m]`,
+/// `Z [B, S, n]` → `[B, T, n]` (see `host_gemm::gram_apply`).
+pub(crate) fn gram_apply(x: &Tensor, y: &Tensor, z: &Tensor, ones: bool) -> Result<Tensor> {
+    if dispatch::applies(&[x, y, z]) {
+        return Ok(host_gemm::gram_apply(x, y, z, ones)?);
+    }
+    let gram = x.contiguous()?.matmul(&y.contiguous()?.t()?)?; // [B, T, S]
+    let gram = if ones { (gram + 1.0)? } else { gram };
+    Ok(gram.matmul(&z.contiguous()?)?)
+}
+
+/// Whether BAM's ascent offset `Δ_i = s_i G_iᵀA_i` of a linear-type layer is cheaper kept
+/// factored than materialised. Factored, the second forward and backward each cost
+/// `T²·(p+r)` per example (a `T×T` position Gram, then applied); materialised, forming
+/// `Δ_i` and applying it in both passes costs `3·T·p·r`. Linear layers (`T = 1`) and late
+/// convolutions keep it factored; early convolutions (many positions, few channels)
+/// materialise it.
+pub(crate) fn prefer_factored(t: usize, p: usize, r: usize) -> bool {
+    2 * t * (p + r) <= 3 * p * r
+}
+
+/// BAM's ascent offsets of a linear-type layer (Knolle et al. 2023), built from the layer's
+/// own record of the plain pass: `Δ_i = s_i·G_iᵀA_i` (bias `s_i·Σ_t G_{i,t}`), i.e. the
+/// example's plain gradient scaled by `s_i = r/‖g_i‖`, kept as its factors (or materialised
+/// where [`prefer_factored`] says so). The plain record is kept too, so that after the second
+/// pass the mixed gradient `h_i = (1−α)G_iᵀA_i + αG′_iᵀA′_i` becomes an ordinary record of
+/// `2T` positions, `[A_i; A′_i]` and `[(1−α)G_i; αG′_i]` ([`AscentOffsets::mix`]), whose
+/// ghost norm and book-keeping sum need no per-example gradient.
+#[derive(Debug, Clone)]
+pub(crate) struct AscentOffsets {
+    /// Plain activations `A` `[B, T, p]`.
+    a: Tensor,
+    /// Plain output gradients `G` `[B, T, r]`.
+    g: Tensor,
+    /// `s_i G_i` `[B, T, r]`.
+    gs: Tensor,
+    bias: bool,
+    /// `Δ` materialised (weight `[B, r, p]`, bias `[B, r]`), when that is cheaper.
+    materialized: Option<ExampleOffsets>,
+}
+
+impl AscentOffsets {
+    /// From `rec` (after the plain forward and backward) and the scales `s` (`[B]`, any
+    /// float dtype). With `factored = None` the cheaper form is chosen by [`prefer_factored`].
+    pub fn new(
+        rec: &SeqLinearRecord,
+        layer: &str,
+        scales: &Tensor,
+        bias: bool,
+        factored: Option<bool>,
+    ) -> Result<Self> {
+        let (a, g) = record(rec, layer)?;
+        let (b, t, p) = a.dims3()?;
+        let r = g.dim(2)?;
+        if scales.dims() != [b] {
+            return Err(crate::error::shape_err(
+                &format!("{layer} ascent scales"),
+                &format!("[{b}]"),
+                scales.dims(),
+            ));
+        }
+        let s = scales.to_dtype(g.dtype())?;
+        let gs = g.broadcast_mul(&s.reshape((b, 1, 1))?)?;
+        let materialized = if factored.unwrap_or_else(|| prefer_factored(t, p, r)) {
+            None
+        } else {
+            let (w, bb) = match &rec.materialized {
+                // The plain pass's norms already formed `G_iᵀA_i`: scale it.
+                Some((w, bb)) => (
+                    w.broadcast_mul(&s.reshape((b, 1, 1))?)?,
+                    match bb {
+                        Some(bb) => Some(bb.broadcast_mul(&s.reshape((b, 1))?)?),
+                        None => None,
+                    },
+                ),
+                None => per_sample(&a, &gs, bias)?,
+            };
+            Some(ExampleOffsets {
+                weight: w,
+                bias: bb,
+            })
+        };
+        Ok(Self {
+            a,
+            g,
+            gs,
+            bias,
+            materialized,
+        })
+    }
+
+    /// Offsets built for one batch size refuse a forward pass over another.
+    pub fn check_examples(&self, b: usize, layer: &str) -> Result<()> {
+        let n = self.a.dim(0)?;
+        if n != b {
+            return Err(crate::CoreError::InvalidArgument(format!(
+                "{layer}: ascent offsets for {n} examples, forward pass over {b}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// `A′_i Δ_iᵀ + Δb_i` for activations `A′` `[B, T′, p]`: `(A′_iA_iᵀ + 11ᵀ)(s_iG_i)`
+    /// factored (the `11ᵀ` adds the bias offset `Σ_t s_iG_{i,t}` to every position).
+    pub fn forward(&self, a_new: &Tensor) -> Result<Tensor> {
+        match &self.materialized {
+            Some(off) => off.forward(a_new),
+            None => gram_apply(a_new, &self.a, &self.gs, self.bias),
+        }
+    }
+
+    /// `G′_i Δ_i` for output gradients `G′` `[B, T′, r]`: `(G′_i(s_iG_i)ᵀ) A_i` factored.
+    pub fn input_grad(&self, g_new: &Tensor) -> Result<Tensor> {
+        match &self.materialized {
+            Some(off) => off.input_grad(g_new),
+            None => gram_apply(g_new, &self.gs, &self.a, false),
+        }
+    }
+
+    /// Replaces `rec` (the record of the pass at the ascent points) by the mixed record of
+    /// `2T` positions, `[A; A′]` and `[(1−α)G; αG′]`: its per-example gradient is
+    /// `(1−α)G_iᵀA_i + αG′_iᵀA′_i`.
+    pub fn mix(self, rec: &mut SeqLinearRecord, layer: &str, alpha: f64) -> Result<()> {
+        let (a2, g2) = record(rec, layer)?;
+        if a2.dims() != self.a.dims() || g2.dims() != self.g.dims() {
+            return Err(crate::error::shape_err(
+                &format!("{layer} record at the ascent points"),
+                &format!("{:?} and {:?}", self.a.dims(), self.g.dims()),
+                a2.dims(),
+            ));
+        }
+        let a = Tensor::cat(&[&self.a, &a2], 1)?;
+        let g = Tensor::cat(
+            &[&self.g.affine(1.0 - alpha, 0.0)?, &g2.affine(alpha, 0.0)?],
+            1,
+        )?;
+        rec.a = Some(a);
+        rec.g = Some(g);
+        rec.materialized = None;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::{assert_close, seeded_normal};
+    use candle_core::DType;
+
+    /// Both forms of BAM's ascent offsets act as the explicit `Δ_i = s_i G_iᵀA_i` does, on the
+    /// host kernels (f32) and on candle's ops (f64), with and without a bias.
+    #[test]
+    fn factored_and_materialised_ascent_offsets_match_the_explicit_offset() {
+        let (b, t, p, r) = (3, 4, 5, 6);
+        for dtype in [DType::F32, DType::F64] {
+            for bias in [false, true] {
+                let a = seeded_normal(&[b, t, p], 1).to_dtype(dtype).unwrap();
+                let g = seeded_normal(&[b, t, r], 2).to_dtype(dtype).unwrap();
+                let a2 = seeded_normal(&[b, t, p], 3).to_dtype(dtype).unwrap();
+                let g2 = seeded_normal(&[b, t, r], 4).to_dtype(dtype).unwrap();
+                let s = Tensor::new(&[0.5f64, 0.0, 2.0], &candle_core::Device::Cpu).unwrap();
+                let rec = SeqLinearRecord {
+                    a: Some(a.clone()),
+                    g: Some(g.clone()),
+                    materialized: None,
+                };
+                // The explicit offsets and what they add.
+                let sd = s.to_dtype(dtype).unwrap();
+                let w = g
+                    .t()
+                    .unwrap()
+                    .matmul(&a)
+                    .unwrap()
+                    .broadcast_mul(&sd.reshape((b, 1, 1)).unwrap())
+                    .unwrap();
+                let mut want_y = a2.matmul(&w.t().unwrap()).unwrap();
+                if bias {
+                    let db = g
+                        .sum(1)
+                        .unwrap()
+                        .broadcast_mul(&sd.reshape((b, 1)).unwrap())
+                        .unwrap();
+                    want_y = want_y.broadcast_add(&db.unsqueeze(1).unwrap()).unwrap();
+                }
+                let want_dx = g2.matmul(&w).unwrap();
+                for factored in [true, false] {
+                    let off = AscentOffsets::new(&rec, "test", &s, bias, Some(factored)).unwrap();
+                    assert_eq!(off.materialized.is_none(), factored);
+                    assert_close(&off.forward(&a2).unwrap(), &want_y, 1e-4);
+                    assert_close(&off.input_grad(&g2).unwrap(), &want_dx, 1e-4);
+                }
+                // The mix is the record of h_i = ½G_iᵀA_i + ½G′_iᵀA′_i (bias: column sums).
+                let off = AscentOffsets::new(&rec, "test", &s, bias, None).unwrap();
+                let mut rec2 = SeqLinearRecord {
+                    a: Some(a2.clone()),
+                    g: Some(g2.clone()),
+                    materialized: None,
+                };
+                off.mix(&mut rec2, "test", 0.25).unwrap();
+                let got = rule_per_sample(&mut rec2, "test", bias).unwrap();
+                let want_w = ((g.t().unwrap().matmul(&a).unwrap() * 0.75).unwrap()
+                    + (g2.t().unwrap().matmul(&a2).unwrap() * 0.25).unwrap())
+                .unwrap();
+                assert_close(&got[0], &want_w, 1e-4);
+                if bias {
+                    let want_b = ((g.sum(1).unwrap() * 0.75).unwrap()
+                        + (g2.sum(1).unwrap() * 0.25).unwrap())
+                    .unwrap();
+                    assert_close(&got[1], &want_b, 1e-4);
+                }
+                // Offsets for one batch size refuse another, and the scales must match it.
+                assert!(off_check(&rec, &s));
+                assert!(
+                    AscentOffsets::new(&rec, "test", &s.narrow(0, 0, 2).unwrap(), bias, None)
+                        .is_err()
+                );
+            }
+        }
+    }
+
+    fn off_check(rec: &SeqLinearRecord, s: &Tensor) -> bool {
+        let off = AscentOffsets::new(rec, "test", s, false, None).unwrap();
+        off.check_examples(3, "test").is_ok() && off.check_examples(2, "test").is_err()
     }
 }

@@ -15,8 +15,10 @@ use serde::{Deserialize, Serialize};
 /// shrinks the norms that clipping would cut and so the clipping bias. Privacy: `h_i`
 /// depends on example `i` and the public `θ` only and is clipped by the engine like any
 /// DP-SGD gradient, so a step is one Poisson-subsampled Gaussian `(q, σ)`, exactly as
-/// [`crate::FixedClip`]. Cost: two forward and two backward passes with materialised
-/// per-example gradients (`dp_core::bam_clipped_gradient`).
+/// [`crate::FixedClip`]. Cost: two forward and two backward passes
+/// (`dp_core::bam_clipped_gradient`); with the trainer's default grad mode the per-example
+/// gradients stay factored (ghost norms and book-keeping over the `2T` positions of the mix),
+/// with [`dp_core::GradMode::Materialize`] they are materialised (the reference path).
 ///
 /// ```
 /// use dp_optim::{Bam, PlanContext, PrivacyMethod};
