@@ -189,6 +189,32 @@ impl GraphModel {
         }
     }
 
+    /// The layers of `seq` called in order: the same model, through the graph path (a
+    /// starting point for adding glue, and the reference that the graph path costs little).
+    ///
+    /// ```
+    /// use dp_core::{graph::GraphModel, models, Model};
+    /// use candle_core::{Device, Tensor};
+    /// let dev = Device::Cpu;
+    /// let mut seq = models::mlp(&[4, 8, 3], &dev, 0).unwrap();
+    /// let mut graph = GraphModel::chain(models::mlp(&[4, 8, 3], &dev, 0).unwrap());
+    /// let x = Tensor::randn(0f32, 1., (2, 4), &dev).unwrap();
+    /// let (a, b) = (seq.forward(&x, false).unwrap(), graph.forward(&x, false).unwrap());
+    /// assert_eq!(a.to_vec2::<f32>().unwrap(), b.to_vec2::<f32>().unwrap());
+    /// ```
+    pub fn chain(seq: crate::model::Sequential) -> Self {
+        let device = seq.device().clone();
+        let mut m = Self::new(&device, |g, x| {
+            let mut h = x.clone();
+            for i in 0..g.num_layers() {
+                h = g.layer(i, &h)?;
+            }
+            Ok(h)
+        });
+        m.layers = seq.into_layers();
+        m
+    }
+
     /// Appends a layer (builder style); it gets the next index.
     pub fn push(mut self, layer: impl Layer + 'static) -> Self {
         self.layers.push(Box::new(layer));

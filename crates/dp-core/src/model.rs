@@ -144,6 +144,11 @@ impl Sequential {
     pub fn is_empty(&self) -> bool {
         self.layers.is_empty()
     }
+
+    /// The layers, in order (e.g. to call them from a [`crate::graph::GraphModel`]).
+    pub fn into_layers(self) -> Vec<Box<dyn Layer>> {
+        self.layers
+    }
 }
 
 impl Model for Sequential {

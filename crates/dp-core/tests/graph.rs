@@ -224,59 +224,6 @@ fn batch_mixing_model_fails_the_check() {
     assert!(ok.passed && ok.ensure().is_ok(), "{ok:?}");
 }
 
-/// A chain written as a GraphModel: the layers of `models::mnist_cnn`, called in order.
-fn chain(layers: Vec<Box<dyn dp_core::Layer>>) -> GraphModel {
-    let mut m = GraphModel::new(&dev(), |g, x| {
-        let mut h = x.clone();
-        for i in 0..g.num_layers() {
-            h = g.layer(i, &h)?;
-        }
-        Ok(h)
-    });
-    for l in layers {
-        m.add(l);
-    }
-    m
-}
-
-fn mnist_cnn_layers(seed: u64) -> Vec<Box<dyn dp_core::Layer>> {
-    let d = dev();
-    let mut init = Init::seeded(seed);
-    vec![
-        Box::new(Reshape::new(&[28, 28, 1])),
-        Box::new(
-            Conv2d::new(
-                Conv2dConfig::new(1, 16, 8).stride(2).padding(3),
-                &mut init,
-                &d,
-            )
-            .unwrap(),
-        ),
-        Box::new(Tanh::default()),
-        Box::new(MaxPool2d::new(2, 1)),
-        Box::new(Conv2d::new(Conv2dConfig::new(16, 32, 4).stride(2), &mut init, &d).unwrap()),
-        Box::new(Tanh::default()),
-        Box::new(MaxPool2d::new(2, 1)),
-        Box::new(Flatten::default()),
-        Box::new(Linear::new(512, 32, true, &mut init, &d).unwrap()),
-        Box::new(Tanh::default()),
-        Box::new(Linear::new(32, 10, true, &mut init, &d).unwrap()),
-    ]
-}
-
-fn mlp_layers(dims: &[usize], seed: u64) -> Vec<Box<dyn dp_core::Layer>> {
-    let d = dev();
-    let mut init = Init::seeded(seed);
-    let mut v: Vec<Box<dyn dp_core::Layer>> = vec![Box::new(Reshape::new(&[dims[0]]))];
-    for (k, w) in dims.windows(2).enumerate() {
-        v.push(Box::new(Linear::new(w[0], w[1], true, &mut init, &d).unwrap()));
-        if k + 2 < dims.len() {
-            v.push(Box::new(Relu::default()));
-        }
-    }
-    v
-}
-
 fn same_clipped_gradient(seq: &mut dyn Model, graph: &mut dyn Model, x: &Tensor, y: &Tensor) {
     assert_eq!(flat(&seq.param_tensors()), flat(&graph.param_tensors()));
     for mode in [GradMode::Ghost, GradMode::Materialize, GradMode::Auto] {
@@ -297,10 +244,10 @@ fn plain_chain_equals_sequential_bit_for_bit() {
     let x = randn(&mut r, &[8, 784], DType::F32);
     let y = labels(&mut r, 8, 10);
     let mut seq = models::mnist_cnn(&dev(), 7).unwrap();
-    let mut graph = chain(mnist_cnn_layers(7));
+    let mut graph = GraphModel::chain(models::mnist_cnn(&dev(), 7).unwrap());
     same_clipped_gradient(&mut seq, &mut graph, &x, &y);
     let mut seq = models::mlp(&[784, 32, 16, 10], &dev(), 8).unwrap();
-    let mut graph = chain(mlp_layers(&[784, 32, 16, 10], 8));
+    let mut graph = GraphModel::chain(models::mlp(&[784, 32, 16, 10], &dev(), 8).unwrap());
     same_clipped_gradient(&mut seq, &mut graph, &x, &y);
 }
 
