@@ -191,7 +191,12 @@ pub fn check_per_sample_gradients<M: Model + ?Sized>(
     // The reference: one backward pass per example, on that example alone.
     let mut reference = Vec::with_capacity(b);
     for i in 0..b {
-        let (g, _) = batch_gradient(model, &x.narrow(0, i, 1)?, &targets.narrow(0, i, 1)?, loss)?;
+        let (g, _) = batch_gradient(
+            model,
+            &x.narrow(0, i, 1)?.copy()?,
+            &targets.narrow(0, i, 1)?.copy()?,
+            loss,
+        )?;
         reference.push(flat_f64(&g)?);
     }
     let d = reference[0].len();
