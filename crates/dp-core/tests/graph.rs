@@ -170,6 +170,7 @@ fn check_model(mut m: GraphModel, x: &Tensor, classes: usize, seed: u64) {
     assert!(report.passed, "{report:?}");
     assert!(report.max_rel_err < TOL && report.max_norm_rel_err < TOL);
     let worst = fd_per_example(&mut m, x, &y, 60, seed);
+    eprintln!("check: {report:?}; finite differences: worst relative error {worst:.2e}");
     assert!(worst < 1e-5, "finite differences: worst relative error {worst}");
 }
 
@@ -207,6 +208,7 @@ fn batch_mixing_model_fails_the_check() {
     let x = randn(&mut r, &[6, 5], DType::F64);
     let y = labels(&mut r, 6, 3);
     let report = check_per_sample_gradients(&mut m, &x, &y, &CrossEntropy, 1e-4).unwrap();
+    eprintln!("batch-mixing: {report:?}");
     assert!(!report.passed, "{report:?}");
     assert!(report.max_rel_err > 1e-2, "{report:?}");
     assert!(report.ensure().is_err());
