@@ -414,7 +414,11 @@ fn bench_graph(args: &Args, data: &dp_lab::data::TrainTest) -> Result<()> {
         }
         let mut runs: Vec<(&str, Bench, Vec<f64>)> = vec![
             ("sequential", Bench::Seq(build()?), Vec::new()),
-            ("graph_chain", Bench::Graph(GraphModel::chain(build()?)), Vec::new()),
+            (
+                "graph_chain",
+                Bench::Graph(GraphModel::chain(build()?)),
+                Vec::new(),
+            ),
             ("graph_glue", Bench::Graph(build_glue()?), Vec::new()),
         ];
         let mut noise = GaussianNoise::seeded(0);

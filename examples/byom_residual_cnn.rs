@@ -20,9 +20,11 @@ use candle_core::Device;
 use clap::Parser;
 use dp_lab::core::graph::GraphModel;
 use dp_lab::core::layers::{Conv2d, Conv2dConfig, Linear, MaxPool2d, Reshape};
-use dp_lab::core::{check_per_sample_gradients, CrossEntropy, Init};
+use dp_lab::core::{check_per_sample_gradients, CrossEntropy, Init, Model};
 use dp_lab::data::{load_bundled_mnist, Normalize};
-use dp_lab::optim::{batch_tensors, BatchSize, Delta, Epochs, FixedClip, PrivateTrainer, Sgd, TrainerConfig};
+use dp_lab::optim::{
+    batch_tensors, BatchSize, Delta, Epochs, FixedClip, PrivateTrainer, Sgd, TrainerConfig,
+};
 
 #[derive(Parser, Debug)]
 #[command(about = "A residual CNN of your own, trained with DP-SGD on the bundled digits")]
@@ -58,10 +60,22 @@ fn residual_cnn(dev: &Device, seed: u64) -> Result<GraphModel> {
         g.layer(5, &h.flatten_from(1)?)
     })
     .push(Reshape::new(&[28, 28, 1]))
-    .push(Conv2d::new(Conv2dConfig::new(1, 16, 3).stride(2).padding(1), &mut init, dev)?)
-    .push(Conv2d::new(Conv2dConfig::new(16, 16, 3).padding(1), &mut init, dev)?)
+    .push(Conv2d::new(
+        Conv2dConfig::new(1, 16, 3).stride(2).padding(1),
+        &mut init,
+        dev,
+    )?)
+    .push(Conv2d::new(
+        Conv2dConfig::new(16, 16, 3).padding(1),
+        &mut init,
+        dev,
+    )?)
     .push(MaxPool2d::new(2, 2))
-    .push(Conv2d::new(Conv2dConfig::new(16, 16, 3).padding(1), &mut init, dev)?)
+    .push(Conv2d::new(
+        Conv2dConfig::new(16, 16, 3).padding(1),
+        &mut init,
+        dev,
+    )?)
     .push(Linear::new(7 * 7 * 16, 10, true, &mut init, dev)?);
     Ok(model)
 }
@@ -77,7 +91,11 @@ fn main() -> Result<()> {
 
     // Verify the per-example gradients once, on 16 real examples, before training.
     let mut model = residual_cnn(&dev, args.seed)?;
-    let (x, y) = batch_tensors(&data.train, &(0..4000).step_by(250).collect::<Vec<_>>(), &dev)?;
+    let (x, y) = batch_tensors(
+        &data.train,
+        &(0..4000).step_by(250).collect::<Vec<_>>(),
+        &dev,
+    )?;
     let check = check_per_sample_gradients(&mut model, &x, &y, &CrossEntropy, 1e-3)?;
     eprintln!(
         "per-example gradient check (f32): max rel err {:.2e}, norms {:.2e}, clipped sum {:.2e}",
@@ -96,7 +114,8 @@ fn main() -> Result<()> {
     .with_progress(true);
     let method = FixedClip::new(args.clip, 1.0)?; // σ = 1.0 is replaced by the calibrated one
     let opt = Sgd::new(args.lr).with_momentum(0.9);
-    let mut trainer = PrivateTrainer::new(model, Box::new(opt), Box::new(method), cfg, &data.train)?;
+    let mut trainer =
+        PrivateTrainer::new(model, Box::new(opt), Box::new(method), cfg, &data.train)?;
     let report = trainer.train(&data.train, Some(&data.test))?;
     eprintln!(
         "test accuracy {:.2}% at ε = {:.3} (δ = {}), σ = {:.3}, {} steps, {:.1} s",

@@ -23,9 +23,11 @@ use candle_core::{Device, Tensor, D};
 use clap::Parser;
 use dp_lab::core::graph::{softmax, GraphModel};
 use dp_lab::core::layers::{Embedding, LayerNorm, Linear};
-use dp_lab::core::{check_per_sample_gradients, CrossEntropy, Init};
+use dp_lab::core::{check_per_sample_gradients, CrossEntropy, Init, Model};
 use dp_lab::data::{load_bundled_mnist, Dataset};
-use dp_lab::optim::{batch_tensors, BatchSize, Delta, Epochs, FixedClip, PrivateTrainer, Sgd, TrainerConfig};
+use dp_lab::optim::{
+    batch_tensors, BatchSize, Delta, Epochs, FixedClip, PrivateTrainer, Sgd, TrainerConfig,
+};
 
 const ROWS: usize = 28;
 const VOCAB: usize = 128;
@@ -56,11 +58,19 @@ struct Args {
 }
 
 // --- the model: everything a user writes (lines counted in the README) ---
-fn text_classifier(vocab: usize, len: usize, dim: usize, dev: &Device, seed: u64) -> Result<GraphModel> {
+fn text_classifier(
+    vocab: usize,
+    len: usize,
+    dim: usize,
+    dev: &Device,
+    seed: u64,
+) -> Result<GraphModel> {
     let mut init = Init::seeded(seed);
     let model = GraphModel::new(dev, move |g, ids| {
         let (b, t) = ids.dims2()?;
-        let pos = Tensor::arange(0u32, t as u32, ids.device())?.unsqueeze(0)?.repeat((b, 1))?;
+        let pos = Tensor::arange(0u32, t as u32, ids.device())?
+            .unsqueeze(0)?
+            .repeat((b, 1))?;
         let e = (g.layer(0, ids)? + g.layer(1, &pos)?)?; // token + position embeddings
         let h = g.layer(2, &e)?; // LayerNorm
         let (q, k, v) = (g.layer(3, &h)?, g.layer(4, &h)?, g.layer(5, &h)?);
@@ -94,7 +104,13 @@ fn rows_as_tokens(images: &Dataset) -> Result<Dataset> {
         }
     }
     let name = format!("{}-row-tokens", images.name());
-    Ok(Dataset::new(name, tokens, images.labels().to_vec(), vec![ROWS], 10)?)
+    Ok(Dataset::new(
+        name,
+        tokens,
+        images.labels().to_vec(),
+        vec![ROWS],
+        10,
+    )?)
 }
 
 fn main() -> Result<()> {
@@ -102,7 +118,10 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let dev = Device::Cpu;
     let digits = load_bundled_mnist()?;
-    let (train, test) = (rows_as_tokens(&digits.train)?, rows_as_tokens(&digits.test)?);
+    let (train, test) = (
+        rows_as_tokens(&digits.train)?,
+        rows_as_tokens(&digits.test)?,
+    );
 
     // Verify the per-example gradients once, on 16 real examples, before training.
     let mut model = text_classifier(VOCAB, ROWS, args.dim, &dev, args.seed)?;

@@ -87,7 +87,10 @@ fn engine_sq_norms<M: Model + ?Sized>(
     let mut total = vec![0.0; b];
     for layer in private_layers(model)? {
         if let Some(rule) = layer.per_sample() {
-            let sq = rule.sq_norms(mode)?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+            let sq = rule
+                .sq_norms(mode)?
+                .to_dtype(DType::F64)?
+                .to_vec1::<f64>()?;
             for (t, s) in total.iter_mut().zip(sq) {
                 *t += s;
             }
@@ -210,7 +213,13 @@ pub fn check_per_sample_gradients<M: Model + ?Sized>(
     let ref_norms: Vec<f64> = reference.iter().map(|r| norm(r)).collect();
     let floor = (1e-3 * ref_norms.iter().sum::<f64>() / b as f64).max(f64::MIN_POSITIVE);
     let (mut max_abs, mut max_rel, mut max_norm_rel, mut worst) = (0f64, 0f64, 0f64, 0);
-    let nan_max = |a: f64, e: f64| if e.is_nan() || a.is_nan() { f64::NAN } else { a.max(e) };
+    let nan_max = |a: f64, e: f64| {
+        if e.is_nan() || a.is_nan() {
+            f64::NAN
+        } else {
+            a.max(e)
+        }
+    };
     for i in 0..b {
         let diff: Vec<f64> = engine[i]
             .iter()
@@ -225,7 +234,10 @@ pub fn check_per_sample_gradients<M: Model + ?Sized>(
         }
         max_rel = nan_max(max_rel, rel);
         for sq in [mat_sq[i], ghost_sq[i]] {
-            max_norm_rel = nan_max(max_norm_rel, (sq.max(0.0).sqrt() - ref_norms[i]).abs() / denom);
+            max_norm_rel = nan_max(
+                max_norm_rel,
+                (sq.max(0.0).sqrt() - ref_norms[i]).abs() / denom,
+            );
         }
     }
     let expected: Vec<f64> = (0..d)

@@ -171,7 +171,10 @@ fn check_model(mut m: GraphModel, x: &Tensor, classes: usize, seed: u64) {
     assert!(report.max_rel_err < TOL && report.max_norm_rel_err < TOL);
     let worst = fd_per_example(&mut m, x, &y, 60, seed);
     eprintln!("check: {report:?}; finite differences: worst relative error {worst:.2e}");
-    assert!(worst < 1e-5, "finite differences: worst relative error {worst}");
+    assert!(
+        worst < 1e-5,
+        "finite differences: worst relative error {worst}"
+    );
 }
 
 #[test]
@@ -230,10 +233,24 @@ fn same_clipped_gradient(seq: &mut dyn Model, graph: &mut dyn Model, x: &Tensor,
     assert_eq!(flat(&seq.param_tensors()), flat(&graph.param_tensors()));
     for mode in [GradMode::Ghost, GradMode::Materialize, GradMode::Auto] {
         let opts = GradOptions::with_mode(mode);
-        let a = clipped_gradient(seq, x, y, &CrossEntropy, &mut FlatClip::new(0.3).unwrap(), &opts)
-            .unwrap();
-        let b = clipped_gradient(graph, x, y, &CrossEntropy, &mut FlatClip::new(0.3).unwrap(), &opts)
-            .unwrap();
+        let a = clipped_gradient(
+            seq,
+            x,
+            y,
+            &CrossEntropy,
+            &mut FlatClip::new(0.3).unwrap(),
+            &opts,
+        )
+        .unwrap();
+        let b = clipped_gradient(
+            graph,
+            x,
+            y,
+            &CrossEntropy,
+            &mut FlatClip::new(0.3).unwrap(),
+            &opts,
+        )
+        .unwrap();
         assert_eq!(a.stats.norms, b.stats.norms, "{mode:?}");
         assert_eq!(flat(&a.sum), flat(&b.sum), "{mode:?}");
         assert_eq!(a.loss_sum, b.loss_sum);
@@ -271,7 +288,7 @@ fn misuse_is_a_typed_error() {
     .push(Linear::new(4, 4, true, &mut i, &d).unwrap());
     assert!(m.forward(&x, true).is_err());
     assert!(m.forward(&x, false).is_ok()); // evaluation records nothing: allowed
-    // Backward without a recorded forward.
+                                           // Backward without a recorded forward.
     let g = Tensor::ones((3, 4), DType::F32, &d).unwrap();
     assert!(m.backward(&g).is_err());
     // The checker's arguments.
