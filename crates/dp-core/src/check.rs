@@ -45,6 +45,15 @@ pub struct CheckReport {
 
 impl CheckReport {
     /// `Ok(())` if the check passed, else an error that carries the report.
+    ///
+    /// ```
+    /// use dp_core::{check_per_sample_gradients, models, CrossEntropy};
+    /// use candle_core::{Device, Tensor};
+    /// let mut m = models::mlp(&[3, 4, 2], &Device::Cpu, 1).unwrap();
+    /// let x = Tensor::randn(0f32, 1., (4, 3), &Device::Cpu).unwrap();
+    /// let y = Tensor::new(&[0u32, 1, 1, 0], &Device::Cpu).unwrap();
+    /// check_per_sample_gradients(&mut m, &x, &y, &CrossEntropy, 1e-4).unwrap().ensure().unwrap();
+    /// ```
     pub fn ensure(&self) -> Result<()> {
         if self.passed {
             Ok(())

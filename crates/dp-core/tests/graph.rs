@@ -316,3 +316,27 @@ fn f32_check_passes_at_f32_tolerance() {
     let report = check_per_sample_gradients(&mut m, &x, &y, &CrossEntropy, 1e-3).unwrap();
     assert!(report.passed, "{report:?}");
 }
+
+#[test]
+fn a_layer_whose_output_is_unused_gets_zero_gradients() {
+    let d = dev();
+    let mut i = Init::seeded(11);
+    let mut m = GraphModel::new(&d, |g, x| {
+        let _unused = g.layer(1, x)?;
+        g.layer(0, x)
+    })
+    .push(Linear::new(4, 3, true, &mut i, &d).unwrap())
+    .push(Linear::new(4, 5, true, &mut i, &d).unwrap());
+    let mut r = rng(11);
+    let x = randn(&mut r, &[5, 4], DType::F32);
+    let y = labels(&mut r, 5, 3);
+    let g = per_example_gradients(&mut m, &x, &y, &CrossEntropy)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    // Parameters: layer 0 (3·4 + 3), then layer 1 (5·4 + 5).
+    for row in &g {
+        assert!(row[..15].iter().any(|v| *v != 0.0));
+        assert!(row[15..].iter().all(|v| *v == 0.0));
+    }
+}
