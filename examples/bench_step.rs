@@ -11,6 +11,12 @@
 //! update (dp-optim's `Sgd`). Inputs are real digits from the bundled MNIST subset for the
 //! MNIST models and random images for the CIFAR-sized models (no CIFAR-10 offline; the
 //! speed does not depend on pixel values).
+//!
+//! `--graph` measures instead the cost of writing a model as a `dp_core::graph::GraphModel`
+//! (glue differentiated by candle's autograd) against the hand-written `Sequential`, on the
+//! same MLP and MNIST CNN, DP step with ghost norms + book-keeping: `graph_chain` calls the
+//! same layers through the graph context (the probe overhead alone), `graph_glue` writes
+//! the activations and the flatten as candle ops (what a user's own forward looks like).
 
 // Training allocates and frees large activation buffers every step; glibc's allocator
 // returns them to the OS each time (mmap/munmap + page faults, ~20% of a CNN step here).
@@ -22,6 +28,9 @@ use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use clap::Parser;
 use dp_lab::core::clipping::FlatClip;
+use dp_lab::core::graph::GraphModel;
+use dp_lab::core::layers::{Conv2d, Conv2dConfig, Linear, MaxPool2d};
+use dp_lab::core::Init;
 use dp_lab::core::{
     models, CrossEntropy, GaussianNoise, GradMode, GradOptions, GradientMask, Model, Prunable,
     PruneScope, Sequential,
@@ -45,6 +54,9 @@ struct Args {
     /// Only models whose name contains this string.
     #[arg(long)]
     filter: Option<String>,
+    /// Measure GraphModel (autograd glue) against Sequential instead (see the module docs).
+    #[arg(long)]
+    graph: bool,
     /// Only this mode (non_private, dp_materialized, dp_ghost_bookkeeping, dp_bam, dp_pruned_90); for profiling.
     #[arg(long)]
     mode: Option<String>,
@@ -77,8 +89,8 @@ impl Mode {
 /// One full step through dp-optim's step function (the trainer's): flat clipping to 1,
 /// σ = 1, divided by the batch size, plain SGD. Non-private steps take the ordinary
 /// gradient (no norms, no noise).
-fn step(
-    model: &mut Sequential,
+fn step<M: Model>(
+    model: &mut M,
     x: &Tensor,
     y: &Tensor,
     mode: Mode,
@@ -137,6 +149,9 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let dev = Device::Cpu;
     let data = dp_lab::data::load_bundled_mnist()?;
+    if args.graph {
+        return bench_graph(&args, &data);
+    }
     let mnist_batch = |b: usize| -> Result<(Tensor, Tensor)> {
         let idx: Vec<usize> = (0..b).collect();
         Ok(batch_tensors(&data.train, &idx, &dev)?)
@@ -309,6 +324,156 @@ fn main() -> Result<()> {
                     b,
                     sps,
                     ms,
+                    ratio
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The MNIST CNN of `models::mnist_cnn` (same layers, same initialisation) with the tanh
+/// activations, the input reshape and the flatten written as candle ops in the glue.
+fn mnist_cnn_glue(seed: u64) -> Result<GraphModel> {
+    let dev = Device::Cpu;
+    let mut init = Init::seeded(seed);
+    Ok(GraphModel::new(&dev, |g, x| {
+        let b = x.dim(0)?;
+        let h = g.layer(0, &x.reshape((b, 28, 28, 1))?)?.tanh()?;
+        let h = g.layer(1, &h)?;
+        let h = g.layer(2, &h)?.tanh()?;
+        let h = g.layer(3, &h)?.flatten_from(1)?;
+        let h = g.layer(4, &h)?.tanh()?;
+        g.layer(5, &h)
+    })
+    .push(Conv2d::new(
+        Conv2dConfig::new(1, 16, 8).stride(2).padding(3),
+        &mut init,
+        &dev,
+    )?)
+    .push(MaxPool2d::new(2, 1))
+    .push(Conv2d::new(
+        Conv2dConfig::new(16, 32, 4).stride(2),
+        &mut init,
+        &dev,
+    )?)
+    .push(MaxPool2d::new(2, 1))
+    .push(Linear::new(512, 32, true, &mut init, &dev)?)
+    .push(Linear::new(32, 10, true, &mut init, &dev)?))
+}
+
+/// `models::mlp(&[784, 256, 256, 10])` with the ReLUs and the flatten as candle ops.
+fn mlp_glue(seed: u64) -> Result<GraphModel> {
+    let dev = Device::Cpu;
+    let mut init = Init::seeded(seed);
+    Ok(GraphModel::new(&dev, |g, x| {
+        let h = g.layer(0, &x.flatten_from(1)?)?.relu()?;
+        let h = g.layer(1, &h)?.relu()?;
+        g.layer(2, &h)
+    })
+    .push(Linear::new(784, 256, true, &mut init, &dev)?)
+    .push(Linear::new(256, 256, true, &mut init, &dev)?)
+    .push(Linear::new(256, 10, true, &mut init, &dev)?))
+}
+
+enum Bench {
+    Seq(Sequential),
+    Graph(GraphModel),
+}
+
+fn bench_graph(args: &Args, data: &dp_lab::data::TrainTest) -> Result<()> {
+    let dev = Device::Cpu;
+    type Build = Box<dyn Fn() -> Result<Sequential>>;
+    type BuildGlue = Box<dyn Fn() -> Result<GraphModel>>;
+    let configs: Vec<(&str, Build, BuildGlue)> = vec![
+        (
+            "mlp_784_256_256_10",
+            Box::new(|| Ok(models::mlp(&[784, 256, 256, 10], &Device::Cpu, 0)?)),
+            Box::new(|| mlp_glue(0)),
+        ),
+        (
+            "mnist_cnn",
+            Box::new(|| Ok(models::mnist_cnn(&Device::Cpu, 0)?)),
+            Box::new(|| mnist_cnn_glue(0)),
+        ),
+    ];
+    let b = 256;
+    let idx: Vec<usize> = (0..b).collect();
+    let (x, y) = batch_tensors(&data.train, &idx, &dev)?;
+    if !args.json {
+        println!(
+            "{:<22} {:<14} {:>6} {:>12} {:>10} {:>12}",
+            "model", "variant", "batch", "samples/s", "ms/step", "vs seq"
+        );
+    }
+    for (name, build, build_glue) in configs {
+        if let Some(f) = &args.filter {
+            if !name.contains(f.as_str()) {
+                continue;
+            }
+        }
+        let mut runs: Vec<(&str, Bench, Vec<f64>)> = vec![
+            ("sequential", Bench::Seq(build()?), Vec::new()),
+            (
+                "graph_chain",
+                Bench::Graph(GraphModel::chain(build()?)),
+                Vec::new(),
+            ),
+            ("graph_glue", Bench::Graph(build_glue()?), Vec::new()),
+        ];
+        let mut noise = GaussianNoise::seeded(0);
+        let mut opt = Sgd::new(0.01);
+        let mut one = |m: &mut Bench| -> Result<()> {
+            match m {
+                Bench::Seq(m) => step(m, &x, &y, Mode::Ghost, None, &mut noise, &mut opt),
+                Bench::Graph(m) => step(m, &x, &y, Mode::Ghost, None, &mut noise, &mut opt),
+            }
+        };
+        for (_, m, _) in runs.iter_mut() {
+            one(m)?;
+            one(m)?;
+        }
+        let per_round = args.seconds / args.rounds.max(1) as f64;
+        for _ in 0..args.rounds.max(3) {
+            for (_, m, ms) in runs.iter_mut() {
+                let start = Instant::now();
+                let mut steps = 0usize;
+                while steps < 2 || start.elapsed().as_secs_f64() < per_round {
+                    one(m)?;
+                    steps += 1;
+                }
+                ms.push(start.elapsed().as_secs_f64() * 1e3 / steps as f64);
+            }
+        }
+        let median = |v: &[f64]| {
+            let mut v = v.to_vec();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let base = median(&runs[0].2);
+        for (variant, _, ms) in &runs {
+            let m = median(ms);
+            let ratio = m / base;
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "model": name, "variant": variant, "mode": "dp_ghost_bookkeeping",
+                        "batch": b,
+                        "samples_per_s": ((b as f64 / (m / 1e3)) * 10.0).round() / 10.0,
+                        "ms_per_step": (m * 1000.0).round() / 1000.0,
+                        "time_vs_sequential": (ratio * 1000.0).round() / 1000.0,
+                        "rounds": ms.len(),
+                    })
+                );
+            } else {
+                println!(
+                    "{:<22} {:<14} {:>6} {:>12.0} {:>10.2} {:>12.3}",
+                    name,
+                    variant,
+                    b,
+                    b as f64 / (m / 1e3),
+                    m,
                     ratio
                 );
             }

@@ -43,9 +43,11 @@
 //! ```
 
 mod bam;
+mod check;
 pub mod clipping;
 mod engine;
 mod error;
+pub mod graph;
 pub mod host;
 mod init;
 mod kernels;
@@ -63,6 +65,7 @@ mod test_util;
 
 pub use bam::{bam_clipped_gradient, per_example_ascent_gradients, BamConfig};
 pub use candle_core;
+pub use check::{check_per_sample_gradients, CheckReport};
 pub use clipping::{ClipStrategy, LayerSqNorms};
 pub use engine::{
     batch_gradient, clipped_gradient, per_example_gradients, privatize, ClipStats, ClippedBatch,

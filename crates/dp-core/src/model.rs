@@ -144,6 +144,17 @@ impl Sequential {
     pub fn is_empty(&self) -> bool {
         self.layers.is_empty()
     }
+
+    /// The layers, in order (e.g. to call them from a [`crate::graph::GraphModel`]).
+    ///
+    /// ```
+    /// let m = dp_core::models::mlp(&[4, 8, 3], &candle_core::Device::Cpu, 0).unwrap();
+    /// let names: Vec<String> = m.into_layers().iter().map(|l| l.name()).collect();
+    /// assert_eq!(names.len(), 4); // Reshape, Linear, Relu, Linear
+    /// ```
+    pub fn into_layers(self) -> Vec<Box<dyn Layer>> {
+        self.layers
+    }
 }
 
 impl Model for Sequential {
