@@ -144,6 +144,11 @@ impl Sequential {
     pub fn is_empty(&self) -> bool {
         self.layers.is_empty()
     }
+
+    /// The layers, in order (to move a chain into another model, e.g. a residual block).
+    pub fn into_layers(self) -> Vec<Box<dyn Layer>> {
+        self.layers
+    }
 }
 
 impl Model for Sequential {
