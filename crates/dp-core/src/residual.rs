@@ -278,8 +278,10 @@ impl Model for Residual {
         let mut v: Vec<&mut dyn Layer> = Vec::new();
         for s in self.stages.iter_mut() {
             match s {
-                Stage::Layer(l) => v.push(l.as_mut()),
-                Stage::Block { body, .. } => v.extend(body.iter_mut().map(|l| l.as_mut())),
+                Stage::Layer(l) => v.push(l.as_mut() as &mut dyn Layer),
+                Stage::Block { body, .. } => {
+                    v.extend(body.iter_mut().map(|l| l.as_mut() as &mut dyn Layer))
+                }
             }
         }
         v
