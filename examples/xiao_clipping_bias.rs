@@ -50,7 +50,9 @@ use serde::Serialize;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(about = "Clipping bias vs gradient spread (Xiao et al. 2023): DP-SGD, batch clipping, WS+GN ResNet")]
+#[command(
+    about = "Clipping bias vs gradient spread (Xiao et al. 2023): DP-SGD, batch clipping, WS+GN ResNet"
+)]
 struct Args {
     #[arg(long, value_enum, default_value = "bundled")]
     dataset: Data,
@@ -146,7 +148,10 @@ fn clipped_quantity(grads: &Tensor, unit: usize, seed: u64) -> Result<Tensor> {
         return Ok(grads.clone());
     }
     let (n, d) = grads.dims2()?;
-    let order: Vec<u32> = unit_order(seed, 0, n).into_iter().map(|i| i as u32).collect();
+    let order: Vec<u32> = unit_order(seed, 0, n)
+        .into_iter()
+        .map(|i| i as u32)
+        .collect();
     let idx = Tensor::from_vec(order, n, grads.device())?;
     Ok(grads
         .index_select(&idx, 0)?
@@ -200,7 +205,12 @@ fn run<M: Model + Send + 'static>(
         if step % a.probe_every == 0 {
             let g = per_example_gradients(t.model_mut(), xp, yp, &CrossEntropy)?;
             let q = clipped_quantity(&g, unit, a.seed)?;
-            let st = dp_lab::metrics::clipping_stats(&q, a.clip, Some(sigma * sensitivity / a.clip), &[])?;
+            let st = dp_lab::metrics::clipping_stats(
+                &q,
+                a.clip,
+                Some(sigma * sensitivity / a.clip),
+                &[],
+            )?;
             probes.push(Probe {
                 step,
                 relative_spread: st.relative_dispersion.unwrap_or(f64::NAN),
@@ -275,7 +285,10 @@ fn main() -> Result<()> {
     let dev = Device::Cpu;
     let Loaded { data, label, .. } = args.dataset.load_reported(args.data_dir.as_deref())?;
     std::fs::create_dir_all(&args.out)?;
-    anyhow::ensure!(args.probe <= data.train.len(), "--probe exceeds the training set");
+    anyhow::ensure!(
+        args.probe <= data.train.len(),
+        "--probe exceeds the training set"
+    );
     let probe_idx: Vec<usize> = unit_order(args.seed ^ 0x5eed, 1, data.train.len())
         .into_iter()
         .take(args.probe)
@@ -294,7 +307,11 @@ fn main() -> Result<()> {
     if !args.no_resnet {
         configs.push(("dp_sgd ws-gn-resnet".into(), Arch::WsGnResNet, 1));
         if let Some(&m) = args.units.iter().find(|&&m| m > 1) {
-            configs.push((format!("batch_clip m={m} ws-gn-resnet"), Arch::WsGnResNet, m));
+            configs.push((
+                format!("batch_clip m={m} ws-gn-resnet"),
+                Arch::WsGnResNet,
+                m,
+            ));
         }
     }
     let mut runs = Vec::new();
@@ -315,13 +332,25 @@ fn main() -> Result<()> {
     std::fs::write(args.out.join("records.json"), serde_json::to_vec(&runs)?)?;
     let title = |what: &str| format!("{what}, (ε, δ) = ({}, {})", args.epsilon, args.delta);
     let mut acc = LinePlot::new(title("test accuracy"), "epoch", "accuracy");
-    let mut bias = LinePlot::new(title("relative clipping bias ‖ḡ_c − ḡ‖/‖ḡ‖ (probe)"), "step", "bias");
-    let mut spread = LinePlot::new(title("relative spread V/‖ḡ‖² of the clipped quantity (probe)"), "step", "spread");
+    let mut bias = LinePlot::new(
+        title("relative clipping bias ‖ḡ_c − ḡ‖/‖ḡ‖ (probe)"),
+        "step",
+        "bias",
+    );
+    let mut spread = LinePlot::new(
+        title("relative spread V/‖ḡ‖² of the clipped quantity (probe)"),
+        "step",
+        "spread",
+    );
     let mut snr = LinePlot::new(title("SNR ‖Σ clip‖/(σ·S·√d) (probe)"), "step", "SNR");
     for r in &runs {
         let xs: Vec<f64> = r.probes.iter().map(|p| p.step as f64).collect();
         let series = |f: fn(&Probe) -> f64| {
-            Series::new(r.config.clone(), xs.clone(), r.probes.iter().map(f).collect())
+            Series::new(
+                r.config.clone(),
+                xs.clone(),
+                r.probes.iter().map(f).collect(),
+            )
         };
         acc = acc.with_series(Series::new(
             r.config.clone(),

@@ -242,17 +242,18 @@ pub fn ws_gn_resnet(
         )));
     }
     let mut init = Init::seeded(seed);
-    let conv = |cin: usize, cout: usize, stride: usize, init: &mut Init| -> Result<Box<dyn Layer>> {
-        let cfg = Conv2dConfig::new(cin, cout, 3)
-            .stride(stride)
-            .padding(1)
-            .bias(false);
-        Ok(if ws {
-            Box::new(WsConv2d::new(cfg, init, device)?)
-        } else {
-            Box::new(Conv2d::new(cfg, init, device)?)
-        })
-    };
+    let conv =
+        |cin: usize, cout: usize, stride: usize, init: &mut Init| -> Result<Box<dyn Layer>> {
+            let cfg = Conv2dConfig::new(cin, cout, 3)
+                .stride(stride)
+                .padding(1)
+                .bias(false);
+            Ok(if ws {
+                Box::new(WsConv2d::new(cfg, init, device)?)
+            } else {
+                Box::new(Conv2d::new(cfg, init, device)?)
+            })
+        };
     let gn = |c: usize| NonAffineGroupNorm::new(c.min(4), c, 1e-5);
     let mut net = Residual::new(device).push(Reshape::new(&[28, 28, 1]));
     net = net.push_boxed(conv(1, width, 1, &mut init)?);

@@ -55,9 +55,15 @@ fn check_per_sample<M: Model>(m: &mut M, x: &Tensor, y: &Tensor) {
         .map(|k| reference.iter().map(|g| g[k]).sum())
         .collect();
     for mode in [GradMode::Ghost, GradMode::Materialize, GradMode::Auto] {
-        let out =
-            clipped_gradient(m, x, y, &CrossEntropy, &mut NoClip, &GradOptions::with_mode(mode))
-                .unwrap();
+        let out = clipped_gradient(
+            m,
+            x,
+            y,
+            &CrossEntropy,
+            &mut NoClip,
+            &GradOptions::with_mode(mode),
+        )
+        .unwrap();
         let got: Vec<f64> = out.stats.norms.iter().map(|&n| n as f64).collect();
         assert_close(&got, &want, 1e-4, &format!("norms {mode:?}"));
         assert_close(&flat(&out.sum), &summed, 1e-4, &format!("sum {mode:?}"));
@@ -95,14 +101,7 @@ fn ws_chain(seed: u64, bias: bool) -> Sequential {
     let mut i = Init::seeded(seed);
     Sequential::new(&d)
         .push(ChannelsLast)
-        .push(
-            WsConv2d::new(
-                Conv2dConfig::new(2, 4, 3).padding(1).bias(bias),
-                &mut i,
-                &d,
-            )
-            .unwrap(),
-        )
+        .push(WsConv2d::new(Conv2dConfig::new(2, 4, 3).padding(1).bias(bias), &mut i, &d).unwrap())
         .push(NonAffineGroupNorm::new(2, 4, 1e-5).unwrap())
         .push(Relu::default())
         .push(
@@ -160,7 +159,11 @@ fn the_standardised_kernel_is_what_the_convolution_uses() {
         let mean: f64 = f.iter().map(|&v| v as f64).sum::<f64>() / 27.0;
         let var: f64 = f.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / 26.0;
         assert!(mean.abs() < 1e-6, "mean {mean}");
-        assert!((var.sqrt() - 1.0 / 27f64.sqrt()).abs() < 1e-4, "std {}", var.sqrt());
+        assert!(
+            (var.sqrt() - 1.0 / 27f64.sqrt()).abs() < 1e-4,
+            "std {}",
+            var.sqrt()
+        );
     }
     // Standardisation is invariant to the raw weight's shift and scale, per filter.
     let raw = ws.params()[0].value.clone();

@@ -168,8 +168,17 @@ fn scalar_sum(targets: &[f64], unit: usize, c: f64) -> f64 {
     let mut clip = FlatClip::new(c).unwrap();
     let order: Vec<usize> = (0..targets.len()).collect();
     let opts = GradOptions::default();
-    let s = batch_clipped_sum(&mut m, &x, &y, &HalfSquaredError, &mut clip, &opts, unit, &order)
-        .unwrap();
+    let s = batch_clipped_sum(
+        &mut m,
+        &x,
+        &y,
+        &HalfSquaredError,
+        &mut clip,
+        &opts,
+        unit,
+        &order,
+    )
+    .unwrap();
     flat(&s.sum)[0]
 }
 
@@ -252,9 +261,14 @@ fn several_physical_batches_are_refused_for_units_larger_than_one() {
     let model = dp_core::models::mlp(&[784, 8, 10], &Device::Cpu, 0).unwrap();
     let cfg = config().with_max_physical_batch(16);
     let method = BatchClip::new(0.5, 2, 1.1).unwrap();
-    let mut t =
-        PrivateTrainer::new(model, Box::new(Sgd::new(0.5)), Box::new(method), cfg, &data.train)
-            .unwrap();
+    let mut t = PrivateTrainer::new(
+        model,
+        Box::new(Sgd::new(0.5)),
+        Box::new(method),
+        cfg,
+        &data.train,
+    )
+    .unwrap();
     let err = t.train(&data.train, None).unwrap_err().to_string();
     assert!(err.contains("physical"), "{err}");
 }
@@ -295,9 +309,16 @@ fn registered_by_name_state_round_trips_and_bad_values_are_refused() {
     let mut clip = FlatClip::new(1.0).unwrap();
     let opts = GradOptions::default();
     for order in [vec![0, 1, 2], vec![0, 1, 1, 2], vec![0, 1, 2, 9]] {
-        assert!(
-            batch_clipped_sum(&mut model, &x, &y, &CrossEntropy, &mut clip, &opts, 2, &order)
-                .is_err()
-        );
+        assert!(batch_clipped_sum(
+            &mut model,
+            &x,
+            &y,
+            &CrossEntropy,
+            &mut clip,
+            &opts,
+            2,
+            &order
+        )
+        .is_err());
     }
 }

@@ -198,10 +198,13 @@ impl Layer for NonAffineGroupNorm {
     }
 
     fn backward(&mut self, grad_out: &Tensor, need_input_grad: bool) -> Result<Option<Tensor>> {
-        let (xg, rstd, dims) = self.record.clone().ok_or_else(|| CoreError::MissingRecord {
-            layer: self.name(),
-            what: "backward before forward(train=true)".into(),
-        })?;
+        let (xg, rstd, dims) = self
+            .record
+            .clone()
+            .ok_or_else(|| CoreError::MissingRecord {
+                layer: self.name(),
+                what: "backward before forward(train=true)".into(),
+            })?;
         if !need_input_grad {
             return Ok(None);
         }

@@ -191,7 +191,10 @@ pub fn batch_clipped_sum(
     }
     let n = rows / k;
     let mut seen = vec![false; n];
-    if order.len() != n || order.iter().any(|&i| i >= n || std::mem::replace(&mut seen[i], true))
+    if order.len() != n
+        || order
+            .iter()
+            .any(|&i| i >= n || std::mem::replace(&mut seen[i], true))
     {
         return Err(TrainError::InvalidConfig(format!(
             "the unit order must be a permutation of the batch's {n} examples"
