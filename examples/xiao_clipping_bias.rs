@@ -277,6 +277,8 @@ fn main() -> Result<()> {
     positive("--epsilon", args.epsilon)?;
     positive("--delta", args.delta)?;
     anyhow::ensure!(args.probe_every > 0, "--probe-every must be ≥ 1");
+    anyhow::ensure!(args.probe > 0, "--probe must be ≥ 1");
+    anyhow::ensure!(args.width > 0, "--width must be ≥ 1");
     anyhow::ensure!(
         args.units.iter().all(|&m| m >= 1 && args.probe % m == 0),
         "--units must be ≥ 1 and divide --probe ({})",
