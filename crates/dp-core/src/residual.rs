@@ -110,7 +110,7 @@ enum Stage {
 /// ```
 /// use dp_core::layers::{Linear, Relu};
 /// use dp_core::{Init, Model, Residual, Sequential, Shortcut};
-/// use candle_core::{Device, Tensor};
+/// use candle_core::{DType, Device, Tensor};
 /// let dev = Device::Cpu;
 /// let mut init = Init::seeded(0);
 /// let body = Sequential::new(&dev)
