@@ -1,8 +1,8 @@
 //! Hostile command-line values for every example: each run must end quickly with a non-zero
 //! exit status and an error message, never a panic, never a run that trains with the value.
 //!
-//! Covered: 10 examples, 65 numeric flags, 4 values each (NaN, ∞, −1, 0; 0 is left out where
-//! it is a documented setting: BAM's r and α, a sparsity of 0), 257 runs. `abadi_dp_sgd`
+//! Covered: 11 examples, 75 numeric flags, 4 values each (NaN, ∞, −1, 0; 0 is left out where
+//! it is a documented setting: BAM's r and α, a sparsity of 0), 297 runs. `abadi_dp_sgd`
 //! needs the full datasets and is left out; `bench_step` has no numeric training flags.
 //!
 //! The binaries are the ones `cargo test --workspace` builds next to this test
@@ -113,6 +113,21 @@ const CASES: &[(&str, &[&str])] = &[
             "--epsilon",
             "--delta",
             "--sparsities",
+        ],
+    ),
+    (
+        "xiao_clipping_bias",
+        &[
+            "--epochs",
+            "--batch-size",
+            "--clip",
+            "--lr",
+            "--units",
+            "--width",
+            "--probe",
+            "--probe-every",
+            "--epsilon",
+            "--delta",
         ],
     ),
 ];

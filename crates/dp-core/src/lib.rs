@@ -59,6 +59,7 @@ mod model;
 pub mod models;
 mod noise;
 pub mod patches;
+mod residual;
 mod runtime;
 #[cfg(test)]
 mod test_util;
@@ -78,4 +79,5 @@ pub use loss::{accuracy, CrossEntropy, HalfSquaredError, Loss};
 pub use mask::{magnitude_keep, GradientMask, Prunable, PruneScope};
 pub use model::{Model, Sequential};
 pub use noise::{GaussianNoise, NoiseState};
+pub use residual::{Residual, Shortcut};
 pub use runtime::configure_cpu_threads;

@@ -145,7 +145,8 @@ impl Sequential {
         self.layers.is_empty()
     }
 
-    /// The layers, in order (e.g. to call them from a [`crate::graph::GraphModel`]).
+    /// The layers, in order (to call them from a [`crate::graph::GraphModel`], or to move a
+    /// chain into another model such as a residual block).
     ///
     /// ```
     /// let m = dp_core::models::mlp(&[4, 8, 3], &candle_core::Device::Cpu, 0).unwrap();

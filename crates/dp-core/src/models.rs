@@ -205,3 +205,80 @@ pub fn scatter_cnn(
         .push(Tanh::default())
         .push(Linear::new(32, 10, true, &mut init, device)?))
 }
+
+/// The model family of Xiao et al. (S&P 2023)'s official code (`datasets/RESNETS.py`, a
+/// CIFAR ResNet with weight-standardised convolutions and non-affine GroupNorm) scaled to
+/// 28×28 grey images: a stem WS-Conv(1→w, 3×3) – GroupNorm – tanh, then three stages of
+/// `blocks[s]` basic blocks with `w`, `2w`, `4w` channels (the first block of stages 2 and
+/// 3 at stride 2, 28 → 14 → 7), each block
+/// `relu(GN(conv(relu(GN(conv(x))))) + shortcut(x))` with the parameter-free option-A
+/// shortcut, then global average pooling and Linear(4w → 10). Convolutions have no bias;
+/// every GroupNorm has `min(4, C)` groups and no gain or bias. With `ws = false` the
+/// convolutions are plain (the stored version of the official code has standardisation
+/// commented out). Ours: the width, the block counts and the global pooling (the official
+/// code pools to 2×2 for 32×32 inputs). Inputs `[B, 784]`, `[B, 1, 28, 28]` or
+/// `[B, 28, 28, 1]`.
+///
+/// ```
+/// use dp_core::{models, Model};
+/// let mut m = models::ws_gn_resnet(8, &[1, 1, 1], true, &candle_core::Device::Cpu, 0).unwrap();
+/// assert_eq!(m.num_params(), 72 + 1_152 + 3_456 + 13_824 + 330);
+/// assert_eq!(m.num_blocks(), 3);
+/// let x = candle_core::Tensor::zeros((2, 784), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+/// assert_eq!(m.forward(&x, false).unwrap().dims(), &[2, 10]);
+/// ```
+pub fn ws_gn_resnet(
+    width: usize,
+    blocks: &[usize],
+    ws: bool,
+    device: &Device,
+    seed: u64,
+) -> Result<crate::Residual> {
+    use crate::layers::{NonAffineGroupNorm, WsConv2d};
+    use crate::{Layer, Residual, Shortcut};
+    if width == 0 || blocks.len() != 3 || blocks.contains(&0) {
+        return Err(CoreError::InvalidArgument(format!(
+            "ws_gn_resnet needs a width ≥ 1 and three stages of ≥ 1 block, got {width}, {blocks:?}"
+        )));
+    }
+    let mut init = Init::seeded(seed);
+    let conv =
+        |cin: usize, cout: usize, stride: usize, init: &mut Init| -> Result<Box<dyn Layer>> {
+            let cfg = Conv2dConfig::new(cin, cout, 3)
+                .stride(stride)
+                .padding(1)
+                .bias(false);
+            Ok(if ws {
+                Box::new(WsConv2d::new(cfg, init, device)?)
+            } else {
+                Box::new(Conv2d::new(cfg, init, device)?)
+            })
+        };
+    let gn = |c: usize| NonAffineGroupNorm::new(c.min(4), c, 1e-5);
+    let mut net = Residual::new(device).push(Reshape::new(&[28, 28, 1]));
+    net = net.push_boxed(conv(1, width, 1, &mut init)?);
+    net = net.push(gn(width)?).push(Tanh::default());
+    let mut cin = width;
+    for (s, &n) in blocks.iter().enumerate() {
+        let planes = width << s;
+        for b in 0..n {
+            let stride = if s > 0 && b == 0 { 2 } else { 1 };
+            let mut body = Sequential::new(device);
+            body.add(conv(cin, planes, stride, &mut init)?);
+            body.add(Box::new(gn(planes)?));
+            body.add(Box::new(Relu::default()));
+            body.add(conv(planes, planes, 1, &mut init)?);
+            body.add(Box::new(gn(planes)?));
+            let shortcut = if stride == 1 && cin == planes {
+                Shortcut::Identity
+            } else {
+                Shortcut::subsample_pad(stride, cin, planes)?
+            };
+            net = net.push_block(body, shortcut).push(Relu::default());
+            cin = planes;
+        }
+    }
+    Ok(net
+        .push(GlobalAvgPool::default())
+        .push(Linear::new(cin, 10, true, &mut init, device)?))
+}

@@ -23,14 +23,16 @@ mod norm_common;
 mod pool;
 pub(crate) mod seq_linear;
 mod shape;
+mod ws_conv2d;
 
 pub use activation::{Relu, Sigmoid, Tanh};
 pub use batch_norm::batch_norm;
 pub use conv2d::{Conv2d, Conv2dConfig};
 pub use dropout::Dropout;
 pub use embedding::Embedding;
-pub use group_norm::GroupNorm;
+pub use group_norm::{GroupNorm, NonAffineGroupNorm};
 pub use layer_norm::LayerNorm;
 pub use linear::Linear;
 pub use pool::{AvgPool2d, GlobalAvgPool, MaxPool2d};
 pub use shape::{ChannelsLast, Flatten, Reshape};
+pub use ws_conv2d::{WsConv2d, WS_EPS};

@@ -6,8 +6,8 @@
 //! here, without changing the tool.
 
 use super::{
-    AdaptiveQuantileClip, AutoDpSgd, AutoDpSgdPublishedNotDp, AutoS, Bam, FixedClip, GlobalAdapt,
-    NoiseDecay, PrivacyMethod,
+    AdaptiveQuantileClip, AutoDpSgd, AutoDpSgdPublishedNotDp, AutoS, Bam, BatchClip, FixedClip,
+    GlobalAdapt, NoiseDecay, PrivacyMethod,
 };
 use crate::error::{Result, TrainError};
 use dp_core::BamConfig;
@@ -50,6 +50,9 @@ pub struct MethodSpec {
     pub threshold: String,
     /// Global-Adapt's initial upper bound `Z₀`.
     pub upper_bound: f64,
+    /// Batch clipping's unit size `m` (Xiao et al. 2023; ours: 2, the paper's value could
+    /// not be read).
+    pub unit_size: usize,
 }
 
 impl Default for MethodSpec {
@@ -65,6 +68,7 @@ impl Default for MethodSpec {
             noise_decay: "constant".into(),
             threshold: "quantile".into(),
             upper_bound: 100.0,
+            unit_size: 2,
         }
     }
 }
@@ -89,6 +93,7 @@ impl MethodSpec {
         "bam",
         "auto_dpsgd",
         "auto_dpsgd_published_not_dp",
+        "batch_clip",
     ];
 
     /// The spec of method `name` with the default parameters.
@@ -160,6 +165,7 @@ impl MethodSpec {
                     )))
                 }
             }),
+            "batch_clip" => Box::new(BatchClip::new(self.clip, self.unit_size, sigma)?),
             "auto_dpsgd_published_not_dp" => Box::new(AutoDpSgdPublishedNotDp::new(
                 sigma,
                 decay()?,
