@@ -18,7 +18,7 @@ use dp_data::{DatasetName, Normalize, TrainTest};
 use dp_optim::methods::MethodContext;
 use dp_optim::{
     Adam, AdamBc, BaseOptimizer, BatchSize, Delta, EpochRecord, Epochs, Guarantee, MaskSource,
-    PrivateTrainer, Sgd, TrainReport, TrainerConfig, TrainingMask,
+    PrivacyMethod, PrivateTrainer, Sgd, TrainReport, TrainerConfig, TrainingMask,
 };
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -239,22 +239,6 @@ pub fn execute(cfg: &RunConfig, run_id: &str, dir: &Path, progress: Progress) ->
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let dev = Device::Cpu;
     let data = load_dataset(cfg)?;
-    let sigma = match cfg.noise()? {
-        Noise::Sigma(s) => s,
-        // Replaced by calibration (Budget) or unused (no noise).
-        Noise::Budget(_) | Noise::None => 1.0,
-    };
-    let ctx = MethodContext {
-        expected_batch_size: cfg.batch_size,
-        steps_per_epoch: cfg.steps_per_epoch(),
-    };
-    let fresh_parts = || -> Result<_> {
-        Ok((
-            build_model(cfg, &dev)?,
-            build_optimizer(cfg)?,
-            cfg.method.build(sigma, &ctx)?,
-        ))
-    };
     let scope = if cfg.prune_scope == "per_layer" {
         PruneScope::PerLayer
     } else {
@@ -269,7 +253,7 @@ pub fn execute(cfg: &RunConfig, run_id: &str, dir: &Path, progress: Progress) ->
     };
     let mut first_stage = None;
     let (mut trainer, resumed_from_step) = if dir.join("checkpoint/manifest.json").exists() {
-        let (m, o, meth) = fresh_parts()?;
+        let (m, o, meth) = fresh_parts(cfg, &dev)?;
         let t = PrivateTrainer::resume(rd.checkpoint(), m, o, meth, &data.train, &dev)?;
         if two_stage {
             first_stage = read_first_stage(&rd)?;
@@ -277,7 +261,7 @@ pub fn execute(cfg: &RunConfig, run_id: &str, dir: &Path, progress: Progress) ->
         let s = t.steps_taken();
         (t, s)
     } else {
-        let (m, o, meth) = fresh_parts()?;
+        let (m, o, meth) = fresh_parts(cfg, &dev)?;
         let (m, mask) = match (cfg.sparsity > 0.0, cfg.mask_source) {
             (false, _) => (m, None),
             // The run's own initial weights (data-independent, free).
@@ -411,6 +395,27 @@ fn append_epoch_metrics(rd: &RunDir, m: &EpochMetrics) -> Result<()> {
     Ok(())
 }
 
+/// What a trainer is built or resumed from.
+type Parts = (Sequential, Box<dyn BaseOptimizer>, Box<dyn PrivacyMethod>);
+
+/// A fresh model, optimiser and method for `cfg`, the method at the configured σ (replaced
+/// by calibration for a target ε, unused without noise).
+fn fresh_parts(cfg: &RunConfig, dev: &Device) -> Result<Parts> {
+    let sigma = match cfg.noise()? {
+        Noise::Sigma(s) => s,
+        Noise::Budget(_) | Noise::None => 1.0,
+    };
+    let ctx = MethodContext {
+        expected_batch_size: cfg.batch_size,
+        steps_per_epoch: cfg.steps_per_epoch(),
+    };
+    Ok((
+        build_model(cfg, dev)?,
+        build_optimizer(cfg)?,
+        cfg.method.build(sigma, &ctx)?,
+    ))
+}
+
 /// Epochs of a released-mask run's first stage: `⌊epochs/2⌋`.
 fn first_stage_epochs(cfg: &RunConfig) -> u64 {
     cfg.whole_epochs() / 2
@@ -436,19 +441,7 @@ fn run_first_stage(
     progress: Progress,
 ) -> Result<(PrivateTrainer<Sequential>, FirstStage)> {
     let ck = rd.first_stage().join("checkpoint");
-    let sigma = match cfg.noise()? {
-        Noise::Sigma(s) => s,
-        Noise::Budget(_) | Noise::None => 1.0,
-    };
-    let ctx = MethodContext {
-        expected_batch_size: cfg.batch_size,
-        steps_per_epoch: cfg.steps_per_epoch(),
-    };
-    let (m, o, meth) = (
-        build_model(cfg, dev)?,
-        build_optimizer(cfg)?,
-        cfg.method.build(sigma, &ctx)?,
-    );
+    let (m, o, meth) = fresh_parts(cfg, dev)?;
     let mut t = if ck.join("manifest.json").exists() {
         PrivateTrainer::resume(&ck, m, o, meth, &data.train, dev)?
     } else {
@@ -505,13 +498,8 @@ fn public_dataset(cfg: &RunConfig) -> DatasetChoice {
 /// dataset, with the run's optimiser, schedule, epochs and seed; returns it and its label.
 fn train_public_model(cfg: &RunConfig, dev: &Device) -> Result<(Sequential, String)> {
     let choice = public_dataset(cfg);
-    let pcfg = RunConfig {
-        dataset: choice,
-        data_dir: cfg.public_data_dir.clone(),
-        ..cfg.clone()
-    };
     let (name, norm) = dataset_name(choice);
-    let (mut data, _) = dp_data::load(name, pcfg.data_dir.as_deref()).map_err(|e| {
+    let (mut data, _) = dp_data::load(name, cfg.public_data_dir.as_deref()).map_err(|e| {
         PipelineError::Other(format!(
             "the public dataset of mask_source = \"public\" ({}): {e}",
             choice.label()
