@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use dp_lab::pipeline::{
     array_script, budget, execute, run_pool, submit, write_report, write_script, BudgetArgs,
-    PoolOptions, RunConfig, RunDir, RunState, SweepDir, SweepFile,
+    DataCache, PoolOptions, RunConfig, RunDir, RunState, SweepDir, SweepFile, RUN_LOG_MARKER,
 };
 use std::path::{Path, PathBuf};
 
@@ -88,6 +88,10 @@ enum Command {
         /// The run's index in sweep.json (Slurm's array task id).
         #[arg(long)]
         index: Option<usize>,
+        /// Work on the run ids read from standard input, one per line, until it closes,
+        /// keeping loaded datasets (what the local pool runs).
+        #[arg(long, conflicts_with_all = ["id", "index"])]
+        serve: bool,
     },
 }
 
@@ -271,8 +275,11 @@ fn status(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn worker(dir: &Path, id: Option<String>, index: Option<usize>) -> Result<()> {
+fn worker(dir: &Path, id: Option<String>, index: Option<usize>, serve: bool) -> Result<()> {
     let d = SweepDir::new(dir);
+    if serve {
+        return serve_runs(&d);
+    }
     let id = match (id, index) {
         (Some(id), None) => id,
         (None, Some(i)) => {
@@ -289,6 +296,37 @@ fn worker(dir: &Path, id: Option<String>, index: Option<usize>) -> Result<()> {
             eprintln!("run {id} failed: {msg}");
         }
         std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// The pool's worker: runs the ids it is sent, one at a time, and answers each with
+/// `finished ID ok|failed` on standard output; standard error carries each run's log after
+/// a `RUN_LOG_MARKER ID` line (the pool files it under the run).
+fn serve_runs(d: &SweepDir) -> Result<()> {
+    use std::io::{BufRead, Write};
+    let mut cache = DataCache::new();
+    for line in std::io::stdin().lock().lines() {
+        let id = line?;
+        let id = id.trim();
+        if id.is_empty() {
+            continue;
+        }
+        eprintln!("{RUN_LOG_MARKER} {id}");
+        let ok = match d.work_on_with(id, &mut |s, t| println!("progress {s} {t}"), &mut cache) {
+            Ok(finished) => finished,
+            Err(e) => {
+                eprintln!("run {id}: {e:#}");
+                false
+            }
+        };
+        if !ok {
+            if let RunState::Failed(msg) = d.state(id) {
+                eprintln!("run {id} failed: {msg}");
+            }
+        }
+        println!("finished {id} {}", if ok { "ok" } else { "failed" });
+        std::io::stdout().flush()?;
     }
     Ok(())
 }
@@ -333,7 +371,12 @@ fn main() {
                 }
             })
             .map_err(Into::into),
-        Command::Worker { dir, id, index } => worker(&dir, id, index),
+        Command::Worker {
+            dir,
+            id,
+            index,
+            serve,
+        } => worker(&dir, id, index, serve),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");

@@ -32,10 +32,13 @@ pub use config::{
     DatasetChoice, MaskSourceChoice, ModelChoice, Noise, OptimizerConfig, RunConfig, METRIC_NAMES,
 };
 pub use error::{PipelineError, Result};
-pub use local::{run_pool, PoolOptions, PoolSummary};
+pub use local::{run_pool, PoolOptions, PoolSummary, RUN_LOG_MARKER};
 pub use metrics::{compute_metrics, Metrics};
 pub use report::{collect, label, write_csv, write_report, ReportFiles};
-pub use run::{execute, load_dataset, write_atomic, EpochMetrics, RunDir, RunResult};
+pub use run::{
+    execute, execute_with, load_dataset, write_atomic, DataCache, EpochMetrics, RunDir, RunResult,
+    RunTiming,
+};
 pub use slurm::{array_script, submit, write_script};
 pub use sweep::{Grid, PlannedRun, SlurmConfig, SweepFile};
 pub use sweep_dir::{Manifest, RunError, RunState, SweepDir};

@@ -13,7 +13,8 @@ use super::config::{DatasetChoice, MaskSourceChoice, ModelChoice, Noise, RunConf
 use super::error::{io, PipelineError, Result};
 use super::metrics::{compute_metrics, Metrics};
 use candle_core::Device;
-use dp_core::{models, Model, Prunable, PruneScope, Sequential};
+use dp_core::weights::WeightFormat;
+use dp_core::{models, Prunable, PruneScope, Sequential};
 use dp_data::{DatasetName, Normalize, TrainTest};
 use dp_optim::methods::MethodContext;
 use dp_optim::{
@@ -21,7 +22,9 @@ use dp_optim::{
     PrivacyMethod, PrivateTrainer, Sgd, TrainReport, TrainerConfig, TrainingMask,
 };
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The result of a finished run (`result.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,6 +67,26 @@ pub struct RunResult {
     /// Where the run's pruning mask came from (`None`: dense), as the trainer states it.
     #[serde(default)]
     pub mask: Option<MaskSource>,
+    /// Where the process that finished the run spent its time.
+    #[serde(default)]
+    pub timing: RunTiming,
+}
+
+/// Wall-clock seconds of the phases of the process that finished a run (what the pipeline
+/// adds to training is `load` and `finish`, plus the process start before `load`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunTiming {
+    /// Loading (and normalising) the dataset.
+    pub load: f64,
+    /// Building the model, optimiser and method, calibrating σ, building the trainer (or
+    /// resuming it), a first stage or public model included.
+    pub setup: f64,
+    /// The training loop with its per-epoch checkpoints and metrics.
+    pub train: f64,
+    /// The final metrics.
+    pub metrics: f64,
+    /// Releasing the model (the result file is written after this is measured).
+    pub finish: f64,
 }
 
 /// The first, dense stage of a released-mask run: its weights are pruned and re-trained by
@@ -158,10 +181,7 @@ fn dataset_name(d: DatasetChoice) -> (DatasetName, Normalize) {
 
 /// Loads the run's dataset, normalised with its per-pixel mean and std (public constants).
 pub fn load_dataset(cfg: &RunConfig) -> Result<TrainTest> {
-    let (name, norm) = dataset_name(cfg.dataset);
-    let (mut data, _) = dp_data::load(name, cfg.data_dir.as_deref())?;
-    norm.apply_dataset(&mut data.train)?;
-    norm.apply_dataset(&mut data.test)?;
+    let data = load_normalised(cfg.dataset, cfg.data_dir.as_deref())?;
     if data.train.len() != cfg.dataset.train_len() {
         return Err(PipelineError::Other(format!(
             "{} has {} training examples, expected {}",
@@ -171,6 +191,52 @@ pub fn load_dataset(cfg: &RunConfig) -> Result<TrainTest> {
         )));
     }
     Ok(data)
+}
+
+fn load_normalised(choice: DatasetChoice, dir: Option<&Path>) -> Result<TrainTest> {
+    let (name, norm) = dataset_name(choice);
+    let (mut data, _) = dp_data::load(name, dir)?;
+    norm.apply_dataset(&mut data.train)?;
+    norm.apply_dataset(&mut data.test)?;
+    Ok(data)
+}
+
+/// Datasets a worker process has loaded, kept for its next runs: a pool worker works on
+/// many runs of a sweep, and loading (decompressing, parsing, normalising) the same data for
+/// each would cost more than a short run's training. Keyed by dataset and directory; the
+/// data are normalised by public constants and never changed by a run.
+#[derive(Default)]
+pub struct DataCache {
+    loaded: HashMap<(DatasetChoice, Option<PathBuf>), Arc<TrainTest>>,
+}
+
+impl DataCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The run's dataset (what [`load_dataset`] returns), loaded once.
+    pub fn dataset(&mut self, cfg: &RunConfig) -> Result<Arc<TrainTest>> {
+        let key = (cfg.dataset, cfg.data_dir.clone());
+        if let Some(d) = self.loaded.get(&key) {
+            return Ok(d.clone());
+        }
+        let d = Arc::new(load_dataset(cfg)?);
+        self.loaded.insert(key, d.clone());
+        Ok(d)
+    }
+
+    /// `choice` from `dir`, normalised (no size check: the public dataset of a run).
+    fn other(&mut self, choice: DatasetChoice, dir: Option<&Path>) -> Result<Arc<TrainTest>> {
+        let key = (choice, dir.map(Path::to_path_buf));
+        if let Some(d) = self.loaded.get(&key) {
+            return Ok(d.clone());
+        }
+        let d = Arc::new(load_normalised(choice, dir)?);
+        self.loaded.insert(key, d.clone());
+        Ok(d)
+    }
 }
 
 pub(crate) fn build_model(cfg: &RunConfig, dev: &Device) -> Result<Sequential> {
@@ -234,11 +300,28 @@ pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
 /// epoch with a checkpoint after each, computes the metrics, releases the model and writes
 /// `result.json` atomically. `run_id` names it in the result.
 pub fn execute(cfg: &RunConfig, run_id: &str, dir: &Path, progress: Progress) -> Result<RunResult> {
+    execute_with(cfg, run_id, dir, progress, &mut DataCache::new())
+}
+
+/// [`execute`] with the datasets of `cache` (loaded into it when missing).
+pub fn execute_with(
+    cfg: &RunConfig,
+    run_id: &str,
+    dir: &Path,
+    progress: Progress,
+    cache: &mut DataCache,
+) -> Result<RunResult> {
     cfg.validate("")?;
     let rd = RunDir(dir.to_path_buf());
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let dev = Device::Cpu;
-    let data = load_dataset(cfg)?;
+    let t_load = std::time::Instant::now();
+    let data = cache.dataset(cfg)?;
+    let mut timing = RunTiming {
+        load: t_load.elapsed().as_secs_f64(),
+        ..RunTiming::default()
+    };
+    let t_setup = std::time::Instant::now();
     let scope = if cfg.prune_scope == "per_layer" {
         PruneScope::PerLayer
     } else {
@@ -270,7 +353,7 @@ pub fn execute(cfg: &RunConfig, run_id: &str, dir: &Path, progress: Progress) ->
                 (m, Some(mask))
             }
             (true, MaskSourceChoice::Public) => {
-                let (public, label) = train_public_model(cfg, &dev)?;
+                let (public, label) = train_public_model(cfg, &dev, cache)?;
                 let mask =
                     TrainingMask::from_public_model(&public, label, cfg.sparsity, scope, PRUNABLE)?;
                 (m, Some(mask))
@@ -302,6 +385,7 @@ pub fn execute(cfg: &RunConfig, run_id: &str, dir: &Path, progress: Progress) ->
     let total = trainer.total_steps();
     by_epoch.retain(|m| m.epoch.saturating_sub(epoch_offset) * per_epoch <= trainer.steps_taken());
     let epochs = cfg.whole_epochs();
+    timing.setup = t_setup.elapsed().as_secs_f64();
     let start = std::time::Instant::now();
     let mut report = None;
     while trainer.steps_taken() < total {
@@ -340,8 +424,13 @@ pub fn execute(cfg: &RunConfig, run_id: &str, dir: &Path, progress: Progress) ->
         // Resumed at the end: nothing left to train, report what the checkpoint holds.
         None => trainer.train_until_on(&data.train, Some(&data.test), &dev, total, &mut |_| {})?,
     };
+    timing.train = start.elapsed().as_secs_f64();
+    let t_metrics = std::time::Instant::now();
     let metrics = compute_metrics(cfg, &mut trainer, &data, &dev)?;
+    timing.metrics = t_metrics.elapsed().as_secs_f64();
+    let t_finish = std::time::Instant::now();
     trainer.save_release(dir.join("model"))?;
+    timing.finish = t_finish.elapsed().as_secs_f64();
     let dp = report.guarantee.is_private() && report.epsilon.is_finite();
     let result = RunResult {
         run_id: run_id.to_string(),
@@ -362,6 +451,7 @@ pub fn execute(cfg: &RunConfig, run_id: &str, dir: &Path, progress: Progress) ->
         metrics_by_epoch: by_epoch,
         first_stage,
         mask: trainer.mask().map(|m| m.source().clone()),
+        timing,
     };
     write_atomic(&rd.result(), &serde_json::to_vec_pretty(&result)?)?;
     Ok(result)
@@ -496,19 +586,23 @@ fn public_dataset(cfg: &RunConfig) -> DatasetChoice {
 
 /// Trains the run's model non-privately on the first `train_len` examples of the public
 /// dataset, with the run's optimiser, schedule, epochs and seed; returns it and its label.
-fn train_public_model(cfg: &RunConfig, dev: &Device) -> Result<(Sequential, String)> {
+fn train_public_model(
+    cfg: &RunConfig,
+    dev: &Device,
+    cache: &mut DataCache,
+) -> Result<(Sequential, String)> {
     let choice = public_dataset(cfg);
-    let (name, norm) = dataset_name(choice);
-    let (mut data, _) = dp_data::load(name, cfg.public_data_dir.as_deref()).map_err(|e| {
-        PipelineError::Other(format!(
-            "the public dataset of mask_source = \"public\" ({}): {e}",
-            choice.label()
-        ))
-    })?;
-    let n = cfg.dataset.train_len().min(data.train.len());
-    let mut train = data.train.subset(&(0..n).collect::<Vec<_>>());
-    norm.apply_dataset(&mut train)?;
-    data.train = train;
+    let public = cache
+        .other(choice, cfg.public_data_dir.as_deref())
+        .map_err(|e| {
+            PipelineError::Other(format!(
+                "the public dataset of mask_source = \"public\" ({}): {e}",
+                choice.label()
+            ))
+        })?;
+    // Normalisation is per pixel, so the normalised subset is the subset normalised.
+    let n = cfg.dataset.train_len().min(public.train.len());
+    let train = public.train.subset(&(0..n).collect::<Vec<_>>());
     let tc = TrainerConfig::new(
         Epochs(cfg.whole_epochs() as f64),
         BatchSize(cfg.batch_size),
@@ -519,13 +613,13 @@ fn train_public_model(cfg: &RunConfig, dev: &Device) -> Result<(Sequential, Stri
     .with_max_physical_batch(cfg.max_physical_batch);
     let method = Box::new(dp_optim::FixedClip::new(cfg.method.clip, 1.0)?);
     let mut t = PrivateTrainer::builder(build_model(cfg, dev)?, build_optimizer(cfg)?, method, tc)
-        .build(&data.train)?;
+        .build(&train)?;
     let per_epoch = t.steps_per_epoch();
     let epochs = cfg.whole_epochs();
     for epoch in 0..epochs {
         t.optimizer_mut()
             .set_learning_rate(cfg.optimizer.lr_at(epoch, epochs));
-        t.train_until_on(&data.train, None, dev, (epoch + 1) * per_epoch, &mut |_| {})?;
+        t.train_until_on(&train, None, dev, (epoch + 1) * per_epoch, &mut |_| {})?;
     }
     Ok((t.into_model(), format!("public:{}", choice.label())))
 }
@@ -534,15 +628,7 @@ fn train_public_model(cfg: &RunConfig, dev: &Device) -> Result<(Sequential, Stri
 /// from the run's config and loaded by parameter name.
 pub fn load_released_model(cfg: &RunConfig, run_dir: &Path, dev: &Device) -> Result<Sequential> {
     let path = run_dir.join("model").join("model.safetensors");
-    let mut weights = candle_core::safetensors::load(&path, dev)
-        .map_err(|e| PipelineError::Other(format!("{}: {e}", path.display())))?;
     let mut model = build_model(cfg, dev)?;
-    let mut values = Vec::new();
-    for (name, _) in model.named_params() {
-        values.push(weights.remove(&name).ok_or_else(|| {
-            PipelineError::Other(format!("{}: no tensor named {name}", path.display()))
-        })?);
-    }
-    model.set_param_tensors(&values)?;
+    dp_core::weights::load_weights(&mut model, &path, &WeightFormat::default())?;
     Ok(model)
 }

@@ -4,7 +4,7 @@
 //! alone, so `dp-lab status` needs nothing else.
 
 use super::error::{io, PipelineError, Result};
-use super::run::{execute, write_atomic, RunDir};
+use super::run::{execute_with, write_atomic, DataCache, RunDir};
 use super::sweep::PlannedRun;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -207,6 +207,17 @@ impl SweepDir {
     /// Works on run `id` in this process (what a worker does): marks it running, resumes or
     /// starts it, writes its result, or records its error. Returns whether it finished.
     pub fn work_on(&self, id: &str, progress: &mut dyn FnMut(u64, u64)) -> Result<bool> {
+        self.work_on_with(id, progress, &mut DataCache::new())
+    }
+
+    /// [`SweepDir::work_on`] with the datasets of `cache` (a pool worker's, kept across its
+    /// runs).
+    pub fn work_on_with(
+        &self,
+        id: &str,
+        progress: &mut dyn FnMut(u64, u64),
+        cache: &mut DataCache,
+    ) -> Result<bool> {
         let manifest = self.manifest()?;
         let run =
             manifest
@@ -228,7 +239,7 @@ impl SweepDir {
             started_unix: now_unix(),
         };
         write_atomic(&rd.running(), &serde_json::to_vec(&marker)?)?;
-        let outcome = execute(&run.config, id, &rd.0, progress);
+        let outcome = execute_with(&run.config, id, &rd.0, progress, cache);
         let finished = match &outcome {
             Ok(_) => true,
             Err(e) => {

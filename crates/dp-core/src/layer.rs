@@ -81,6 +81,37 @@ pub trait Layer: Send {
 
     /// Drops recorded activations and gradients (frees memory between steps).
     fn clear(&mut self) {}
+
+    /// How the layer's parameters and output differ from PyTorch's layouts, for loading
+    /// and saving PyTorch weights ([`crate::weights`]). The default, [`TorchLayout::Same`],
+    /// is right for a layer whose parameters PyTorch stores alike and that does not change
+    /// whether its output is a channels-last image.
+    fn torch_layout(&self) -> TorchLayout {
+        TorchLayout::Same
+    }
+}
+
+/// What a layer does to PyTorch compatibility of weights ([`Layer::torch_layout`]).
+///
+/// dp-core's images are channels-last `[B, H, W, C]`, PyTorch's `[B, C, H, W]`: a
+/// convolution kernel is laid out differently, and flattening an image orders its values
+/// differently, which changes the meaning of the next linear layer's weight columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TorchLayout {
+    /// Parameters as PyTorch lays them out; the output is an image iff the input was.
+    Same,
+    /// A convolution: the `weight` is `[C_out, kh, kw, C_in/g]` here and
+    /// `[C_out, C_in/g, kh, kw]` in PyTorch; the output is a channels-last image.
+    ConvKernel,
+    /// No parameters; the output is a channels-last image (pooling, `ChannelsLast`).
+    Images,
+    /// The output is a vector in the order PyTorch's would have (global pooling, a
+    /// channels-first flatten).
+    Vector,
+    /// Flattens a channels-last image in `(h, w, c)` order, where PyTorch's flatten of
+    /// `[B, C, H, W]` gives `(c, h, w)`: PyTorch weights of the next linear layer would be
+    /// wrong, so loading them is refused.
+    FlattenChannelsLast,
 }
 
 /// A layer's per-sample gradient rule (Opacus's "grad sampler", one per layer type).

@@ -20,7 +20,8 @@
 //! which gives the per-sample rules the output gradients they need from **one** backward
 //! pass of the summed loss, with no second backward (book-keeping, Bu et al. 2022).
 //!
-//! Images are channels-last (`[B, H, W, C]`).
+//! Images are channels-last (`[B, H, W, C]`); [`weights`] loads and saves parameters by
+//! name in PyTorch's layouts too.
 //!
 //! Speed on the CPU: f32 layers run on fused host kernels (matrix products through the
 //! `gemm` crate's AVX-512 kernels, single-pass normalisation, AVX-512 noise), and a
@@ -63,6 +64,7 @@ mod residual;
 mod runtime;
 #[cfg(test)]
 mod test_util;
+pub mod weights;
 
 pub use bam::{bam_clipped_gradient, per_example_ascent_gradients, BamConfig};
 pub use candle_core;
@@ -74,7 +76,7 @@ pub use engine::{
 };
 pub use error::{CoreError, Result};
 pub use init::Init;
-pub use layer::{GradMode, Layer, Param, PerSampleGrad};
+pub use layer::{GradMode, Layer, Param, PerSampleGrad, TorchLayout};
 pub use loss::{accuracy, CrossEntropy, HalfSquaredError, Loss};
 pub use mask::{magnitude_keep, GradientMask, Prunable, PruneScope};
 pub use model::{Model, Sequential};

@@ -21,15 +21,18 @@ pub trait Model {
     /// Mutable access to every layer, in the same order as [`Model::layers`].
     fn layers_mut(&mut self) -> Vec<&mut dyn Layer>;
 
-    /// All parameters, in order, with model-unique names (`"{layer}.{param}"`).
+    /// All parameters, in order, with model-unique names `"{k}.{param}"`, where `k` counts
+    /// the layers **that have parameters**: adding or removing an activation, a pooling or
+    /// a reshape renames nothing (checkpoints and [`crate::weights`] files stay loadable).
     fn named_params(&self) -> Vec<(String, &Param)> {
         self.layers()
             .into_iter()
+            .filter(|l| !l.params().is_empty())
             .enumerate()
-            .flat_map(|(i, l)| {
+            .flat_map(|(k, l)| {
                 l.params()
                     .into_iter()
-                    .map(move |p| (format!("{i}.{}", p.name), p))
+                    .map(move |p| (format!("{k}.{}", p.name), p))
             })
             .collect()
     }

@@ -33,8 +33,10 @@ pub(crate) fn parse_pixel_csv(path: &Path, text: &str, name: &str) -> Result<Dat
     let table = byte_to_unit_table();
     let mut features = Vec::with_capacity(BUNDLED_TOTAL * D);
     let mut labels = Vec::with_capacity(BUNDLED_TOTAL);
-    for (lineno, line) in text.lines().enumerate() {
-        let line = line.trim();
+    // Bytes, not `str` methods: every run of a sweep parses these 3.9 million fields, and
+    // the byte loop is several times faster than `split(',')` + `trim` + `parse`.
+    for (lineno, line) in text.as_bytes().split(|&b| b == b'\n').enumerate() {
+        let line = line.trim_ascii();
         if line.is_empty() {
             continue;
         }
@@ -44,11 +46,14 @@ pub(crate) fn parse_pixel_csv(path: &Path, text: &str, name: &str) -> Result<Dat
             reason,
         };
         let mut count = 0usize;
-        for field in line.split(',') {
-            let v: u8 = field
-                .trim()
-                .parse()
-                .map_err(|_| err(format!("field {} = {field:?} is not a byte", count + 1)))?;
+        for field in line.split(|&b| b == b',') {
+            let v = parse_byte(field).ok_or_else(|| {
+                err(format!(
+                    "field {} = {:?} is not a byte",
+                    count + 1,
+                    String::from_utf8_lossy(field)
+                ))
+            })?;
             if count < D {
                 features.push(table[v as usize]);
             } else if count == D {
@@ -67,6 +72,26 @@ pub(crate) fn parse_pixel_csv(path: &Path, text: &str, name: &str) -> Result<Dat
         }
     }
     Dataset::new(name, features, labels, vec![1, 28, 28], 10)
+}
+
+/// A decimal `0..=255` with optional surrounding ASCII whitespace (what `str::parse::<u8>`
+/// accepts of a trimmed field, leading zeros included).
+fn parse_byte(field: &[u8]) -> Option<u8> {
+    let digits = field.trim_ascii();
+    if digits.is_empty() {
+        return None;
+    }
+    let mut v: u32 = 0;
+    for &b in digits {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        v = v * 10 + u32::from(b - b'0');
+        if v > 255 {
+            return None;
+        }
+    }
+    Some(v as u8)
 }
 
 /// All 5,000 bundled examples, unsplit (sorted by class, as in the file).
@@ -115,4 +140,31 @@ pub fn load_bundled_mnist() -> Result<TrainTest, DataError> {
     train.set_name("bundled-mnist/train");
     test.set_name("bundled-mnist/test");
     Ok(TrainTest { train, test })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_byte;
+
+    #[test]
+    fn parse_byte_accepts_what_str_parse_accepts_of_a_field() {
+        for (field, want) in [
+            ("0", Some(0)),
+            ("255", Some(255)),
+            (" 17 ", Some(17)),
+            ("007", Some(7)),
+            ("256", None),
+            ("", None),
+            (" ", None),
+            ("1 2", None),
+            ("-1", None),
+            ("1.0", None),
+            ("99999999999", None),
+        ] {
+            assert_eq!(parse_byte(field.as_bytes()), want, "{field:?}");
+            if want.is_some() {
+                assert_eq!(field.trim().parse::<u8>().ok(), want, "{field:?}");
+            }
+        }
+    }
 }

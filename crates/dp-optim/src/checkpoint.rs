@@ -40,13 +40,13 @@ use crate::optim::BaseOptimizer;
 use crate::records::PrivacyReport;
 use crate::state::TrainerState;
 use crate::trainer::{BoxedSampler, PrivateTrainer};
-use candle_core::{Device, Tensor};
+use candle_core::Device;
+use dp_core::weights::WeightFormat;
 use dp_core::{GaussianNoise, Model};
 use dp_data::{
     Dataset, FixedSizeSampler, PoissonSampler, SamplerState, SamplingScheme, ShuffledSampler,
 };
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -285,12 +285,7 @@ impl<M: Model> PrivateTrainer<M> {
     /// they go to a private temporary file in `dir` (named with `tag`), which is read back
     /// (to hash and write atomically) and removed.
     fn weight_bytes(&self, dir: &Path, tag: &str) -> Result<Vec<u8>> {
-        let weights: HashMap<String, Tensor> = self
-            .model()
-            .named_params()
-            .into_iter()
-            .map(|(n, p)| (n, p.value.clone()))
-            .collect();
+        let weights = dp_core::weights::weights_to_tensors(self.model(), &WeightFormat::default())?;
         let staging = dir.join(format!(
             "{TMP_PREFIX}{}-{tag}.safetensors",
             std::process::id()
@@ -376,22 +371,9 @@ impl<M: Model> PrivateTrainer<M> {
                 ),
             ));
         }
-        let mut weights = candle_core::safetensors::load_buffer(&wbytes, device)
+        let weights = candle_core::safetensors::load_buffer(&wbytes, device)
             .map_err(|e| ck_err(&wpath, e.to_string()))?;
-        let names: Vec<String> = model.named_params().into_iter().map(|(n, _)| n).collect();
-        let mut values = Vec::with_capacity(names.len());
-        for n in &names {
-            values.push(
-                weights
-                    .remove(n)
-                    .ok_or_else(|| ck_err(&wpath, format!("no tensor named {n}")))?,
-            );
-        }
-        if !weights.is_empty() {
-            return Err(ck_err(&wpath, "extra tensors: the model does not match"));
-        }
-        model
-            .set_param_tensors(&values)
+        dp_core::weights::weights_from_tensors(&mut model, weights, &WeightFormat::default())
             .map_err(|e| ck_err(&wpath, e.to_string()))?;
         if state.dataset_len != train.len() {
             return Err(ck_err(

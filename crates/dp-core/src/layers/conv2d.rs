@@ -217,6 +217,9 @@ fn validate(cfg: &Conv2dConfig) -> Result<()> {
 }
 
 impl Layer for Conv2d {
+    fn torch_layout(&self) -> crate::layer::TorchLayout {
+        crate::layer::TorchLayout::ConvKernel
+    }
     fn name(&self) -> String {
         format!(
             "Conv2d({}→{}, {}×{})",

@@ -62,6 +62,9 @@ impl MaxPool2d {
 }
 
 impl Layer for MaxPool2d {
+    fn torch_layout(&self) -> crate::layer::TorchLayout {
+        crate::layer::TorchLayout::Images
+    }
     fn name(&self) -> String {
         format!(
             "MaxPool2d({}, stride {})",
@@ -156,6 +159,9 @@ impl AvgPool2d {
 }
 
 impl Layer for AvgPool2d {
+    fn torch_layout(&self) -> crate::layer::TorchLayout {
+        crate::layer::TorchLayout::Images
+    }
     fn name(&self) -> String {
         format!(
             "AvgPool2d({}, stride {})",
@@ -227,6 +233,9 @@ pub struct GlobalAvgPool {
 }
 
 impl Layer for GlobalAvgPool {
+    fn torch_layout(&self) -> crate::layer::TorchLayout {
+        crate::layer::TorchLayout::Vector
+    }
     fn name(&self) -> String {
         "GlobalAvgPool".into()
     }

@@ -6,20 +6,61 @@ use candle_core::Tensor;
 
 /// `[B, ...]` → `[B, prod(...)]`.
 ///
+/// The default keeps dp-core's memory order: a channels-last image `[B, H, W, C]` becomes
+/// `(h, w, c)`-ordered features. PyTorch's `nn.Flatten` on `[B, C, H, W]` orders them
+/// `(c, h, w)`, so a linear layer after it has its weight columns in another order:
+/// [`Flatten::channels_first`] flattens images in PyTorch's order (one permute per batch),
+/// which a model built to hold PyTorch weights needs ([`crate::weights`] refuses the
+/// default there rather than load weights that would be silently wrong).
+///
 /// ```
 /// use dp_core::{layers::Flatten, Layer};
 /// use candle_core::{DType, Device, Tensor};
 /// let x = Tensor::zeros((2, 3, 4), DType::F32, &Device::Cpu).unwrap();
 /// assert_eq!(Flatten::default().forward(&x, false).unwrap().dims(), &[2, 12]);
+/// // An image [B, H=1, W=2, C=2] with values (h, w, c) → 10h + 4w + c:
+/// let img = Tensor::new(&[[[[0f32, 1.], [4., 5.]]]], &Device::Cpu).unwrap();
+/// let last = Flatten::default().forward(&img, false).unwrap();
+/// let first = Flatten::channels_first().forward(&img, false).unwrap();
+/// assert_eq!(last.to_vec2::<f32>().unwrap(), [[0., 1., 4., 5.]]);
+/// assert_eq!(first.to_vec2::<f32>().unwrap(), [[0., 4., 1., 5.]]); // (c, h, w)
 /// ```
 #[derive(Default)]
 pub struct Flatten {
     shape: Option<Vec<usize>>,
+    channels_first: bool,
+}
+
+impl Flatten {
+    /// Flattens `[B, H, W, C]` images in PyTorch's `(c, h, w)` order (inputs of another
+    /// rank are flattened as they are).
+    pub fn channels_first() -> Self {
+        Self {
+            shape: None,
+            channels_first: true,
+        }
+    }
+
+    /// Whether images are permuted to `[B, C, H, W]` before flattening.
+    fn permutes(&self, rank: usize) -> bool {
+        self.channels_first && rank == 4
+    }
 }
 
 impl Layer for Flatten {
+    fn torch_layout(&self) -> crate::layer::TorchLayout {
+        if self.channels_first {
+            crate::layer::TorchLayout::Vector
+        } else {
+            crate::layer::TorchLayout::FlattenChannelsLast
+        }
+    }
     fn name(&self) -> String {
-        "Flatten".into()
+        if self.channels_first {
+            "Flatten(channels first)".into()
+        } else {
+            "Flatten".into()
+        }
     }
     fn forward(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
         if x.rank() == 0 {
@@ -28,6 +69,9 @@ impl Layer for Flatten {
         if train {
             self.shape = Some(x.dims().to_vec());
         }
+        if self.permutes(x.rank()) {
+            return Ok(x.permute((0, 3, 1, 2))?.contiguous()?.flatten_from(1)?);
+        }
         Ok(x.flatten_from(1)?)
     }
     fn backward(&mut self, g: &Tensor, need: bool) -> Result<Option<Tensor>> {
@@ -35,7 +79,14 @@ impl Layer for Flatten {
             layer: "Flatten".into(),
             what: "backward before forward(train=true)".into(),
         })?;
-        Ok(if need { Some(g.reshape(s)?) } else { None })
+        if !need {
+            return Ok(None);
+        }
+        if self.permutes(s.len()) {
+            let g = g.reshape((s[0], s[3], s[1], s[2]))?;
+            return Ok(Some(g.permute((0, 2, 3, 1))?.contiguous()?));
+        }
+        Ok(Some(g.reshape(s)?))
     }
     fn clear(&mut self) {
         self.shape = None;
@@ -53,6 +104,9 @@ impl Layer for Flatten {
 pub struct ChannelsLast;
 
 impl Layer for ChannelsLast {
+    fn torch_layout(&self) -> crate::layer::TorchLayout {
+        crate::layer::TorchLayout::Images
+    }
     fn name(&self) -> String {
         "ChannelsLast".into()
     }
@@ -97,6 +151,13 @@ impl Reshape {
 }
 
 impl Layer for Reshape {
+    fn torch_layout(&self) -> crate::layer::TorchLayout {
+        match self.dims.len() {
+            1 => crate::layer::TorchLayout::FlattenChannelsLast,
+            3 => crate::layer::TorchLayout::Images,
+            _ => crate::layer::TorchLayout::Same,
+        }
+    }
     fn name(&self) -> String {
         format!("Reshape({:?})", self.dims)
     }

@@ -116,6 +116,9 @@ impl WsConv2d {
 }
 
 impl Layer for WsConv2d {
+    fn torch_layout(&self) -> crate::layer::TorchLayout {
+        crate::layer::TorchLayout::ConvKernel
+    }
     fn name(&self) -> String {
         let c = self.inner.config();
         format!(
