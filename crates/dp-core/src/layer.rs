@@ -16,7 +16,8 @@ use candle_core::Tensor;
 /// vector dp-core returns.
 #[derive(Debug, Clone)]
 pub struct Param {
-    /// A name unique within the model, e.g. `"2.weight"`.
+    /// The name within its layer (`"weight"`, `"bias"`, as PyTorch names them);
+    /// [`crate::Model::named_params`] prefixes it with the layer (`"2.weight"`).
     pub name: String,
     /// The current value.
     pub value: Tensor,

@@ -237,6 +237,6 @@ fn model_trait_lists_every_parameter() {
     let m = dp_core::models::mnist_cnn(&Device::Cpu, 0).unwrap();
     let names: Vec<String> = m.named_params().into_iter().map(|(n, _)| n).collect();
     assert_eq!(names.len(), 8);
-    assert_eq!(names[0], "1.weight");
+    assert_eq!(names[0], "0.weight"); // the Reshape before the first conv has no parameters
     let _ = m.layers().iter().map(|l| l.name()).collect::<Vec<_>>();
 }
