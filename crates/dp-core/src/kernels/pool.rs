@@ -297,7 +297,11 @@ mod tests {
             .unwrap();
         for j in 0..c {
             let w = want_y[j % 3];
-            assert!(y[j] == w || (w.is_nan() && y[j].is_nan()), "channel {j}: {}", y[j]);
+            assert!(
+                y[j] == w || (w.is_nan() && y[j].is_nan()),
+                "channel {j}: {}",
+                y[j]
+            );
             for p in 0..4 {
                 let expect = if p == want_at[j % 3] { 1.0 } else { 0.0 };
                 assert_eq!(dx[p * c + j], expect, "channel {j}, pixel {p}");
