@@ -420,28 +420,52 @@ fn from_tensors_checks_shapes() {
     assert!(Linear::from_tensors(zeros(&[2, 3]), Some(zeros(&[2]))).is_ok());
     assert!(Linear::from_tensors(zeros(&[2, 3]), None).is_ok());
     for w in [&[6][..], &[2, 3, 1], &[0, 3], &[2, 0], &[]] {
-        assert!(is_shape_err(Linear::from_tensors(zeros(w), None)), "Linear {w:?}");
+        assert!(
+            is_shape_err(Linear::from_tensors(zeros(w), None)),
+            "Linear {w:?}"
+        );
     }
-    assert!(is_shape_err(Linear::from_tensors(zeros(&[2, 3]), Some(zeros(&[3])))));
-    assert!(is_shape_err(Linear::from_tensors(zeros(&[2, 3]), Some(zeros(&[2, 1])))));
+    assert!(is_shape_err(Linear::from_tensors(
+        zeros(&[2, 3]),
+        Some(zeros(&[3]))
+    )));
+    assert!(is_shape_err(Linear::from_tensors(
+        zeros(&[2, 3]),
+        Some(zeros(&[2, 1]))
+    )));
 
     assert!(Embedding::from_tensors(zeros(&[5, 2])).is_ok());
     for w in [&[5][..], &[5, 2, 1], &[0, 2], &[5, 0]] {
-        assert!(is_shape_err(Embedding::from_tensors(zeros(w))), "Embedding {w:?}");
+        assert!(
+            is_shape_err(Embedding::from_tensors(zeros(w))),
+            "Embedding {w:?}"
+        );
     }
     assert!(Embedding::new(0, 2, &mut Init::seeded(0), &dev()).is_err());
 
     let cfg = Conv2dConfig::new(4, 6, 3).groups(2);
     assert!(Conv2d::from_tensors(cfg, zeros(&[6, 3, 3, 2]), Some(zeros(&[6]))).is_ok());
-    assert!(is_shape_err(Conv2d::from_tensors(cfg, zeros(&[6, 2, 3, 3]), Some(zeros(&[6])))));
-    assert!(is_shape_err(Conv2d::from_tensors(cfg, zeros(&[6, 3, 3, 2]), Some(zeros(&[4])))));
+    assert!(is_shape_err(Conv2d::from_tensors(
+        cfg,
+        zeros(&[6, 2, 3, 3]),
+        Some(zeros(&[6]))
+    )));
+    assert!(is_shape_err(Conv2d::from_tensors(
+        cfg,
+        zeros(&[6, 3, 3, 2]),
+        Some(zeros(&[4]))
+    )));
     // The bias must be there exactly when the configuration says so.
     assert!(Conv2d::from_tensors(cfg, zeros(&[6, 3, 3, 2]), None).is_err());
     let nb = cfg.bias(false);
     assert!(Conv2d::from_tensors(nb, zeros(&[6, 3, 3, 2]), None).is_ok());
     assert!(Conv2d::from_tensors(nb, zeros(&[6, 3, 3, 2]), Some(zeros(&[6]))).is_err());
     assert!(WsConv2d::from_tensors(nb, zeros(&[6, 3, 3, 2]), None).is_ok());
-    assert!(is_shape_err(WsConv2d::from_tensors(nb, zeros(&[6, 3, 3]), None)));
+    assert!(is_shape_err(WsConv2d::from_tensors(
+        nb,
+        zeros(&[6, 3, 3]),
+        None
+    )));
     // A 1×1 kernel on one input channel per group: a one-value filter has no std.
     let one = Conv2dConfig::new(2, 2, 1).groups(2).bias(false);
     assert!(WsConv2d::from_tensors(one, zeros(&[2, 1, 1, 1]), None).is_err());
@@ -456,8 +480,14 @@ fn from_tensors_checks_shapes() {
         (vec![], vec![]),
     ];
     for (g, b) in &bad {
-        assert!(is_shape_err(LayerNorm::from_tensors(zeros(g), zeros(b))), "LayerNorm {g:?} {b:?}");
-        assert!(is_shape_err(GroupNorm::from_tensors(1, zeros(g), zeros(b))), "GroupNorm {g:?} {b:?}");
+        assert!(
+            is_shape_err(LayerNorm::from_tensors(zeros(g), zeros(b))),
+            "LayerNorm {g:?} {b:?}"
+        );
+        assert!(
+            is_shape_err(GroupNorm::from_tensors(1, zeros(g), zeros(b))),
+            "GroupNorm {g:?} {b:?}"
+        );
     }
     for groups in [0, 3, 5] {
         assert!(GroupNorm::from_tensors(groups, zeros(&[4]), zeros(&[4])).is_err());
@@ -494,7 +524,10 @@ fn norm_layers_default_to_pytorch_eps() {
             ("NonAffineGroupNorm", na.forward(&x4, false).unwrap()),
         ] {
             let got = first(y);
-            assert!((got - want).abs() < 1e-12, "{name} eps {eps}: {got} vs {want}");
+            assert!(
+                (got - want).abs() < 1e-12,
+                "{name} eps {eps}: {got} vs {want}"
+            );
         }
     }
     assert_eq!(dp_core::layers::NORM_EPS, 1e-5);

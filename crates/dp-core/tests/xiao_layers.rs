@@ -176,7 +176,10 @@ fn the_standardised_kernel_is_what_the_convolution_uses() {
 fn bad_configurations_are_typed_errors() {
     let d = Device::Cpu;
     assert!(NonAffineGroupNorm::new(3, 4).is_err());
-    assert!(NonAffineGroupNorm::new(2, 4).unwrap().with_eps(0.0).is_err());
+    assert!(NonAffineGroupNorm::new(2, 4)
+        .unwrap()
+        .with_eps(0.0)
+        .is_err());
     let one = Conv2dConfig::new(1, 2, 1);
     assert!(WsConv2d::new(one, &mut Init::seeded(0), &d).is_err());
     let mut gn = NonAffineGroupNorm::new(2, 4).unwrap();

@@ -325,8 +325,12 @@ mod tests {
         let gamma = (rand(&[c], 7) + 1.0).unwrap();
         let beta = rand(&[c], 8);
         let mk = |dt| {
-            GroupNorm::from_tensors(groups, gamma.to_dtype(dt).unwrap(), beta.to_dtype(dt).unwrap())
-                .unwrap()
+            GroupNorm::from_tensors(
+                groups,
+                gamma.to_dtype(dt).unwrap(),
+                beta.to_dtype(dt).unwrap(),
+            )
+            .unwrap()
         };
         let mut xv = f64_values(&(rand(&[b, h, w, c], 9) * 3.0).unwrap());
         // The first example's groups nearly constant (σ close to √eps), the second's

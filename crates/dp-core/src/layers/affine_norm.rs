@@ -47,11 +47,7 @@ impl AffineNorm {
     pub fn from_tensors(gamma: Tensor, beta: Tensor, layer: &str) -> Result<Self> {
         let g = gamma.dims();
         if g.len() != 1 || g[0] == 0 {
-            return Err(shape_err(
-                &format!("{layer} gain"),
-                "[C] with C ≥ 1",
-                g,
-            ));
+            return Err(shape_err(&format!("{layer} gain"), "[C] with C ≥ 1", g));
         }
         if beta.dims() != g {
             return Err(shape_err(

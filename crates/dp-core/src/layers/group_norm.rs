@@ -44,7 +44,11 @@ impl GroupNorm {
         check_groups(groups, channels)?;
         Ok(Self {
             groups,
-            norm: AffineNorm::new(channels, device, &format!("GroupNorm({groups}, {channels})"))?,
+            norm: AffineNorm::new(
+                channels,
+                device,
+                &format!("GroupNorm({groups}, {channels})"),
+            )?,
         })
     }
 

@@ -50,7 +50,7 @@ pub use embedding::Embedding;
 pub use group_norm::{GroupNorm, NonAffineGroupNorm};
 pub use layer_norm::LayerNorm;
 pub use linear::Linear;
+pub use norm_common::NORM_EPS;
 pub use pool::{AvgPool2d, GlobalAvgPool, MaxPool2d};
 pub use shape::{ChannelsLast, Flatten, Reshape};
-pub use norm_common::NORM_EPS;
 pub use ws_conv2d::{WsConv2d, WS_EPS};
