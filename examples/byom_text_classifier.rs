@@ -81,7 +81,7 @@ fn text_classifier(
     })
     .push(Embedding::new(vocab, dim, &mut init, dev)?)
     .push(Embedding::new(len, dim, &mut init, dev)?)
-    .push(LayerNorm::new(dim, 1e-5, dev)?)
+    .push(LayerNorm::new(dim, dev)?)
     .push(Linear::new(dim, dim, false, &mut init, dev)?)
     .push(Linear::new(dim, dim, false, &mut init, dev)?)
     .push(Linear::new(dim, dim, false, &mut init, dev)?)

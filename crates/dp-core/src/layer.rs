@@ -51,7 +51,65 @@ pub enum GradMode {
 /// A layer: a forward pass that records what its backward needs, and a backward pass.
 ///
 /// Implement this (and, if the layer has parameters, [`PerSampleGrad`]) to add a layer
-/// type; nothing else in dp-core has to change.
+/// type; nothing else in dp-core has to change. A learned per-feature scale
+/// `y = x ⊙ s` on inputs `[B, D]`, whose example `i` has the gradient `∂ℓ_i/∂s = g_i ⊙ x_i`
+/// (`g_i` its row of the output gradient), checked against one backward per example:
+///
+/// ```
+/// use dp_core::layers::Linear;
+/// use dp_core::{check_per_sample_gradients, CoreError, CrossEntropy, GradMode, Init};
+/// use dp_core::{Layer, Param, PerSampleGrad, Result, Sequential};
+/// use candle_core::{Device, Tensor};
+///
+/// struct Scale { s: Param, x: Option<Tensor>, g: Option<Tensor> }
+///
+/// impl Scale {
+///     /// `[B, D]`: row `i` is example `i`'s gradient.
+///     fn grads(&self) -> Result<Tensor> {
+///         match (&self.x, &self.g) {
+///             (Some(x), Some(g)) => Ok((x * g)?),
+///             _ => Err(CoreError::MissingRecord { layer: self.name(), what: "no record".into() }),
+///         }
+///     }
+/// }
+///
+/// impl Layer for Scale {
+///     fn name(&self) -> String { "Scale".into() }
+///     fn forward(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
+///         if train { self.x = Some(x.clone()); }
+///         Ok(x.broadcast_mul(&self.s.value)?)
+///     }
+///     fn backward(&mut self, g: &Tensor, need_input_grad: bool) -> Result<Option<Tensor>> {
+///         self.g = Some(g.clone()); // the per-sample rule's input
+///         Ok(if need_input_grad { Some(g.broadcast_mul(&self.s.value)?) } else { None })
+///     }
+///     fn params(&self) -> Vec<&Param> { vec![&self.s] }
+///     fn params_mut(&mut self) -> Vec<&mut Param> { vec![&mut self.s] }
+///     fn per_sample(&mut self) -> Option<&mut dyn PerSampleGrad> { Some(self) }
+///     fn clear(&mut self) { self.x = None; self.g = None; }
+/// }
+///
+/// impl PerSampleGrad for Scale {
+///     fn sq_norms(&mut self, _: GradMode) -> Result<Tensor> { Ok(self.grads()?.sqr()?.sum(1)?) }
+///     fn per_sample_grads(&mut self) -> Result<Vec<Tensor>> { Ok(vec![self.grads()?]) }
+///     fn weighted_sum(&mut self, w: &Tensor) -> Result<Vec<Tensor>> {
+///         let g = self.grads()?; // Σ_i w_i g_i = wᵀ G
+///         Ok(vec![w.to_dtype(g.dtype())?.unsqueeze(0)?.matmul(&g)?.squeeze(0)?])
+///     }
+/// }
+///
+/// let dev = Device::Cpu;
+/// let mut init = Init::seeded(0);
+/// let scale = Scale { s: Param::new("scale", init.normal(&[4], 1.0, &dev)?), x: None, g: None };
+/// let mut m = Sequential::new(&dev)
+///     .push(scale)
+///     .push(Linear::new(4, 3, true, &mut init, &dev)?);
+/// let x = init.normal(&[5, 4], 1.0, &dev)?;
+/// let y = Tensor::new(&[0u32, 1, 2, 0, 1], &dev)?;
+/// let report = check_per_sample_gradients(&mut m, &x, &y, &CrossEntropy, 1e-3)?;
+/// assert!(report.passed, "{report:?}");
+/// # Ok::<(), CoreError>(())
+/// ```
 pub trait Layer: Send {
     /// A short human-readable name (used in errors and parameter names).
     fn name(&self) -> String;
@@ -119,6 +177,31 @@ pub enum TorchLayout {
 ///
 /// All three methods work from the record of the last `forward(train=true)` + `backward`.
 /// Gradients are those of each example's own loss `ℓ_i` (the backward pass ran on `Σ_i ℓ_i`).
+/// The engine calls them; a caller can too (an example implementation is on [`Layer`]):
+///
+/// ```
+/// use dp_core::layers::Linear;
+/// use dp_core::{CoreError, GradMode, Init, Layer};
+/// use candle_core::{Device, Tensor};
+/// let dev = Device::Cpu;
+/// let mut lin = Linear::new(3, 2, true, &mut Init::seeded(0), &dev)?;
+/// lin.forward(&Tensor::new(&[[1f32, 2., 3.], [0., 1., 0.]], &dev)?, true)?;
+/// lin.backward(&Tensor::new(&[[1f32, -1.], [0.5, 0.]], &dev)?, false)?;
+/// let rule = lin.per_sample().ok_or(CoreError::InvalidArgument("no rule".into()))?;
+/// // ‖g_i‖² without forming g_i (Li et al. 2021) ...
+/// let ghost: Vec<f32> = rule.sq_norms(GradMode::Ghost)?.to_vec1()?;
+/// // ... equals the norm of the materialised gradients, `[B, 2, 3]` and `[B, 2]`.
+/// let g = rule.per_sample_grads()?;
+/// let direct: Vec<f32> = (g[0].sqr()?.sum((1, 2))? + g[1].sqr()?.sum(1)?)?.to_vec1()?;
+/// assert!(ghost.iter().zip(&direct).all(|(a, b)| (a - b).abs() < 1e-5));
+/// // Clipping weights c_i give Σ_i c_i g_i in one product (book-keeping).
+/// let c = Tensor::new(&[0.5f32, 1.0], &dev)?;
+/// let sum = rule.weighted_sum(&c)?;
+/// let want = ((&g[0].get(0)? * 0.5)? + g[0].get(1)?)?;
+/// let err: f32 = (&sum[0] - want)?.abs()?.max_all()?.to_scalar()?;
+/// assert!(err < 1e-6);
+/// # Ok::<(), CoreError>(())
+/// ```
 pub trait PerSampleGrad {
     /// Squared norm of each example's gradient over this layer's parameters, shape `[B]`.
     fn sq_norms(&mut self, mode: GradMode) -> Result<Tensor>;

@@ -11,6 +11,58 @@ use candle_core::{Device, Tensor};
 /// any order, `backward` calls their `backward` in reverse and routes gradients (e.g. adds
 /// the two branch gradients of a residual connection), and `layers`/`layers_mut` list
 /// every layer once, which fixes the parameter order.
+///
+/// The per-sample rules, clipping and noise then work unchanged, and
+/// [`crate::check_per_sample_gradients`] verifies the hand-written backward in one call.
+/// (To write only the forward and let candle's autograd do the glue, see
+/// [`crate::graph::GraphModel`].) A residual MLP, `y = head(x + tanh(body(x)))`:
+///
+/// ```
+/// use dp_core::layers::{Linear, Tanh};
+/// use dp_core::{check_per_sample_gradients, clipped_gradient, CoreError, CrossEntropy};
+/// use dp_core::{GradOptions, Init, Layer, Model, Result};
+/// use dp_core::clipping::FlatClip;
+/// use candle_core::{Device, Tensor};
+///
+/// struct ResMlp { body: Linear, act: Tanh, head: Linear }
+///
+/// impl Model for ResMlp {
+///     fn forward(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
+///         let h = self.act.forward(&self.body.forward(x, train)?, train)?;
+///         self.head.forward(&(x + h)?, train)
+///     }
+///     fn backward(&mut self, g: &Tensor) -> Result<()> {
+///         let missing = || CoreError::InvalidArgument("no input gradient".into());
+///         // dL/d(x + h): the skip ends at the input (nothing to train there), the branch
+///         // goes back through tanh and `body`, which needs no dL/dx (it is first).
+///         let g_sum = self.head.backward(g, true)?.ok_or_else(missing)?;
+///         let g_h = self.act.backward(&g_sum, true)?.ok_or_else(missing)?;
+///         self.body.backward(&g_h, false)?;
+///         Ok(())
+///     }
+///     fn layers(&self) -> Vec<&dyn Layer> { vec![&self.body, &self.act, &self.head] }
+///     fn layers_mut(&mut self) -> Vec<&mut dyn Layer> {
+///         vec![&mut self.body, &mut self.act, &mut self.head]
+///     }
+/// }
+///
+/// let dev = Device::Cpu;
+/// let mut init = Init::seeded(0);
+/// let mut m = ResMlp {
+///     body: Linear::new(4, 4, true, &mut init, &dev)?,
+///     act: Tanh::default(),
+///     head: Linear::new(4, 3, true, &mut init, &dev)?,
+/// };
+/// let x = init.normal(&[6, 4], 1.0, &dev)?;
+/// let y = Tensor::new(&[0u32, 1, 2, 0, 1, 2], &dev)?;
+/// // The backward above agrees with one backward pass per example.
+/// let report = check_per_sample_gradients(&mut m, &x, &y, &CrossEntropy, 1e-3)?;
+/// assert!(report.passed, "{report:?}");
+/// // ... so the model trains privately like any other.
+/// let batch = clipped_gradient(&mut m, &x, &y, &CrossEntropy, &mut FlatClip::new(1.0)?, &GradOptions::default())?;
+/// assert_eq!((batch.sum.len(), batch.examples), (4, 6)); // 2 weights, 2 biases; 6 examples
+/// # Ok::<(), CoreError>(())
+/// ```
 pub trait Model {
     /// Forward pass; `train = true` records what the backward and per-sample rules need.
     fn forward(&mut self, x: &Tensor, train: bool) -> Result<Tensor>;

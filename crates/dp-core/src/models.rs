@@ -116,7 +116,7 @@ pub fn cifar_cnn(device: &Device, seed: u64, group_norm: bool) -> Result<Sequent
             device,
         )?);
         if group_norm {
-            m = m.push(GroupNorm::new(8, cout, 1e-5, device)?);
+            m = m.push(GroupNorm::new(8, cout, device)?);
         }
         m = m.push(Relu::default());
         if k < 3 {
@@ -254,7 +254,7 @@ pub fn ws_gn_resnet(
                 Box::new(Conv2d::new(cfg, init, device)?)
             })
         };
-    let gn = |c: usize| NonAffineGroupNorm::new(c.min(4), c, 1e-5);
+    let gn = |c: usize| NonAffineGroupNorm::new(c.min(4), c);
     let mut net = Residual::new(device).push(Reshape::new(&[28, 28, 1]));
     net = net.push_boxed(conv(1, width, 1, &mut init)?);
     net = net.push(gn(width)?).push(Tanh::default());

@@ -16,11 +16,11 @@ fn model(seed: u64) -> Sequential {
     Sequential::new(&d)
         .push(Reshape::new(&[6, 6, 1]))
         .push(Conv2d::new(Conv2dConfig::new(1, 4, 3), &mut i, &d).unwrap())
-        .push(GroupNorm::new(2, 4, 1e-5, &d).unwrap())
+        .push(GroupNorm::new(2, 4, &d).unwrap())
         .push(Tanh::default())
         .push(Flatten::default())
         .push(Linear::new(64, 8, true, &mut i, &d).unwrap())
-        .push(LayerNorm::new(8, 1e-5, &d).unwrap())
+        .push(LayerNorm::new(8, &d).unwrap())
         .push(Linear::new(8, 3, true, &mut i, &d).unwrap())
 }
 

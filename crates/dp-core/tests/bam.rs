@@ -264,7 +264,7 @@ fn layers_without_offsets_are_refused_and_leave_no_state() {
     let mut i = Init::seeded(0);
     let mut m = Sequential::new(&dev)
         .push(Linear::new(6, 8, true, &mut i, &dev).unwrap())
-        .push(LayerNorm::new(8, 1e-5, &dev).unwrap())
+        .push(LayerNorm::new(8, &dev).unwrap())
         .push(Linear::new(8, 3, true, &mut i, &dev).unwrap());
     let mut g = rng(2);
     let x = randn(&mut g, &[5, 6], DType::F32);

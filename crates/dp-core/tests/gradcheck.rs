@@ -35,7 +35,7 @@ fn linear_on_sequences_then_layer_norm() {
     let mut i = Init::seeded(2);
     let m = Sequential::new(&d)
         .push(Linear::new(4, 6, true, &mut i, &d).unwrap())
-        .push(LayerNorm::new(6, 1e-5, &d).unwrap())
+        .push(LayerNorm::new(6, &d).unwrap())
         .push(Sigmoid::default())
         .push(Flatten::default())
         .push(Linear::new(18, 3, true, &mut i, &d).unwrap());
@@ -60,7 +60,7 @@ fn conv_stride_padding_dilation_groups_with_group_norm_and_pools() {
             )
             .unwrap(),
         )
-        .push(GroupNorm::new(3, 6, 1e-5, &d).unwrap())
+        .push(GroupNorm::new(3, 6, &d).unwrap())
         .push(Relu::default())
         .push(
             Conv2d::new(

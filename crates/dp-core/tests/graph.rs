@@ -76,7 +76,7 @@ fn attention(seed: u64) -> GraphModel {
     .push(Linear::new(5, 6, false, &mut i, &d).unwrap())
     .push(Linear::new(5, 6, false, &mut i, &d).unwrap())
     .push(Linear::new(5, 6, true, &mut i, &d).unwrap())
-    .push(LayerNorm::new(6, 1e-5, &d).unwrap())
+    .push(LayerNorm::new(6, &d).unwrap())
     .push(Linear::new(6, 3, true, &mut i, &d).unwrap())
 }
 
@@ -90,7 +90,7 @@ fn seq_mean_pool(seed: u64) -> GraphModel {
         g.layer(2, &h.tanh()?)
     })
     .push(Embedding::new(7, 5, &mut i, &d).unwrap())
-    .push(LayerNorm::new(5, 1e-5, &d).unwrap())
+    .push(LayerNorm::new(5, &d).unwrap())
     .push(Linear::new(5, 3, true, &mut i, &d).unwrap())
 }
 

@@ -13,6 +13,7 @@
 //! empty batch, wrong target count, labels out of range, a mask for another model),
 //! magnitude_keep, GradientMask::from_keep, GradientMask::magnitude, BamConfig::new,
 //! layers::Linear::new, layers::Conv2d::new, layers::GroupNorm::new, layers::LayerNorm::new,
+//! the layers' `from_tensors` and `with_eps`,
 //! layers::Dropout::new, layers::AvgPool2d / MaxPool2d (new + forward), models::mlp,
 //! Model::set_param_tensors, Model::forward.
 
@@ -21,7 +22,8 @@ use dp_core::clipping::{
     AutoClip, ClipFactors, ClipStrategy, FlatClip, LayerSqNorms, PerExampleFactor, PerLayerClip,
 };
 use dp_core::layers::{
-    AvgPool2d, Conv2d, Conv2dConfig, Dropout, GroupNorm, LayerNorm, Linear, MaxPool2d,
+    AvgPool2d, Conv2d, Conv2dConfig, Dropout, Embedding, GroupNorm, LayerNorm, Linear, MaxPool2d,
+    NonAffineGroupNorm, WsConv2d,
 };
 use dp_core::{
     clipped_gradient, magnitude_keep, models, privatize, BamConfig, ClipStats, ClippedBatch,
@@ -313,26 +315,31 @@ proptest! {
             }
         }
         let x = Tensor::new(&[[1f32, 1.0, 1.0, 1.0], [1.0, 2.0, 3.0, 4.0]], &d).unwrap();
-        if let Ok(mut gn) = GroupNorm::new(g, 4, eps, &d) {
+        if let Ok(mut gn) = GroupNorm::new(g, 4, &d).and_then(|n| n.with_eps(eps)) {
             prop_assert!(g > 0 && 4 % g == 0);
             let x4 = x.reshape((2, 1, 1, 4)).unwrap();
             let y = gn.forward(&x4, true).unwrap();
             prop_assert!(all_finite(&[y]), "GroupNorm eps {eps}: non-finite output");
         }
-        if let Ok(mut ln) = LayerNorm::new(4, eps, &d) {
+        if let Ok(mut ln) = LayerNorm::new(4, &d).unwrap().with_eps(eps) {
             let y = ln.forward(&x, true).unwrap();
             prop_assert!(all_finite(&[y]), "LayerNorm eps {eps}: non-finite output");
         }
-        prop_assert!(LayerNorm::new(3, 1e-5, &d).unwrap().forward(&x, false).is_err());
+        // ε is accepted exactly when 1/sqrt(0 + ε) is finite in f32, by every norm layer.
+        let eps_ok = eps.is_finite() && (eps as f32) > 0.0 && (eps as f32).is_finite();
+        prop_assert_eq!(LayerNorm::new(4, &d).unwrap().with_eps(eps).is_ok(), eps_ok);
+        prop_assert_eq!(GroupNorm::new(2, 4, &d).unwrap().with_eps(eps).is_ok(), eps_ok);
+        prop_assert_eq!(NonAffineGroupNorm::new(2, 4).unwrap().with_eps(eps).is_ok(), eps_ok);
+        prop_assert!(LayerNorm::new(3, &d).unwrap().forward(&x, false).is_err());
         // Zero-width rows (`i` may be 0): an empty output or a typed error.
-        if let Ok(mut ln) = LayerNorm::new(i, 1e-5, &d) {
+        if let Ok(mut ln) = LayerNorm::new(i, &d) {
             let xi = Tensor::ones((2, i), DType::F32, &d).unwrap();
             if let Ok(y) = ln.forward(&xi, true) {
                 prop_assert_eq!(y.dims(), &[2, i]);
                 prop_assert!(all_finite(&[y]));
             }
         }
-        if let Ok(mut gn) = GroupNorm::new(1, i, 1e-5, &d) {
+        if let Ok(mut gn) = GroupNorm::new(1, i, &d) {
             let xi = Tensor::ones((2, 1, 1, i), DType::F32, &d).unwrap();
             if let Ok(y) = gn.forward(&xi, true) {
                 prop_assert_eq!(y.dims(), &[2, 1, 1, i]);
@@ -396,4 +403,132 @@ proptest! {
         let x = Tensor::ones((2, in_w), DType::F32, &d).unwrap();
         prop_assert_eq!(m.forward(&x, true).is_ok(), in_w == 4);
     }
+}
+
+fn zeros(shape: &[usize]) -> Tensor {
+    Tensor::zeros(shape, DType::F32, &dev()).unwrap()
+}
+
+fn is_shape_err<T>(r: dp_core::Result<T>) -> bool {
+    matches!(r, Err(dp_core::CoreError::Shape { .. }))
+}
+
+/// Every parameterised layer's `from_tensors` accepts the documented shapes and refuses
+/// any other with a typed shape error (never a panic, never a layer that fails later).
+#[test]
+fn from_tensors_checks_shapes() {
+    assert!(Linear::from_tensors(zeros(&[2, 3]), Some(zeros(&[2]))).is_ok());
+    assert!(Linear::from_tensors(zeros(&[2, 3]), None).is_ok());
+    for w in [&[6][..], &[2, 3, 1], &[0, 3], &[2, 0], &[]] {
+        assert!(
+            is_shape_err(Linear::from_tensors(zeros(w), None)),
+            "Linear {w:?}"
+        );
+    }
+    assert!(is_shape_err(Linear::from_tensors(
+        zeros(&[2, 3]),
+        Some(zeros(&[3]))
+    )));
+    assert!(is_shape_err(Linear::from_tensors(
+        zeros(&[2, 3]),
+        Some(zeros(&[2, 1]))
+    )));
+
+    assert!(Embedding::from_tensors(zeros(&[5, 2])).is_ok());
+    for w in [&[5][..], &[5, 2, 1], &[0, 2], &[5, 0]] {
+        assert!(
+            is_shape_err(Embedding::from_tensors(zeros(w))),
+            "Embedding {w:?}"
+        );
+    }
+    assert!(Embedding::new(0, 2, &mut Init::seeded(0), &dev()).is_err());
+
+    let cfg = Conv2dConfig::new(4, 6, 3).groups(2);
+    assert!(Conv2d::from_tensors(cfg, zeros(&[6, 3, 3, 2]), Some(zeros(&[6]))).is_ok());
+    assert!(is_shape_err(Conv2d::from_tensors(
+        cfg,
+        zeros(&[6, 2, 3, 3]),
+        Some(zeros(&[6]))
+    )));
+    assert!(is_shape_err(Conv2d::from_tensors(
+        cfg,
+        zeros(&[6, 3, 3, 2]),
+        Some(zeros(&[4]))
+    )));
+    // The bias must be there exactly when the configuration says so.
+    assert!(Conv2d::from_tensors(cfg, zeros(&[6, 3, 3, 2]), None).is_err());
+    let nb = cfg.bias(false);
+    assert!(Conv2d::from_tensors(nb, zeros(&[6, 3, 3, 2]), None).is_ok());
+    assert!(Conv2d::from_tensors(nb, zeros(&[6, 3, 3, 2]), Some(zeros(&[6]))).is_err());
+    assert!(WsConv2d::from_tensors(nb, zeros(&[6, 3, 3, 2]), None).is_ok());
+    assert!(is_shape_err(WsConv2d::from_tensors(
+        nb,
+        zeros(&[6, 3, 3]),
+        None
+    )));
+    // A 1×1 kernel on one input channel per group: a one-value filter has no std.
+    let one = Conv2dConfig::new(2, 2, 1).groups(2).bias(false);
+    assert!(WsConv2d::from_tensors(one, zeros(&[2, 1, 1, 1]), None).is_err());
+
+    assert!(LayerNorm::from_tensors(zeros(&[4]), zeros(&[4])).is_ok());
+    assert!(GroupNorm::from_tensors(2, zeros(&[4]), zeros(&[4])).is_ok());
+    let bad: [(Vec<usize>, Vec<usize>); 5] = [
+        (vec![4], vec![3]),
+        (vec![4], vec![4, 1]),
+        (vec![4, 1], vec![4, 1]),
+        (vec![0], vec![0]),
+        (vec![], vec![]),
+    ];
+    for (g, b) in &bad {
+        assert!(
+            is_shape_err(LayerNorm::from_tensors(zeros(g), zeros(b))),
+            "LayerNorm {g:?} {b:?}"
+        );
+        assert!(
+            is_shape_err(GroupNorm::from_tensors(1, zeros(g), zeros(b))),
+            "GroupNorm {g:?} {b:?}"
+        );
+    }
+    for groups in [0, 3, 5] {
+        assert!(GroupNorm::from_tensors(groups, zeros(&[4]), zeros(&[4])).is_err());
+        assert!(GroupNorm::new(groups, 4, &dev()).is_err());
+        assert!(NonAffineGroupNorm::new(groups, 4).is_err());
+    }
+    assert!(LayerNorm::new(0, &dev()).is_err());
+    assert!(GroupNorm::new(1, 0, &dev()).is_err());
+}
+
+/// The norm layers' default ε is PyTorch's 1e-5: on the row `[0, 1]` (variance 1/4)
+/// LayerNorm gives `±0.5/sqrt(0.25 + 1e-5)`, and `with_eps` changes exactly that.
+#[test]
+fn norm_layers_default_to_pytorch_eps() {
+    let d = dev();
+    let x = Tensor::new(&[[0f64, 1.0]], &d).unwrap();
+    let x4 = x.reshape((1, 1, 1, 2)).unwrap();
+    let ones = Tensor::ones(2, DType::F64, &d).unwrap();
+    let zeros64 = Tensor::zeros(2, DType::F64, &d).unwrap();
+    let first = |y: Tensor| y.flatten_all().unwrap().to_vec1::<f64>().unwrap()[1];
+    for (eps, built) in [(1e-5, None), (1e-5, Some(1e-5)), (0.25, Some(0.25))] {
+        let want = 0.5 / (0.25f64 + eps).sqrt();
+        let mut ln = LayerNorm::from_tensors(ones.clone(), zeros64.clone()).unwrap();
+        let mut gn = GroupNorm::from_tensors(1, ones.clone(), zeros64.clone()).unwrap();
+        let mut na = NonAffineGroupNorm::new(1, 2).unwrap();
+        if let Some(e) = built {
+            ln = ln.with_eps(e).unwrap();
+            gn = gn.with_eps(e).unwrap();
+            na = na.with_eps(e).unwrap();
+        }
+        for (name, y) in [
+            ("LayerNorm", ln.forward(&x, false).unwrap()),
+            ("GroupNorm", gn.forward(&x4, false).unwrap()),
+            ("NonAffineGroupNorm", na.forward(&x4, false).unwrap()),
+        ] {
+            let got = first(y);
+            assert!(
+                (got - want).abs() < 1e-12,
+                "{name} eps {eps}: {got} vs {want}"
+            );
+        }
+    }
+    assert_eq!(dp_core::layers::NORM_EPS, 1e-5);
 }

@@ -125,8 +125,8 @@ proptest! {
         let c = 2 * groups;
         let gamma = randn(&mut rng(seed + 1), &[c], DType::F32);
         let beta = randn(&mut rng(seed + 2), &[c], DType::F32);
-        let gn = GroupNorm::new(groups, c, 1e-5, &d).unwrap().with_affine(gamma.clone(), beta.clone()).unwrap();
-        let ln = LayerNorm::new(c, 1e-5, &d).unwrap().with_affine(gamma, beta).unwrap();
+        let gn = GroupNorm::from_tensors(groups, gamma.clone(), beta.clone()).unwrap();
+        let ln = LayerNorm::from_tensors(gamma, beta).unwrap();
         let m = Sequential::new(&d)
             .push(Conv2d::new(Conv2dConfig::new(2, c, 1), &mut i, &d).unwrap())
             .push(gn)

@@ -22,7 +22,7 @@ fn model(seed: u64) -> Sequential {
         .push(Tanh::default())
         .push(Flatten::default())
         .push(Linear::new(48, 8, true, &mut i, &d).unwrap())
-        .push(LayerNorm::new(8, 1e-5, &d).unwrap())
+        .push(LayerNorm::new(8, &d).unwrap())
         .push(Relu::default())
         .push(Linear::new(8, 4, true, &mut i, &d).unwrap())
 }
@@ -425,7 +425,7 @@ fn shape_errors_are_typed() {
         &Device::Cpu
     )
     .is_err());
-    assert!(GroupNorm::new(3, 8, 1e-5, &Device::Cpu).is_err());
+    assert!(GroupNorm::new(3, 8, &Device::Cpu).is_err());
 }
 
 /// Prefetched noise is exactly the noise the call would have drawn, and a cancelled or

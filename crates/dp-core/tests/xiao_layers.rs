@@ -102,7 +102,7 @@ fn ws_chain(seed: u64, bias: bool) -> Sequential {
     Sequential::new(&d)
         .push(ChannelsLast)
         .push(WsConv2d::new(Conv2dConfig::new(2, 4, 3).padding(1).bias(bias), &mut i, &d).unwrap())
-        .push(NonAffineGroupNorm::new(2, 4, 1e-5).unwrap())
+        .push(NonAffineGroupNorm::new(2, 4).unwrap())
         .push(Relu::default())
         .push(
             WsConv2d::new(
@@ -112,7 +112,7 @@ fn ws_chain(seed: u64, bias: bool) -> Sequential {
             )
             .unwrap(),
         )
-        .push(NonAffineGroupNorm::new(3, 6, 1e-5).unwrap())
+        .push(NonAffineGroupNorm::new(3, 6).unwrap())
         .push(Tanh::default())
         .push(GlobalAvgPool::default())
         .push(Linear::new(6, 3, true, &mut i, &d).unwrap())
@@ -175,11 +175,14 @@ fn the_standardised_kernel_is_what_the_convolution_uses() {
 #[test]
 fn bad_configurations_are_typed_errors() {
     let d = Device::Cpu;
-    assert!(NonAffineGroupNorm::new(3, 4, 1e-5).is_err());
-    assert!(NonAffineGroupNorm::new(2, 4, 0.0).is_err());
+    assert!(NonAffineGroupNorm::new(3, 4).is_err());
+    assert!(NonAffineGroupNorm::new(2, 4)
+        .unwrap()
+        .with_eps(0.0)
+        .is_err());
     let one = Conv2dConfig::new(1, 2, 1);
     assert!(WsConv2d::new(one, &mut Init::seeded(0), &d).is_err());
-    let mut gn = NonAffineGroupNorm::new(2, 4, 1e-5).unwrap();
+    let mut gn = NonAffineGroupNorm::new(2, 4).unwrap();
     let x = Tensor::zeros((2, 3, 3, 5), DType::F32, &d).unwrap();
     assert!(gn.forward(&x, true).is_err());
     assert!(gn.backward(&x, true).is_err());

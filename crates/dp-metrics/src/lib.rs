@@ -35,6 +35,36 @@
 //! All accumulation is in `f64`. Random directions and probes are drawn from seeded
 //! `rand_chacha` (candle's CPU RNG cannot be seeded), so results are reproducible. Library
 //! functions never panic on bad input; they return [`MetricsError`].
+//!
+//! ## Example
+//!
+//! Two questions about a dp-core model on a fixed probe set: how much does clipping at
+//! `C = 0.1` bias the mean gradient, and what does the loss look like around the weights?
+//!
+//! ```
+//! use dp_core::{models, per_example_gradients, CrossEntropy, Init};
+//! use dp_metrics::{clipping_stats, linspace, random_slice_1d, BiasHandling};
+//! use dp_metrics::{CoreModelSurface, LossSurface};
+//! use candle_core::{Device, Tensor};
+//! let dev = Device::Cpu;
+//! let mut model = models::mlp(&[4, 8, 3], &dev, 0)?;
+//! let x = Init::seeded(1).normal(&[20, 4], 1.0, &dev)?;
+//! let y = Tensor::from_vec((0..20u32).map(|i| i % 3).collect::<Vec<_>>(), 20, &dev)?;
+//!
+//! // Per-example gradients `[n, d]`, then the clipping statistics (noise multiplier 1).
+//! let g = per_example_gradients(&mut model, &x, &y, &CrossEntropy)?;
+//! let stats = clipping_stats(&g, 0.1, Some(1.0), &[])?;
+//! assert_eq!((stats.n, stats.d), (20, 4 * 8 + 8 + 8 * 3 + 3));
+//! assert!((0.0..=1.0).contains(&stats.clipped_fraction));
+//! assert!(stats.clipped_fraction > 0.0 && stats.bias.bias_norm > 0.0); // C = 0.1 clips: the mean moves
+//!
+//! // A filter-normalised 1-D slice of the loss through the weights (α = 0 is the model).
+//! let mut surface = CoreModelSurface::new(&mut model, x, y)?;
+//! let theta = surface.parameters();
+//! let slice = random_slice_1d(&mut surface, &theta, 0, BiasHandling::Zero, &linspace(-1.0, 1.0, 5))?;
+//! assert!((slice.losses[slice.center_index()] - surface.loss_at(&theta)?).abs() < 1e-9);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 pub mod adapters;
 pub mod cka;

@@ -307,6 +307,25 @@ impl<M: Model> PrivateTrainer<M> {
     /// is in place. Files are owner read/write only on unix (they hold the noise seeds).
     /// The state holds the non-private per-step statistics: a checkpoint is never a release
     /// artefact. One writer per directory.
+    ///
+    /// ```
+    /// use dp_optim::{checkpoint_step, BatchSize, Delta, Epochs, FixedClip, PrivateTrainer, Sgd, TrainerConfig};
+    /// use candle_core::Device;
+    /// let data = dp_data::load_bundled_mnist().unwrap();
+    /// let model = dp_core::models::mlp(&[784, 8, 10], &Device::Cpu, 0).unwrap();
+    /// let cfg = TrainerConfig::new(Epochs(0.2), BatchSize(100.0), Delta(1e-5)).with_seed(0);
+    /// let method = Box::new(FixedClip::new(1.0, 1.0).unwrap());
+    /// let mut t = PrivateTrainer::new(model, Box::new(Sgd::new(0.1)), method, cfg, &data.train).unwrap();
+    /// let dir = std::env::temp_dir().join(format!("dp-optim-doc-save-{}", std::process::id()));
+    /// for _ in 0..2 {
+    ///     t.step(&data.train, &Device::Cpu).unwrap();
+    ///     t.save_checkpoint(&dir).unwrap(); // replaces the previous checkpoint atomically
+    /// }
+    /// assert_eq!(checkpoint_step(&dir).unwrap(), 2);
+    /// // One manifest, the weights and the state: the first save's files are gone.
+    /// assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 3);
+    /// std::fs::remove_dir_all(&dir).unwrap();
+    /// ```
     pub fn save_checkpoint(&self, dir: impl AsRef<Path>) -> Result<()> {
         let dir = dir.as_ref();
         create_dir_private(dir)?;
@@ -348,6 +367,44 @@ impl<M: Model> PrivateTrainer<M> {
     /// same noise stream and batches, so two released continuations add identical noise that
     /// anyone holding both can cancel, and their joint privacy cost is not the ε either
     /// reports. To explore alternatives, start fresh runs with fresh seeds.
+    ///
+    /// A run killed after 3 of its 8 steps and resumed ends where the uninterrupted run
+    /// ends, with the same ε:
+    ///
+    /// ```
+    /// use dp_optim::{BatchSize, Delta, Epochs, FixedClip, PrivateTrainer, Sgd, TrainerConfig};
+    /// use dp_core::Model;
+    /// use candle_core::Device;
+    /// let dev = Device::Cpu;
+    /// let data = dp_data::load_bundled_mnist().unwrap();
+    /// let fresh = || {
+    ///     let model = dp_core::models::mlp(&[784, 8, 10], &dev, 0).unwrap();
+    ///     (model, Box::new(Sgd::new(0.1)), Box::new(FixedClip::new(1.0, 1.0).unwrap()))
+    /// };
+    /// let cfg = TrainerConfig::new(Epochs(0.2), BatchSize(100.0), Delta(1e-5)).with_seed(0);
+    /// let (model, opt, method) = fresh();
+    /// let mut whole = PrivateTrainer::new(model, opt, method, cfg.clone(), &data.train).unwrap();
+    /// let whole_report = whole.train(&data.train, None).unwrap();
+    ///
+    /// let dir = std::env::temp_dir().join(format!("dp-optim-doc-resume-{}", std::process::id()));
+    /// let (model, opt, method) = fresh();
+    /// let mut t = PrivateTrainer::new(model, opt, method, cfg, &data.train).unwrap();
+    /// for _ in 0..3 {
+    ///     t.step(&data.train, &dev).unwrap();
+    /// }
+    /// t.save_checkpoint(&dir).unwrap();
+    /// drop(t); // the process dies here
+    ///
+    /// let (model, opt, method) = fresh(); // the same kinds, freshly built
+    /// let mut t = PrivateTrainer::resume(&dir, model, opt, method, &data.train, &dev).unwrap();
+    /// assert_eq!(t.steps_taken(), 3);
+    /// let report = t.train(&data.train, None).unwrap();
+    /// assert_eq!(report.steps, whole_report.steps);
+    /// assert_eq!(report.epsilon, whole_report.epsilon);
+    /// assert_eq!(t.model().param_tensors()[0].to_vec2::<f32>().unwrap(),
+    ///            whole.model().param_tensors()[0].to_vec2::<f32>().unwrap());
+    /// std::fs::remove_dir_all(&dir).unwrap();
+    /// ```
     pub fn resume(
         dir: impl AsRef<Path>,
         mut model: M,

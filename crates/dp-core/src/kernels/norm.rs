@@ -325,10 +325,12 @@ mod tests {
         let gamma = (rand(&[c], 7) + 1.0).unwrap();
         let beta = rand(&[c], 8);
         let mk = |dt| {
-            GroupNorm::new(groups, c, 1e-5, &Device::Cpu)
-                .unwrap()
-                .with_affine(gamma.to_dtype(dt).unwrap(), beta.to_dtype(dt).unwrap())
-                .unwrap()
+            GroupNorm::from_tensors(
+                groups,
+                gamma.to_dtype(dt).unwrap(),
+                beta.to_dtype(dt).unwrap(),
+            )
+            .unwrap()
         };
         let mut xv = f64_values(&(rand(&[b, h, w, c], 9) * 3.0).unwrap());
         // The first example's groups nearly constant (σ close to √eps), the second's
@@ -374,8 +376,8 @@ mod tests {
             let c = groups * per;
             let gamma = (rand(&[c], seed) + 1.0).unwrap();
             let beta = rand(&[c], seed + 1);
-            let mk = |dt| GroupNorm::new(groups, c, 1e-5, &Device::Cpu).unwrap()
-                .with_affine(gamma.to_dtype(dt).unwrap(), beta.to_dtype(dt).unwrap()).unwrap();
+            let mk = |dt| GroupNorm::from_tensors(groups, gamma.to_dtype(dt).unwrap(),
+                beta.to_dtype(dt).unwrap()).unwrap();
             let x = (rand(&[b, h, w, c], seed + 2) * 3.0).unwrap();
             let g = rand(&[b, h, w, c], seed + 3);
             let slack = input_grad_slack(&x, groups, &gamma, &g, 1e-5);
@@ -387,8 +389,8 @@ mod tests {
                                                seq in any::<bool>(), seed in 0u64..100) {
             let gamma = (rand(&[d], seed) + 1.0).unwrap();
             let beta = rand(&[d], seed + 1);
-            let mk = |dt| LayerNorm::new(d, 1e-5, &Device::Cpu).unwrap()
-                .with_affine(gamma.to_dtype(dt).unwrap(), beta.to_dtype(dt).unwrap()).unwrap();
+            let mk = |dt| LayerNorm::from_tensors(gamma.to_dtype(dt).unwrap(),
+                beta.to_dtype(dt).unwrap()).unwrap();
             let shape: Vec<usize> = if seq { vec![b, t, d] } else { vec![b, d] };
             let x = (rand(&shape, seed + 2) * 3.0).unwrap();
             let g = rand(&shape, seed + 3);

@@ -5,6 +5,7 @@
 //! Per-example gradients are small (`[B, C]` each), so they are always materialised:
 //! `∂γ_i = Σ_s G_{i,s} ⊙ x̂_{i,s}`, `∂β_i = Σ_s G_{i,s}`.
 
+use super::norm_common::{check_eps, NORM_EPS};
 use super::seq_linear::weighted_sum_materialized;
 use crate::error::{shape_err, CoreError, Result};
 use crate::layer::Param;
@@ -28,20 +29,37 @@ pub(crate) struct AffineNorm {
 }
 
 impl AffineNorm {
-    /// Gain 1, bias 0 over `channels`.
-    pub fn new(channels: usize, eps: f64, device: &Device) -> Result<Self> {
-        // `eps` keeps 1/sqrt(var + eps) finite for a constant row (var = 0): it must be a
-        // positive, finite number in f32 too (1e-300 is 0 in f32 and gives 0/0 = NaN).
-        let e = eps as f32;
-        if !(eps.is_finite() && e > 0.0 && e.is_finite()) {
-            return Err(crate::error::CoreError::InvalidArgument(format!(
-                "normalisation eps {eps} must be finite and > 0 (in f32 too)"
+    /// Gain 1, bias 0 over `channels` (≥ 1), ε = [`NORM_EPS`].
+    pub fn new(channels: usize, device: &Device, layer: &str) -> Result<Self> {
+        if channels == 0 {
+            return Err(CoreError::InvalidArgument(format!(
+                "{layer}: the normalised axis must have at least one channel"
             )));
         }
+        Self::from_tensors(
+            Tensor::ones(channels, DType::F32, device)?,
+            Tensor::zeros(channels, DType::F32, device)?,
+            layer,
+        )
+    }
+
+    /// The given gain and bias, both `[C]` with `C ≥ 1`, ε = [`NORM_EPS`].
+    pub fn from_tensors(gamma: Tensor, beta: Tensor, layer: &str) -> Result<Self> {
+        let g = gamma.dims();
+        if g.len() != 1 || g[0] == 0 {
+            return Err(shape_err(&format!("{layer} gain"), "[C] with C ≥ 1", g));
+        }
+        if beta.dims() != g {
+            return Err(shape_err(
+                &format!("{layer} bias"),
+                &format!("{g:?} (the gain's shape)"),
+                beta.dims(),
+            ));
+        }
         Ok(Self {
-            gamma: Param::new("weight", Tensor::ones(channels, DType::F32, device)?),
-            beta: Param::new("bias", Tensor::zeros(channels, DType::F32, device)?),
-            eps,
+            gamma: Param::new("weight", gamma),
+            beta: Param::new("bias", beta),
+            eps: NORM_EPS,
             xhat: None,
             g: None,
             rstd: None,
@@ -50,22 +68,14 @@ impl AffineNorm {
         })
     }
 
-    pub fn channels(&self) -> usize {
-        self.gamma.value.dims()[0]
+    /// Sets ε after [`check_eps`].
+    pub fn set_eps(&mut self, eps: f64) -> Result<()> {
+        self.eps = check_eps(eps)?;
+        Ok(())
     }
 
-    pub fn set_affine(&mut self, gamma: Tensor, beta: Tensor, layer: &str) -> Result<()> {
-        let d = self.gamma.value.dims().to_vec();
-        if gamma.dims() != d.as_slice() || beta.dims() != d.as_slice() {
-            return Err(shape_err(
-                layer,
-                &format!("gain and bias of shape {d:?}"),
-                gamma.dims(),
-            ));
-        }
-        self.gamma.value = gamma;
-        self.beta.value = beta;
-        Ok(())
+    pub fn channels(&self) -> usize {
+        self.gamma.value.dims()[0]
     }
 
     /// Checks an input `[B, ..., C]` and views it as `[B, S, C]`.

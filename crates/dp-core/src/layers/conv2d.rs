@@ -127,9 +127,32 @@ impl Conv2d {
         Self::from_tensors(cfg, w, b)
     }
 
-    /// A convolution with the given channels-last weight `[C_out, kh, kw, C_in/g]` and bias.
+    /// A convolution with the given channels-last weight `[C_out, kh, kw, C_in/g]` and
+    /// bias `[C_out]`, present exactly when `cfg.bias` is; a typed error otherwise. A
+    /// PyTorch kernel `[C_out, C_in/g, kh, kw]` becomes this layout by `permute((0, 2, 3, 1))`.
+    ///
+    /// ```
+    /// use dp_core::layers::{Conv2d, Conv2dConfig};
+    /// use dp_core::CoreError;
+    /// use candle_core::{DType, Device, Tensor};
+    /// let dev = Device::Cpu;
+    /// let cfg = Conv2dConfig::new(3, 8, 5).bias(false);
+    /// let torch_w = Tensor::zeros((8, 3, 5, 5), DType::F32, &dev).unwrap(); // [O, I, kh, kw]
+    /// let w = torch_w.permute((0, 2, 3, 1)).unwrap().contiguous().unwrap();
+    /// assert!(Conv2d::from_tensors(cfg, w.clone(), None).is_ok());
+    /// assert!(matches!(Conv2d::from_tensors(cfg, torch_w, None), Err(CoreError::Shape { .. })));
+    /// let b = Tensor::zeros(8, DType::F32, &dev).unwrap();
+    /// assert!(Conv2d::from_tensors(cfg, w, Some(b)).is_err()); // cfg says no bias
+    /// ```
     pub fn from_tensors(cfg: Conv2dConfig, weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
         validate(&cfg)?;
+        if cfg.bias != bias.is_some() {
+            return Err(CoreError::InvalidArgument(format!(
+                "Conv2d: the configuration says bias = {}, but a bias was {}given",
+                cfg.bias,
+                if bias.is_some() { "" } else { "not " }
+            )));
+        }
         let want = [
             cfg.out_channels,
             cfg.kernel.0,

@@ -30,23 +30,39 @@ pub struct Embedding {
 }
 
 impl Embedding {
-    /// A table initialised `N(0, 1)` (PyTorch's default).
+    /// A `vocab × dim` table (both ≥ 1) initialised `N(0, 1)` (PyTorch's default).
     pub fn new(vocab: usize, dim: usize, init: &mut Init, device: &Device) -> Result<Self> {
-        Ok(Self::from_tensor(init.normal(
-            &[vocab, dim],
-            1.0,
-            device,
-        )?))
+        // Checked before drawing: an empty table has no row to look up.
+        if vocab == 0 || dim == 0 {
+            return Err(CoreError::InvalidArgument(format!(
+                "Embedding({vocab}×{dim}): vocabulary and dimension must be ≥ 1"
+            )));
+        }
+        Self::from_tensors(init.normal(&[vocab, dim], 1.0, device)?)
     }
 
-    /// A table with the given weight `[V, D]`.
-    pub fn from_tensor(weight: Tensor) -> Self {
-        Self {
+    /// A table with the given weight `[V, D]` (both ≥ 1; PyTorch's `nn.Embedding.weight`
+    /// has this layout); a typed shape error otherwise.
+    ///
+    /// ```
+    /// use dp_core::layers::Embedding;
+    /// use candle_core::{DType, Device, Tensor};
+    /// let w = Tensor::zeros((10, 4), DType::F32, &Device::Cpu).unwrap();
+    /// assert!(Embedding::from_tensors(w).is_ok());
+    /// let flat = Tensor::zeros(40, DType::F32, &Device::Cpu).unwrap();
+    /// assert!(matches!(Embedding::from_tensors(flat), Err(dp_core::CoreError::Shape { .. })));
+    /// ```
+    pub fn from_tensors(weight: Tensor) -> Result<Self> {
+        let d = weight.dims();
+        if d.len() != 2 || d[0] == 0 || d[1] == 0 {
+            return Err(shape_err("Embedding weight", "[V, D] with V, D ≥ 1", d));
+        }
+        Ok(Self {
             weight: Param::new("weight", weight),
             ids: None,
             g: None,
             materialized: None,
-        }
+        })
     }
 
     fn record(&self) -> Result<(Tensor, Tensor)> {

@@ -1,7 +1,9 @@
 //! Group normalisation (Wu & He 2018), channels-last, with hand-written backward.
 
 use super::affine_norm::{affine_norm_layer_impls, affine_norm_per_sample, AffineNorm};
-use super::norm_common::{normalize_last, normalize_last_backward};
+use super::norm_common::{
+    check_eps, check_groups, normalize_last, normalize_last_backward, NORM_EPS,
+};
 use crate::error::{CoreError, Result};
 use crate::layer::{GradMode, Layer, Param, PerSampleGrad};
 use candle_core::{Device, Tensor};
@@ -11,13 +13,24 @@ use candle_core::{Device, Tensor};
 /// Inputs `[B, C]`, `[B, T, C]` or `[B, H, W, C]`. Unlike BatchNorm it never mixes
 /// examples, which is why DP models use it (Opacus replaces BatchNorm by it).
 ///
+/// ε is PyTorch's default, [`NORM_EPS`](crate::layers::NORM_EPS) = 1e-5, unless
+/// [`GroupNorm::with_eps`] sets another; [`GroupNorm::from_tensors`] takes a trained gain
+/// and bias.
+///
 /// ```
 /// use dp_core::layers::GroupNorm;
 /// use dp_core::Layer;
 /// use candle_core::{DType, Device, Tensor};
-/// let mut gn = GroupNorm::new(2, 4, 1e-5, &Device::Cpu).unwrap();
-/// let x = Tensor::rand(0f32, 1., (3, 5, 5, 4), &Device::Cpu).unwrap();
+/// let dev = Device::Cpu;
+/// let mut gn = GroupNorm::new(2, 4, &dev).unwrap();
+/// let x = Tensor::rand(0f32, 1., (3, 5, 5, 4), &dev).unwrap();
 /// assert_eq!(gn.forward(&x, false).unwrap().dims(), &[3, 5, 5, 4]);
+///
+/// // PyTorch's `nn.GroupNorm(2, 4, eps=1e-6)` with its trained `weight` and `bias`:
+/// let (gamma, beta) = (Tensor::ones(4, DType::F32, &dev).unwrap(), Tensor::zeros(4, DType::F32, &dev).unwrap());
+/// let gn = GroupNorm::from_tensors(2, gamma.clone(), beta.clone()).unwrap().with_eps(1e-6).unwrap();
+/// assert_eq!(gn.params().len(), 2);
+/// assert!(GroupNorm::from_tensors(3, gamma, beta).is_err()); // 4 channels, 3 groups
 /// ```
 pub struct GroupNorm {
     groups: usize,
@@ -25,24 +38,33 @@ pub struct GroupNorm {
 }
 
 impl GroupNorm {
-    /// Gain 1, bias 0; `channels` must be divisible by `groups`, and `eps` finite and > 0
-    /// (also once rounded to f32).
-    pub fn new(groups: usize, channels: usize, eps: f64, device: &Device) -> Result<Self> {
-        if groups == 0 || !channels.is_multiple_of(groups) {
-            return Err(CoreError::InvalidArgument(format!(
-                "GroupNorm: {channels} channels cannot be split into {groups} groups"
-            )));
-        }
+    /// `channels` (≥ 1) split into `groups` equal groups; gain 1, bias 0 (f32, on
+    /// `device`).
+    pub fn new(groups: usize, channels: usize, device: &Device) -> Result<Self> {
+        check_groups(groups, channels)?;
         Ok(Self {
             groups,
-            norm: AffineNorm::new(channels, eps, device)?,
+            norm: AffineNorm::new(
+                channels,
+                device,
+                &format!("GroupNorm({groups}, {channels})"),
+            )?,
         })
     }
 
-    /// Replaces the gain and bias (each `[C]`).
-    pub fn with_affine(mut self, gamma: Tensor, beta: Tensor) -> Result<Self> {
-        let name = self.name();
-        self.norm.set_affine(gamma, beta, &name)?;
+    /// `groups` groups over the channels of the given gain `gamma` and bias `beta`, both
+    /// `[C]` (PyTorch's `weight` and `bias`); `groups` must divide `C`. A typed error
+    /// otherwise.
+    pub fn from_tensors(groups: usize, gamma: Tensor, beta: Tensor) -> Result<Self> {
+        let norm = AffineNorm::from_tensors(gamma, beta, "GroupNorm")?;
+        check_groups(groups, norm.channels())?;
+        Ok(Self { groups, norm })
+    }
+
+    /// Sets ε (default [`NORM_EPS`](crate::layers::NORM_EPS)); it must be finite and > 0,
+    /// also once rounded to f32.
+    pub fn with_eps(mut self, eps: f64) -> Result<Self> {
+        self.norm.set_eps(eps)?;
         Ok(self)
     }
 
@@ -112,14 +134,18 @@ affine_norm_per_sample!(GroupNorm);
 /// (S&P 2023) uses it in its ResNet-20 (`nn.GroupNorm(min(4, C), C, affine=False)`).
 /// Inputs `[B, C]`, `[B, T, C]` or `[B, H, W, C]`.
 ///
+/// ε is [`NORM_EPS`](crate::layers::NORM_EPS) unless [`NonAffineGroupNorm::with_eps`]
+/// sets another.
+///
 /// ```
 /// use dp_core::layers::NonAffineGroupNorm;
 /// use dp_core::Layer;
 /// use candle_core::{Device, Tensor};
-/// let mut gn = NonAffineGroupNorm::new(2, 4, 1e-5).unwrap();
+/// let mut gn = NonAffineGroupNorm::new(2, 4).unwrap();
 /// let x = Tensor::rand(0f32, 1., (3, 5, 5, 4), &Device::Cpu).unwrap();
 /// assert_eq!(gn.forward(&x, false).unwrap().dims(), &[3, 5, 5, 4]);
 /// assert!(gn.params().is_empty());
+/// assert!(NonAffineGroupNorm::new(2, 4).unwrap().with_eps(f64::NAN).is_err());
 /// ```
 pub struct NonAffineGroupNorm {
     groups: usize,
@@ -130,25 +156,21 @@ pub struct NonAffineGroupNorm {
 }
 
 impl NonAffineGroupNorm {
-    /// `channels` must be divisible by `groups`; `eps` finite and > 0 (also in f32).
-    pub fn new(groups: usize, channels: usize, eps: f64) -> Result<Self> {
-        if groups == 0 || !channels.is_multiple_of(groups) {
-            return Err(CoreError::InvalidArgument(format!(
-                "GroupNorm: {channels} channels cannot be split into {groups} groups"
-            )));
-        }
-        let e = eps as f32;
-        if !(eps.is_finite() && e > 0.0 && e.is_finite()) {
-            return Err(CoreError::InvalidArgument(format!(
-                "normalisation eps {eps} must be finite and > 0 (in f32 too)"
-            )));
-        }
+    /// `channels` (≥ 1) split into `groups` equal groups. No parameters, so no device.
+    pub fn new(groups: usize, channels: usize) -> Result<Self> {
+        check_groups(groups, channels)?;
         Ok(Self {
             groups,
             channels,
-            eps,
+            eps: NORM_EPS,
             record: None,
         })
+    }
+
+    /// Sets ε (default [`NORM_EPS`]); it must be finite and > 0, also once rounded to f32.
+    pub fn with_eps(mut self, eps: f64) -> Result<Self> {
+        self.eps = check_eps(eps)?;
+        Ok(self)
     }
 
     /// `[B, S, C]` → `[B·G, S·C/G]`.

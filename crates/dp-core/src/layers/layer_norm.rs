@@ -13,31 +13,53 @@ use candle_core::{Device, Tensor};
 /// `shared/docs/candle-notes.md`); this layer computes them by hand and is tested
 /// against finite differences.
 ///
+/// ε is PyTorch's default, [`NORM_EPS`](crate::layers::NORM_EPS) = 1e-5, unless [`LayerNorm::with_eps`] sets
+/// another; [`LayerNorm::from_tensors`] takes a trained gain and bias.
+///
 /// ```
 /// use dp_core::layers::LayerNorm;
 /// use dp_core::Layer;
 /// use candle_core::{Device, Tensor};
-/// let mut ln = LayerNorm::new(4, 1e-5, &Device::Cpu).unwrap();
-/// let x = Tensor::new(&[[1f32, 2., 3., 4.]], &Device::Cpu).unwrap();
+/// let dev = Device::Cpu;
+/// let mut ln = LayerNorm::new(4, &dev).unwrap();
+/// let x = Tensor::new(&[[1f32, 2., 3., 4.]], &dev).unwrap();
 /// let y = ln.forward(&x, false).unwrap().to_vec2::<f32>().unwrap();
 /// assert!((y[0].iter().sum::<f32>()).abs() < 1e-5);
+///
+/// // A trained gain and bias, and a non-default ε.
+/// let gamma = Tensor::new(&[2f32, 2., 2., 2.], &dev).unwrap();
+/// let beta = Tensor::new(&[1f32, 1., 1., 1.], &dev).unwrap();
+/// let mut ln = LayerNorm::from_tensors(gamma, beta).unwrap().with_eps(1e-6).unwrap();
+/// let y = ln.forward(&x, false).unwrap().to_vec2::<f32>().unwrap();
+/// assert!((y[0].iter().sum::<f32>() - 4.0).abs() < 1e-4); // Σ(2x̂ + 1) = 4
+/// // Shapes and ε are checked.
+/// assert!(LayerNorm::from_tensors(Tensor::ones(4, candle_core::DType::F32, &dev).unwrap(),
+///     Tensor::zeros(3, candle_core::DType::F32, &dev).unwrap()).is_err());
+/// assert!(LayerNorm::new(4, &dev).unwrap().with_eps(0.0).is_err());
 /// ```
 pub struct LayerNorm {
     norm: AffineNorm,
 }
 
 impl LayerNorm {
-    /// Gain 1, bias 0; `eps` must be finite and > 0 (also once rounded to f32).
-    pub fn new(dim: usize, eps: f64, device: &Device) -> Result<Self> {
+    /// Normalises a last axis of `dim ≥ 1` values; gain 1, bias 0 (f32, on `device`).
+    pub fn new(dim: usize, device: &Device) -> Result<Self> {
         Ok(Self {
-            norm: AffineNorm::new(dim, eps, device)?,
+            norm: AffineNorm::new(dim, device, &format!("LayerNorm({dim})"))?,
         })
     }
 
-    /// Replaces the gain and bias (each `[D]`).
-    pub fn with_affine(mut self, gamma: Tensor, beta: Tensor) -> Result<Self> {
-        let name = self.name();
-        self.norm.set_affine(gamma, beta, &name)?;
+    /// The given gain `gamma` and bias `beta`, both `[D]` with `D ≥ 1` (PyTorch's
+    /// `weight` and `bias`); a typed shape error otherwise.
+    pub fn from_tensors(gamma: Tensor, beta: Tensor) -> Result<Self> {
+        Ok(Self {
+            norm: AffineNorm::from_tensors(gamma, beta, "LayerNorm")?,
+        })
+    }
+
+    /// Sets ε (default [`NORM_EPS`](crate::layers::NORM_EPS)); it must be finite and > 0, also once rounded to f32.
+    pub fn with_eps(mut self, eps: f64) -> Result<Self> {
+        self.norm.set_eps(eps)?;
         Ok(self)
     }
 }

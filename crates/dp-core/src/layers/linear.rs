@@ -54,9 +54,28 @@ impl Linear {
         Self::from_tensors(w, b)
     }
 
-    /// A layer with the given weight `[out, in]` and optional bias `[out]`.
+    /// A layer with the given weight `[out, in]` (both ≥ 1; PyTorch's `nn.Linear.weight`
+    /// has this layout) and optional bias `[out]`; a typed shape error otherwise.
+    ///
+    /// ```
+    /// use dp_core::layers::Linear;
+    /// use dp_core::{CoreError, Layer};
+    /// use candle_core::{DType, Device, Tensor};
+    /// let dev = Device::Cpu;
+    /// let w = Tensor::new(&[[1f32, 0., 0.], [0., 1., 1.]], &dev).unwrap();
+    /// let b = Tensor::new(&[0.5f32, -0.5], &dev).unwrap();
+    /// let mut lin = Linear::from_tensors(w.clone(), Some(b)).unwrap();
+    /// let y = lin.forward(&Tensor::new(&[[1f32, 2., 3.]], &dev).unwrap(), false).unwrap();
+    /// assert_eq!(y.to_vec2::<f32>().unwrap(), vec![vec![1.5, 4.5]]);
+    /// let short = Tensor::zeros(3, DType::F32, &dev).unwrap(); // needs [2]
+    /// assert!(matches!(Linear::from_tensors(w, Some(short)), Err(CoreError::Shape { .. })));
+    /// ```
     pub fn from_tensors(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
-        let (out, _) = weight.dims2()?;
+        let d = weight.dims();
+        if d.len() != 2 || d[0] == 0 || d[1] == 0 {
+            return Err(shape_err("Linear weight", "[out, in] with out, in ≥ 1", d));
+        }
+        let out = d[0];
         if let Some(b) = &bias {
             if b.dims() != [out] {
                 return Err(shape_err("Linear bias", &format!("[{out}]"), b.dims()));

@@ -47,12 +47,29 @@ pub struct WsConv2d {
 impl WsConv2d {
     /// A standardised convolution with PyTorch's default initialisation of the raw `W`.
     pub fn new(cfg: Conv2dConfig, init: &mut Init, device: &Device) -> Result<Self> {
-        let conv = Conv2d::new(cfg, init, device)?;
-        Self::from_conv(conv)
+        Self::standardizing(Conv2d::new(cfg, init, device)?)
+    }
+
+    /// A standardised convolution whose raw (unstandardised) weight is `weight`, in
+    /// [`Conv2d::from_tensors`]'s layout `[C_out, kh, kw, C_in/g]`, with bias `[C_out]`
+    /// present exactly when `cfg.bias` is; a typed error otherwise, or if a filter has
+    /// fewer than 2 values (its standard deviation would be undefined).
+    ///
+    /// ```
+    /// use dp_core::layers::{Conv2dConfig, WsConv2d};
+    /// use candle_core::{Device, Tensor};
+    /// let cfg = Conv2dConfig::new(1, 2, 2).bias(false);
+    /// let w = Tensor::new(&[1f32, 2., 3., 4., 0., 0., 0., 1.], &Device::Cpu).unwrap().reshape((2, 2, 2, 1)).unwrap();
+    /// let ws = WsConv2d::from_tensors(cfg, w, None).unwrap();
+    /// let m: Vec<f32> = ws.standardized_weight().unwrap().reshape((2, 4)).unwrap().mean(1).unwrap().to_vec1().unwrap();
+    /// assert!(m.iter().all(|v| v.abs() < 1e-6)); // every standardised filter has mean 0
+    /// ```
+    pub fn from_tensors(cfg: Conv2dConfig, weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        Self::standardizing(Conv2d::from_tensors(cfg, weight, bias)?)
     }
 
     /// Standardises the kernel of `conv` (its weight becomes the raw `W`).
-    pub fn from_conv(conv: Conv2d) -> Result<Self> {
+    fn standardizing(conv: Conv2d) -> Result<Self> {
         let w = conv.params()[0].value.clone();
         let n: usize = w.dims()[1..].iter().product();
         if n < 2 {

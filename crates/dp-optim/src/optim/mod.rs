@@ -51,6 +51,61 @@ pub struct OptimizerState {
 }
 
 /// One update rule: new parameters from parameters and a gradient.
+///
+/// The gradient it receives is already private, so any rule is post-processing and costs
+/// no privacy; the trainer calls [`BaseOptimizer::step`] once per step and saves
+/// [`BaseOptimizer::state`] in checkpoints. A rule written outside dp-optim, signSGD
+/// (Bernstein et al. 2018) `θ ← θ − lr·sign(g)`, driving a private run:
+///
+/// ```
+/// use dp_optim::{BaseOptimizer, BatchSize, Delta, Epochs, FixedClip, OptimizerState, PrivateTrainer, TrainError, TrainerConfig};
+/// use candle_core::{Device, Tensor};
+///
+/// struct SignSgd { lr: f64, steps: u64 }
+///
+/// impl BaseOptimizer for SignSgd {
+///     fn step(&mut self, params: &[Tensor], grads: &[Tensor]) -> dp_optim::Result<Vec<Tensor>> {
+///         if params.len() != grads.len() {
+///             return Err(TrainError::InvalidConfig("one gradient per parameter".into()));
+///         }
+///         self.steps += 1;
+///         let update = |(p, g): (&Tensor, &Tensor)| -> dp_optim::Result<Tensor> {
+///             Ok((p - (g.sign()? * self.lr)?)?)
+///         };
+///         params.iter().zip(grads).map(update).collect()
+///     }
+///     fn learning_rate(&self) -> f64 { self.lr }
+///     fn set_learning_rate(&mut self, lr: f64) { self.lr = lr; }
+///     fn state(&self) -> dp_optim::Result<OptimizerState> {
+///         Ok(OptimizerState { kind: "sign_sgd".into(), step: self.steps, buffers: vec![] })
+///     }
+///     fn load_state(&mut self, s: &OptimizerState, _: &Device) -> dp_optim::Result<()> {
+///         if s.kind != "sign_sgd" {
+///             return Err(TrainError::InvalidConfig(format!("cannot load a '{}' state", s.kind)));
+///         }
+///         self.steps = s.step;
+///         Ok(())
+///     }
+/// }
+///
+/// let dev = Device::Cpu;
+/// let mut opt = SignSgd { lr: 0.1, steps: 0 };
+/// let p = [Tensor::new(&[1f32, -1.], &dev).unwrap()];
+/// let g = [Tensor::new(&[0.3f32, -2.], &dev).unwrap()];
+/// let v: Vec<f32> = opt.step(&p, &g).unwrap()[0].to_vec1().unwrap();
+/// assert!((v[0] - 0.9).abs() < 1e-6 && (v[1] + 0.9).abs() < 1e-6);
+///
+/// // DP-signSGD: the trainer privatises the gradient, the rule above only uses it.
+/// let data = dp_data::load_bundled_mnist().unwrap();
+/// let model = dp_core::models::mlp(&[784, 8, 10], &dev, 0).unwrap();
+/// let cfg = TrainerConfig::new(Epochs(0.1), BatchSize(100.0), Delta(1e-5)).with_seed(0);
+/// let method = FixedClip::new(1.0, 1.0).unwrap();
+/// let sign_sgd = SignSgd { lr: 0.01, steps: 0 };
+/// let mut t = PrivateTrainer::new(model, Box::new(sign_sgd), Box::new(method), cfg, &data.train).unwrap();
+/// let report = t.train(&data.train, None).unwrap();
+/// assert_eq!(t.optimizer().state().unwrap().step, report.steps);
+/// assert!(report.epsilon.is_finite());
+/// ```
 pub trait BaseOptimizer: Send {
     /// Returns the updated parameters (same order and shapes as `params`).
     fn step(&mut self, params: &[Tensor], grads: &[Tensor]) -> Result<Vec<Tensor>>;
