@@ -30,7 +30,7 @@ fn model(flatten: Flatten, seed: u64) -> Sequential {
         .push(Relu::default()) // 1
         .push(MaxPool2d::new(2, 2)) // 2
         .push(Conv2d::new(Conv2dConfig::new(4, 8, 3).groups(2), &mut init, &dev).unwrap()) // 3
-        .push(GroupNorm::new(2, 8, 1e-5, &dev).unwrap()) // 4
+        .push(GroupNorm::new(2, 8, &dev).unwrap()) // 4
         .push(Relu::default()) // 5
         .push(flatten) // 6
         .push(Linear::new(8 * 4 * 4, 10, true, &mut init, &dev).unwrap()) // 7
