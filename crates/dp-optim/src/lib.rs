@@ -43,6 +43,8 @@ mod evaluate;
 pub mod methods;
 pub mod optim;
 mod plan;
+pub mod prelude;
+mod private;
 mod pruning;
 mod records;
 mod schedule;
@@ -62,7 +64,9 @@ pub use methods::{
     AboveBound, AdaptiveQuantileClip, AutoS, Bam, ClipWith, FixedClip, GlobalAdapt, PrivacyMethod,
 };
 pub use optim::{Adam, AdamBc, BaseOptimizer, OptimizerState, Sgd};
+pub use methods::{MethodContext, MethodSpec};
 pub use plan::{PerExampleObjective, PlanContext, Regime, StatisticQuery, StepOutcome, StepPlan};
+pub use private::{make_private, Method, PrivacyTarget};
 pub use pruning::{MaskSource, TrainingMask};
 pub use records::{EpochRecord, Guarantee, PrivacyReport, StepRecord, StopReason, TrainReport};
 pub use schedule::LrSchedule;
