@@ -30,14 +30,24 @@ fn residual_cnn(seed: u64) -> GraphModel {
         g.layer(3, &h)
     })
     .push(Conv2d::new(Conv2dConfig::new(2, 4, 3).padding(1), &mut i, &d).unwrap())
-    .push(Conv2d::new(Conv2dConfig::new(4, 4, 3).padding(1).bias(false), &mut i, &d).unwrap())
+    .push(
+        Conv2d::new(
+            Conv2dConfig::new(4, 4, 3).padding(1).bias(false),
+            &mut i,
+            &d,
+        )
+        .unwrap(),
+    )
     .push(MaxPool2d::new(2, 1))
     .push(Linear::new(4, 3, true, &mut i, &d).unwrap())
 }
 
 fn batch(seed: u64, b: usize) -> (Tensor, Tensor) {
     let mut r = rng(seed);
-    (randn(&mut r, &[b, 5, 5, 2], DType::F64), labels(&mut r, b, 3))
+    (
+        randn(&mut r, &[b, 5, 5, 2], DType::F64),
+        labels(&mut r, b, 3),
+    )
 }
 
 /// The reference: each example's gradient, per parameter, from a backward pass of its own.
@@ -91,7 +101,10 @@ fn named_gradients_match_the_one_example_reference() {
     let expected_names: Vec<String> = m.named_params().into_iter().map(|(n, _)| n).collect();
     let names: Vec<String> = grads.iter().map(|(n, _)| n.clone()).collect();
     assert_eq!(names, expected_names);
-    assert_eq!(names, ["0.weight", "0.bias", "1.weight", "3.weight", "3.bias"]);
+    assert_eq!(
+        names,
+        ["0.weight", "0.bias", "1.weight", "3.weight", "3.bias"]
+    );
     let params = m.param_tensors();
     let reference = reference(&mut m, &x, &y);
     let mut worst = 0f64;
@@ -108,7 +121,10 @@ fn named_gradients_match_the_one_example_reference() {
     assert!(worst < TOL, "worst relative error {worst:e}");
     // The flat view is the same gradients, concatenated.
     let flat = per_example_gradients(&mut m, &x, &y, &CrossEntropy).unwrap();
-    let parts: Vec<Tensor> = grads.iter().map(|(_, g)| g.reshape((6, ())).unwrap()).collect();
+    let parts: Vec<Tensor> = grads
+        .iter()
+        .map(|(_, g)| g.reshape((6, ())).unwrap())
+        .collect();
     assert_eq!(values(&flat), values(&Tensor::cat(&parts, 1).unwrap()));
     // And the model's own check agrees that these are per-example gradients.
     let report = check_per_sample_gradients(&mut m, &x, &y, &CrossEntropy, 1e-8).unwrap();
@@ -123,14 +139,19 @@ fn layer_sq_norms_match_the_reference_in_both_modes() {
     let reference = reference(&mut m, &x, &y);
     let ranges = layer_params(&m);
     for mode in [GradMode::Ghost, GradMode::Materialize, GradMode::Auto] {
-        let n = layer_sq_norms(&mut m, &x, &y, &CrossEntropy, &GradOptions::with_mode(mode))
-            .unwrap();
+        let n =
+            layer_sq_norms(&mut m, &x, &y, &CrossEntropy, &GradOptions::with_mode(mode)).unwrap();
         assert_eq!(n.names.len(), 3);
         assert!(n.names[0].starts_with("0.Conv2d"), "{:?}", n.names);
         assert!(n.names[1].starts_with("1.Conv2d"), "{:?}", n.names);
         assert!(n.names[2].starts_with("3.Linear"), "{:?}", n.names);
         assert_eq!(n.sq_norms.dims(), &[5, 3]);
-        let got = n.sq_norms.to_dtype(DType::F64).unwrap().to_vec2::<f64>().unwrap();
+        let got = n
+            .sq_norms
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_vec2::<f64>()
+            .unwrap();
         for (i, r) in reference.iter().enumerate() {
             for (l, range) in ranges.iter().enumerate() {
                 let want: f64 = r[range.clone()].iter().map(sq).sum();
@@ -193,8 +214,13 @@ fn masked_norms_are_over_the_active_coordinates() {
     let mut m = residual_cnn(7);
     to_f64(&mut m);
     let (x, y) = batch(8, 4);
-    let mask = GradientMask::magnitude(&m.param_tensors(), 0.7, PruneScope::Global, Prunable::Weights)
-        .unwrap();
+    let mask = GradientMask::magnitude(
+        &m.param_tensors(),
+        0.7,
+        PruneScope::Global,
+        Prunable::Weights,
+    )
+    .unwrap();
     let reference = reference(&mut m, &x, &y);
     let ranges = layer_params(&m);
     let opts = GradOptions {
@@ -202,9 +228,19 @@ fn masked_norms_are_over_the_active_coordinates() {
         ..GradOptions::default()
     };
     let n = layer_sq_norms(&mut m, &x, &y, &CrossEntropy, &opts).unwrap();
-    let got = n.sq_norms.to_dtype(DType::F64).unwrap().to_vec2::<f64>().unwrap();
+    let got = n
+        .sq_norms
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec2::<f64>()
+        .unwrap();
     let dense = layer_sq_norms(&mut m, &x, &y, &CrossEntropy, &GradOptions::default()).unwrap();
-    let dense = dense.sq_norms.to_dtype(DType::F64).unwrap().to_vec2::<f64>().unwrap();
+    let dense = dense
+        .sq_norms
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec2::<f64>()
+        .unwrap();
     for (i, r) in reference.iter().enumerate() {
         let masked = mask.apply(r).unwrap();
         for (l, range) in ranges.iter().enumerate() {
@@ -227,7 +263,12 @@ fn augmented_copies_give_one_row_per_example() {
     };
     let n = layer_sq_norms(&mut m, &x, &y, &CrossEntropy, &opts).unwrap();
     assert_eq!(n.sq_norms.dims(), &[3, 3]);
-    let got = n.sq_norms.to_dtype(DType::F64).unwrap().to_vec2::<f64>().unwrap();
+    let got = n
+        .sq_norms
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec2::<f64>()
+        .unwrap();
     let reference = reference(&mut m, &x, &y);
     let ranges = layer_params(&m);
     for e in 0..3 {
@@ -236,8 +277,8 @@ fn augmented_copies_give_one_row_per_example() {
             let want: f64 = range
                 .clone()
                 .map(|p| {
-                    let mean = ((&reference[2 * e][p] + &reference[2 * e + 1][p]).unwrap() * 0.5)
-                        .unwrap();
+                    let mean =
+                        ((&reference[2 * e][p] + &reference[2 * e + 1][p]).unwrap() * 0.5).unwrap();
                     sq(&mean)
                 })
                 .sum();

@@ -69,8 +69,8 @@ pub use evaluate::{batch_tensors, evaluate, evaluate_with, predicted_classes};
 pub use methods::{
     AboveBound, AdaptiveQuantileClip, AutoS, Bam, ClipWith, FixedClip, GlobalAdapt, PrivacyMethod,
 };
-pub use optim::{Adam, AdamBc, BaseOptimizer, OptimizerState, Sgd};
 pub use methods::{MethodContext, MethodSpec};
+pub use optim::{Adam, AdamBc, BaseOptimizer, OptimizerState, Sgd};
 pub use plan::{PerExampleObjective, PlanContext, Regime, StatisticQuery, StepOutcome, StepPlan};
 pub use private::{make_private, Method, PrivacyTarget};
 pub use pruning::{MaskSource, TrainingMask};

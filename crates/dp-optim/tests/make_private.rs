@@ -8,8 +8,8 @@ use dp_accounting::calibration::epsilon_for;
 use dp_accounting::{calibrate_noise_multiplier, AccountantKind};
 use dp_core::{models, Sequential};
 use dp_optim::{
-    make_private, BatchSize, ClipWith, Delta, Epochs, FixedClip, Method, MethodSpec,
-    PrivacyMethod, PrivacyTarget, PrivateTrainer, Sgd, StopReason, TrainError, TrainerConfig,
+    make_private, BatchSize, ClipWith, Delta, Epochs, FixedClip, Method, MethodSpec, PrivacyMethod,
+    PrivacyTarget, PrivateTrainer, Sgd, StopReason, TrainError, TrainerConfig,
 };
 
 /// 1000 examples of 6 features, 4 classes.
@@ -53,7 +53,11 @@ fn dp_sgd_spends_the_target_and_no_more() {
         assert_eq!(r.stop, StopReason::Completed, "ε = {eps}");
         assert_eq!(r.steps, 40);
         assert!(r.epsilon <= eps, "ε = {eps}: spent {}", r.epsilon);
-        assert!(r.epsilon >= 0.99 * eps, "ε = {eps}: spent only {}", r.epsilon);
+        assert!(
+            r.epsilon >= 0.99 * eps,
+            "ε = {eps}: spent only {}",
+            r.epsilon
+        );
         // σ is the classic calibration's, and what the accountant saw is exactly T steps of
         // (q, σ): computed here independently of the trainer.
         let sigma = calibrate_noise_multiplier(eps, 1e-5, 0.05, 40, AccountantKind::Rdp).unwrap();
@@ -74,10 +78,14 @@ fn the_one_call_equals_the_long_form_with_a_placeholder_sigma() {
     let placeholder = Box::new(FixedClip::new(0.5, 1.0).unwrap());
     let mut long =
         PrivateTrainer::new(mlp(), Box::new(Sgd::new(0.1)), placeholder, cfg, &d).unwrap();
-    let (a, b) = (short.train(&d, None).unwrap(), long.train(&d, None).unwrap());
+    let (a, b) = (
+        short.train(&d, None).unwrap(),
+        long.train(&d, None).unwrap(),
+    );
     assert_eq!(a.noise_multiplier, b.noise_multiplier);
     assert_eq!(a.epsilon, b.epsilon);
-    let losses = |t: &PrivateTrainer<Sequential>| t.records().iter().map(|r| r.loss).collect::<Vec<_>>();
+    let losses =
+        |t: &PrivateTrainer<Sequential>| t.records().iter().map(|r| r.loss).collect::<Vec<_>>();
     assert_eq!(losses(&short), losses(&long)); // same seed, same run
 }
 
@@ -108,7 +116,11 @@ fn every_method_is_calibrated_and_accounted() {
         let r = t.train(&d, None).unwrap();
         assert_eq!(r.stop, StopReason::Completed, "{name}");
         assert!(r.epsilon <= TARGET.epsilon, "{name}: spent {}", r.epsilon);
-        assert!(r.epsilon >= 0.97 * TARGET.epsilon, "{name}: spent only {}", r.epsilon);
+        assert!(
+            r.epsilon >= 0.97 * TARGET.epsilon,
+            "{name}: spent only {}",
+            r.epsilon
+        );
         assert_eq!(r.noise_multiplier, t.method().noise_multiplier(), "{name}");
     }
     // Adaptive clipping splits σ between the gradient and its count: together they cost one
@@ -116,7 +128,11 @@ fn every_method_is_calibrated_and_accounted() {
     let mut t = seeded(TARGET, Method::adaptive_clipping(0.1)).unwrap();
     let r = t.train(&d, None).unwrap();
     let independent = epsilon_for(0.05, r.noise_multiplier, 40, 1e-5, AccountantKind::Rdp).unwrap();
-    assert!((r.epsilon - independent).abs() <= 1e-6 * independent, "{} vs {independent}", r.epsilon);
+    assert!(
+        (r.epsilon - independent).abs() <= 1e-6 * independent,
+        "{} vs {independent}",
+        r.epsilon
+    );
 }
 
 #[test]
@@ -146,12 +162,16 @@ fn the_batch_size_is_given_once() {
 #[test]
 fn bad_input_gets_typed_errors() {
     let d = data();
-    let out_of_range = |target: PrivacyTarget, method: Method| {
-        match make_private(mlp(), Sgd::new(0.1), &d, target, method) {
-            Err(TrainError::OutOfRange { name, .. }) => name,
-            Err(e) => panic!("{target:?}: other error {e}"),
-            Ok(_) => panic!("{target:?}: accepted"),
-        }
+    let out_of_range = |target: PrivacyTarget, method: Method| match make_private(
+        mlp(),
+        Sgd::new(0.1),
+        &d,
+        target,
+        method,
+    ) {
+        Err(TrainError::OutOfRange { name, .. }) => name,
+        Err(e) => panic!("{target:?}: other error {e}"),
+        Ok(_) => panic!("{target:?}: accepted"),
     };
     let t = TARGET;
     for eps in [0.0, -1.0, f64::NAN, f64::INFINITY] {
@@ -168,7 +188,10 @@ fn bad_input_gets_typed_errors() {
     }
     for batch_size in [0.0, -5.0, f64::NAN] {
         let target = PrivacyTarget { batch_size, ..t };
-        assert_eq!(out_of_range(target, Method::dp_sgd(1.0)), "expected batch size");
+        assert_eq!(
+            out_of_range(target, Method::dp_sgd(1.0)),
+            "expected batch size"
+        );
     }
     for clip in [0.0, -1.0, f64::NAN, f64::INFINITY] {
         for m in [
@@ -193,7 +216,13 @@ fn bad_input_gets_typed_errors() {
         Err(TrainError::InvalidLearningRate(_))
     ));
     assert!(matches!(
-        make_private(mlp(), Sgd::new(0.1), &d, t, Method::from_spec(MethodSpec::named("nope"))),
+        make_private(
+            mlp(),
+            Sgd::new(0.1),
+            &d,
+            t,
+            Method::from_spec(MethodSpec::named("nope"))
+        ),
         Err(TrainError::InvalidConfig(_))
     ));
 }
@@ -218,9 +247,15 @@ fn a_method_keeps_its_own_validation_at_the_calibrated_sigma() {
 fn configure_may_not_change_the_target() {
     let changes: [fn(TrainerConfig) -> TrainerConfig; 4] = [
         |c| c.with_budget(20.0),
-        |c| TrainerConfig { calibrate_noise: false, ..c },
+        |c| TrainerConfig {
+            calibrate_noise: false,
+            ..c
+        },
         |c| TrainerConfig { epochs: 10.0, ..c },
-        |c| TrainerConfig { expected_batch_size: 10.0, ..c },
+        |c| TrainerConfig {
+            expected_batch_size: 10.0,
+            ..c
+        },
     ];
     for change in changes {
         let r = PrivateTrainer::with_epsilon(mlp(), Sgd::new(0.1), TARGET, Method::dp_sgd(1.0))
