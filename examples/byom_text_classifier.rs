@@ -19,15 +19,8 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::{Context, Result};
-use candle_core::{Device, Tensor, D};
 use clap::Parser;
-use dp_lab::core::graph::{softmax, GraphModel};
-use dp_lab::core::layers::{Embedding, LayerNorm, Linear};
-use dp_lab::core::{check_per_sample_gradients, CrossEntropy, Init, Model};
-use dp_lab::data::{load_bundled_mnist, Dataset};
-use dp_lab::optim::{
-    batch_tensors, BatchSize, Delta, Epochs, FixedClip, PrivateTrainer, Sgd, TrainerConfig,
-};
+use dp_lab::prelude::*;
 
 const ROWS: usize = 28;
 const VOCAB: usize = 128;
@@ -134,18 +127,16 @@ fn main() -> Result<()> {
     );
     check.ensure()?;
 
-    let cfg = TrainerConfig::new(
-        Epochs(args.epochs),
-        BatchSize(args.batch_size),
-        Delta(args.delta),
-    )
-    .with_budget(args.epsilon)
-    .calibrate_noise_from_budget()
-    .with_seed(args.seed)
-    .with_progress(true);
-    let method = FixedClip::new(args.clip, 1.0)?; // σ = 1.0 is replaced by the calibrated one
+    let target = PrivacyTarget {
+        epsilon: args.epsilon,
+        delta: args.delta,
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+    };
     let opt = Sgd::new(args.lr).with_momentum(0.9);
-    let mut trainer = PrivateTrainer::new(model, Box::new(opt), Box::new(method), cfg, &train)?;
+    let mut trainer = PrivateTrainer::with_epsilon(model, opt, target, Method::dp_sgd(args.clip))
+        .configure(|c| c.with_seed(args.seed).with_progress(true))
+        .build(&train)?;
     let report = trainer.train(&train, Some(&test))?;
     eprintln!(
         "test accuracy {:.2}% at ε = {:.3} (δ = {}), σ = {:.3}, {} steps, {:.1} s",

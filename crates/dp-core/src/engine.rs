@@ -391,42 +391,11 @@ pub fn clipped_gradient<M: Model + ?Sized>(
     let loss_sum = forward_backward(model, x, targets, loss)? / k as f64;
     let device: Device = x.device().clone();
     let mut layers = private_layers(model)?;
-    // Each private layer's parameters, as a range of the model's parameter list.
-    let mut ranges = Vec::with_capacity(layers.len());
-    let mut start = 0;
-    for layer in layers.iter() {
-        let n = layer.params().len();
-        ranges.push(start..start + n);
-        start += n;
-    }
-    let layer_masks = |l: usize| -> Option<&[Option<Tensor>]> {
-        let m = opts.mask.as_ref()?.slice(ranges[l].clone());
-        m.iter().any(|t| t.is_some()).then_some(m)
-    };
-    if k > 1 {
-        for layer in layers.iter_mut() {
-            if let Some(rule) = layer.per_sample() {
-                rule.group_examples(k)?;
-            }
-        }
-    }
     // From here on, "examples" are the original ones (groups of K rows).
     let b = b / k;
 
     // 1. Per-layer per-example squared norms (one small [L, B] transfer to the host).
-    let mut sq = Vec::with_capacity(layers.len());
-    for (k, layer) in layers.iter_mut().enumerate() {
-        let mode = opts.layer_modes.get(&k).copied().unwrap_or(opts.mode);
-        let rule = layer
-            .per_sample()
-            .ok_or_else(|| CoreError::UnsupportedLayer {
-                layer: "unknown".into(),
-            })?;
-        sq.push(match layer_masks(k) {
-            Some(masks) => rule.masked_sq_norms(masks)?,
-            None => rule.sq_norms(mode)?,
-        });
-    }
+    let sq = layer_sq_norm_tensors(&mut layers, opts)?;
     let sq = sq_norms_to_host(sq)?;
 
     // 2. Non-finite examples.
@@ -497,6 +466,51 @@ pub fn clipped_gradient<M: Model + ?Sized>(
         examples: b,
         unclipped_sum,
     })
+}
+
+/// The engine's step 1, after the forward and backward pass: group augmented copies
+/// ([`GradOptions::augmentation_multiplicity`]), then each private layer's per-example
+/// squared norms (`[B]` each) in the layer's mode, over the active coordinates when
+/// [`GradOptions::mask`] is set. Shared by [`clipped_gradient`] and [`layer_sq_norms`], so
+/// what a caller inspects is what the clip strategy sees.
+pub(crate) fn layer_sq_norm_tensors(
+    layers: &mut [&mut dyn Layer],
+    opts: &GradOptions,
+) -> Result<Vec<Tensor>> {
+    let k = opts.augmentation_multiplicity.max(1);
+    // Each private layer's parameters, as a range of the model's parameter list.
+    let mut ranges = Vec::with_capacity(layers.len());
+    let mut start = 0;
+    for layer in layers.iter() {
+        let n = layer.params().len();
+        ranges.push(start..start + n);
+        start += n;
+    }
+    let layer_masks = |l: usize| -> Option<&[Option<Tensor>]> {
+        let m = opts.mask.as_ref()?.slice(ranges[l].clone());
+        m.iter().any(|t| t.is_some()).then_some(m)
+    };
+    if k > 1 {
+        for layer in layers.iter_mut() {
+            if let Some(rule) = layer.per_sample() {
+                rule.group_examples(k)?;
+            }
+        }
+    }
+    let mut sq = Vec::with_capacity(layers.len());
+    for (l, layer) in layers.iter_mut().enumerate() {
+        let mode = opts.layer_modes.get(&l).copied().unwrap_or(opts.mode);
+        let rule = layer
+            .per_sample()
+            .ok_or_else(|| CoreError::UnsupportedLayer {
+                layer: "unknown".into(),
+            })?;
+        sq.push(match layer_masks(l) {
+            Some(masks) => rule.masked_sq_norms(masks)?,
+            None => rule.sq_norms(mode)?,
+        });
+    }
+    Ok(sq)
 }
 
 /// Per-layer squared norms (one `[B]` tensor per private layer, any float dtype) as one
@@ -613,7 +627,8 @@ pub(crate) fn clip_weights(
 }
 
 /// Every example's full gradient, flattened and concatenated over parameters in model
-/// order: a `[B, d]` tensor. For analysis (dp-metrics) and tests; memory is `B·d`.
+/// order: a `[B, d]` tensor. For analysis (dp-metrics) and tests; memory is `B·d`. The
+/// same gradients split by parameter, with names: [`named_per_example_gradients`].
 ///
 /// ```
 /// use dp_core::{per_example_gradients, CrossEntropy, Init, Sequential};
@@ -632,17 +647,167 @@ pub fn per_example_gradients<M: Model + ?Sized>(
     loss: &dyn Loss,
 ) -> Result<Tensor> {
     let b = x.dim(0)?;
+    let parts = named_per_example_gradients(model, x, targets, loss)?
+        .into_iter()
+        .map(|(_, g)| g.reshape((b, ())))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&parts, 1)?)
+}
+
+/// Every example's gradient split by parameter: one `(name, [B, ..param shape])` pair per
+/// parameter, in [`Model::param_tensors`] order, named as [`Model::named_params`] names
+/// them (`"{layer index}.{param}"`, e.g. `"0.weight"`). Entry `(name, g)` holds in row `i`
+/// the gradient of example `i`'s own loss `ℓ_i` with respect to that parameter, from one
+/// forward and one backward pass of the summed loss (each layer's materialised per-sample
+/// rule, the same one [`GradMode::Materialize`] clips). Not private (raw per-example
+/// gradients); memory is `B·d`.
+///
+/// Errors as [`clipped_gradient`]: a layer with parameters but no per-sample rule, shape
+/// errors of the passes.
+///
+/// ```
+/// use dp_core::{named_per_example_gradients, CrossEntropy, Init, Sequential};
+/// use dp_core::layers::{Linear, Relu};
+/// use candle_core::{Device, Tensor};
+/// let dev = Device::Cpu;
+/// let mut init = Init::seeded(1);
+/// let mut m = Sequential::new(&dev)
+///     .push(Linear::new(4, 3, true, &mut init, &dev).unwrap())
+///     .push(Relu::default())
+///     .push(Linear::new(3, 2, false, &mut init, &dev).unwrap());
+/// let x = Tensor::randn(0f32, 1., (5, 4), &dev).unwrap();
+/// let y = Tensor::new(&[0u32, 1, 1, 0, 1], &dev).unwrap();
+/// let grads = named_per_example_gradients(&mut m, &x, &y, &CrossEntropy).unwrap();
+/// let names: Vec<&str> = grads.iter().map(|(n, _)| n.as_str()).collect();
+/// assert_eq!(names, ["0.weight", "0.bias", "2.weight"]);
+/// assert_eq!(grads[0].1.dims(), &[5, 3, 4]); // [B, out, in]
+/// assert_eq!(grads[2].1.dims(), &[5, 2, 3]);
+/// ```
+pub fn named_per_example_gradients<M: Model + ?Sized>(
+    model: &mut M,
+    x: &Tensor,
+    targets: &Tensor,
+    loss: &dyn Loss,
+) -> Result<Vec<(String, Tensor)>> {
+    let names: Vec<String> = model.named_params().into_iter().map(|(n, _)| n).collect();
     forward_backward(model, x, targets, loss)?;
-    let mut parts = Vec::new();
-    for layer in private_layers(model)? {
-        if let Some(rule) = layer.per_sample() {
-            for g in rule.per_sample_grads()? {
-                parts.push(g.reshape((b, ()))?);
+    let mut grads = Vec::with_capacity(names.len());
+    let run = (|| -> Result<()> {
+        for layer in private_layers(model)? {
+            if let Some(rule) = layer.per_sample() {
+                grads.extend(rule.per_sample_grads()?);
             }
         }
-    }
+        Ok(())
+    })();
     model.clear();
-    Ok(Tensor::cat(&parts, 1)?)
+    run?;
+    if grads.len() != names.len() {
+        return Err(CoreError::InvalidArgument(format!(
+            "the private layers gave {} per-example gradients for {} parameters",
+            grads.len(),
+            names.len()
+        )));
+    }
+    Ok(names.into_iter().zip(grads).collect())
+}
+
+/// Each example's squared gradient norm in each private layer, with the layers' names:
+/// what [`layer_sq_norms`] returns.
+#[derive(Debug, Clone)]
+pub struct NamedLayerSqNorms {
+    /// One name per private layer (a layer with parameters), in model order:
+    /// `"{i}.{Layer::name}"`, `i` being the layer's position in [`Model::layers`] — the
+    /// prefix of its parameters' names in [`Model::named_params`] (`"1.Conv2d(1→16, 3×3)"`
+    /// owns `"1.weight"` and `"1.bias"`).
+    pub names: Vec<String>,
+    /// `[B, L]` (f32): row `i`, column `l` is `‖∂ℓ_i/∂θ_l‖²` over layer `l`'s parameters.
+    pub sq_norms: Tensor,
+}
+
+impl NamedLayerSqNorms {
+    /// The same norms as a [`ClipStrategy`] receives them (`per_layer[l][i]`), e.g. to call
+    /// a strategy's [`ClipStrategy::factors`] by hand.
+    pub fn to_layer_sq_norms(&self) -> Result<LayerSqNorms> {
+        let (b, l) = self.sq_norms.dims2()?;
+        let per_layer = if b == 0 || l == 0 {
+            vec![Vec::new(); l]
+        } else {
+            self.sq_norms.t()?.contiguous()?.to_vec2::<f32>()?
+        };
+        Ok(LayerSqNorms { per_layer })
+    }
+}
+
+/// Each example's squared gradient norm per private layer, `[B, L]` with the layers'
+/// names, from one forward and one backward pass: exactly the norms
+/// [`clipped_gradient`] hands its [`ClipStrategy`] (same code path: ghost or materialised
+/// per [`GradOptions::mode`] and [`GradOptions::layer_modes`], over the active coordinates
+/// under [`GradOptions::mask`], one row per original example under
+/// [`GradOptions::augmentation_multiplicity`]). Summing a row gives `‖g_i‖²`. Not private:
+/// for analysis, or to design a clip rule. The model's records are cleared afterwards.
+///
+/// Errors: a batch that is not a whole number of augmentation groups, a mask that does not
+/// fit the model, a layer with parameters but no per-sample rule, errors of the passes.
+///
+/// ```
+/// use dp_core::{layer_sq_norms, models, CrossEntropy, GradOptions};
+/// use candle_core::{Device, Tensor};
+/// let dev = Device::Cpu;
+/// let mut m = models::mlp(&[4, 6, 3], &dev, 0).unwrap(); // Reshape, Linear, ReLU, Linear
+/// let x = Tensor::randn(0f32, 1., (5, 4), &dev).unwrap();
+/// let y = Tensor::new(&[0u32, 1, 2, 0, 1], &dev).unwrap();
+/// let n = layer_sq_norms(&mut m, &x, &y, &CrossEntropy, &GradOptions::default()).unwrap();
+/// assert_eq!(n.names, ["1.Linear(4→6)", "3.Linear(6→3)"]);
+/// assert_eq!(n.sq_norms.dims(), &[5, 2]);
+/// let host = n.to_layer_sq_norms().unwrap(); // what a ClipStrategy sees: [L][B]
+/// assert_eq!((host.per_layer.len(), host.batch_size()), (2, 5));
+/// ```
+pub fn layer_sq_norms<M: Model + ?Sized>(
+    model: &mut M,
+    x: &Tensor,
+    targets: &Tensor,
+    loss: &dyn Loss,
+    opts: &GradOptions,
+) -> Result<NamedLayerSqNorms> {
+    let names: Vec<String> = model
+        .layers()
+        .into_iter()
+        .enumerate()
+        .filter(|(_, l)| !l.params().is_empty())
+        .map(|(i, l)| format!("{i}.{}", l.name()))
+        .collect();
+    let rows = x.dim(0)?;
+    let k = opts.augmentation_multiplicity.max(1);
+    if rows % k != 0 {
+        return Err(CoreError::InvalidArgument(format!(
+            "batch of {rows} rows is not a whole number of groups of {k} augmented copies"
+        )));
+    }
+    if let Some(mask) = &opts.mask {
+        mask.check(&model.param_tensors())?;
+    }
+    let b = rows / k;
+    if rows == 0 || names.is_empty() {
+        // Refuse a layer without a per-sample rule even when there is nothing to compute.
+        private_layers(model)?;
+        let sq_norms = Tensor::zeros((b, names.len()), candle_core::DType::F32, x.device())?;
+        return Ok(NamedLayerSqNorms { names, sq_norms });
+    }
+    forward_backward(model, x, targets, loss)?;
+    let sq = (|| -> Result<Tensor> {
+        let mut layers = private_layers(model)?;
+        let sq = layer_sq_norm_tensors(&mut layers, opts)?
+            .into_iter()
+            .map(|t| t.to_dtype(candle_core::DType::F32))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Tensor::stack(&sq, 1)?)
+    })();
+    model.clear();
+    Ok(NamedLayerSqNorms {
+        names,
+        sq_norms: sq?,
+    })
 }
 
 /// The ordinary (non-private) gradient of the **summed** loss and the loss sum: one

@@ -71,8 +71,9 @@ pub use candle_core;
 pub use check::{check_per_sample_gradients, CheckReport};
 pub use clipping::{ClipStrategy, LayerSqNorms};
 pub use engine::{
-    batch_gradient, clipped_gradient, per_example_gradients, privatize, ClipStats, ClippedBatch,
-    GradOptions, NoisyGradient, NonFinitePolicy,
+    batch_gradient, clipped_gradient, layer_sq_norms, named_per_example_gradients,
+    per_example_gradients, privatize, ClipStats, ClippedBatch, GradOptions, NamedLayerSqNorms,
+    NoisyGradient, NonFinitePolicy,
 };
 pub use error::{CoreError, Result};
 pub use init::Init;

@@ -32,6 +32,18 @@ pub enum TrainError {
         /// The training set's size.
         dataset_len: usize,
     },
+    /// A number outside the range it must lie in (a target ε, δ, epochs, batch size or clip
+    /// bound of [`crate::make_private`]).
+    #[error("{name} = {value} is out of range: it must be {expected}")]
+    OutOfRange {
+        /// What the number is (`"ε"`, `"δ"`, `"epochs"`, `"expected batch size"`,
+        /// `"clip norm"`).
+        name: &'static str,
+        /// The value given.
+        value: f64,
+        /// The range it must lie in.
+        expected: &'static str,
+    },
     /// A learning rate that is not a finite positive number.
     #[error("learning rate {0} must be finite and > 0")]
     InvalidLearningRate(f64),

@@ -20,16 +20,22 @@
 //!   steps included), any loss and sampler, physical batches under a memory cap, per-step
 //!   and per-epoch records that say what their ε certifies, and checkpoints that resume
 //!   the accountant.
+//! - [`make_private`] / [`PrivateTrainer::with_epsilon`]: the one-call entry (Opacus's
+//!   `make_private_with_epsilon`): model, optimiser, training set, a [`PrivacyTarget`]
+//!   (ε, δ, epochs, batch size) and a [`Method`] given without σ → a trainer whose σ is
+//!   calibrated to spend the target. [`prelude`] brings in what a training script needs.
 //!
 //! On the CPU, call `dp_core::configure_cpu_threads()` at the start of `main` (see there).
 //!
 //! ```
-//! use dp_optim::{AdaptiveQuantileClip, BatchSize, Delta, Epochs, PrivateTrainer, Sgd, TrainerConfig};
+//! use dp_optim::prelude::*;
 //! let data = dp_data::load_bundled_mnist().unwrap();
 //! let model = dp_core::models::mlp(&[784, 16, 10], &candle_core::Device::Cpu, 0).unwrap();
-//! let cfg = TrainerConfig::new(Epochs(0.1), BatchSize(100.0), Delta(1e-5)).with_budget(3.0).calibrate_noise_from_budget().with_seed(0);
-//! let method = AdaptiveQuantileClip::new(1.0, 100.0).unwrap(); // σ replaced by calibration
-//! let mut t = PrivateTrainer::new(model, Box::new(Sgd::new(0.5)), Box::new(method), cfg, &data.train).unwrap();
+//! let target = PrivacyTarget { epsilon: 3.0, delta: 1e-5, epochs: 0.1, batch_size: 100.0 };
+//! let mut t = PrivateTrainer::with_epsilon(model, Sgd::new(0.5), target, Method::adaptive_clipping(1.0))
+//!     .configure(|c| c.with_seed(0))
+//!     .build(&data.train)
+//!     .unwrap();
 //! let report = t.train(&data.train, Some(&data.test)).unwrap();
 //! assert!(report.epsilon <= 3.0);
 //! ```
@@ -43,6 +49,8 @@ mod evaluate;
 pub mod methods;
 pub mod optim;
 mod plan;
+pub mod prelude;
+mod private;
 mod pruning;
 mod records;
 mod schedule;
@@ -61,8 +69,10 @@ pub use evaluate::{batch_tensors, evaluate, evaluate_with, predicted_classes};
 pub use methods::{
     AboveBound, AdaptiveQuantileClip, AutoS, Bam, ClipWith, FixedClip, GlobalAdapt, PrivacyMethod,
 };
+pub use methods::{MethodContext, MethodSpec};
 pub use optim::{Adam, AdamBc, BaseOptimizer, OptimizerState, Sgd};
 pub use plan::{PerExampleObjective, PlanContext, Regime, StatisticQuery, StepOutcome, StepPlan};
+pub use private::{make_private, Method, PrivacyTarget};
 pub use pruning::{MaskSource, TrainingMask};
 pub use records::{EpochRecord, Guarantee, PrivacyReport, StepRecord, StopReason, TrainReport};
 pub use schedule::LrSchedule;

@@ -9,6 +9,7 @@ use crate::evaluate::{evaluate_with, rows_to_tensors};
 use crate::methods::PrivacyMethod;
 use crate::optim::BaseOptimizer;
 use crate::plan::{PlanContext, StepOutcome};
+use crate::private::{resolve_method, Method, PrivacyTarget};
 use crate::pruning::{compose_prior, TrainingMask};
 use crate::records::{EpochRecord, Guarantee, StepRecord, StopReason, TrainReport};
 use crate::schedule::LrSchedule;
@@ -49,14 +50,50 @@ pub type BoxedSampler = Box<dyn BatchSampler + Send>;
 pub struct TrainerBuilder<M: Model> {
     model: M,
     optimizer: Box<dyn BaseOptimizer>,
-    method: Box<dyn PrivacyMethod>,
+    method: MethodSource,
     config: TrainerConfig,
     loss: Option<BoxedLoss>,
     sampler: Option<BoxedSampler>,
     mask: Option<TrainingMask>,
 }
 
+/// Where a builder's method comes from: built by the caller, or built by the trainer at the
+/// σ calibrated for a [`PrivacyTarget`].
+enum MethodSource {
+    Built(Box<dyn PrivacyMethod>),
+    Calibrated {
+        method: Method,
+        target: PrivacyTarget,
+    },
+}
+
 impl<M: Model> TrainerBuilder<M> {
+    /// Changes the configuration before the run is prepared: seed, accountant, memory cap,
+    /// progress bar, learning-rate schedule, ... For a builder from
+    /// [`PrivateTrainer::with_epsilon`], the target's epochs, batch size, δ, ε and the
+    /// calibration must stay as they are ([`PrivateTrainer::with_epsilon`]'s `build`
+    /// refuses a change: change the [`PrivacyTarget`] instead).
+    ///
+    /// ```
+    /// use dp_optim::{Method, PrivacyTarget, PrivateTrainer, Sgd};
+    /// let data = dp_data::load_bundled_mnist().unwrap();
+    /// let model = || dp_core::models::mlp(&[784, 8, 10], &candle_core::Device::Cpu, 0).unwrap();
+    /// let target = PrivacyTarget { epsilon: 2.0, delta: 1e-5, epochs: 1.0, batch_size: 100.0 };
+    /// let t = PrivateTrainer::with_epsilon(model(), Sgd::new(0.1), target, Method::dp_sgd(1.0))
+    ///     .configure(|c| c.with_seed(7).with_max_physical_batch(50))
+    ///     .build(&data.train)
+    ///     .unwrap();
+    /// assert_eq!((t.config().seed, t.config().max_physical_batch), (Some(7), 50));
+    /// // Changing the target behind its back is refused.
+    /// let sneaky = PrivateTrainer::with_epsilon(model(), Sgd::new(0.1), target, Method::dp_sgd(1.0))
+    ///     .configure(|c| c.with_budget(10.0))
+    ///     .build(&data.train);
+    /// assert!(sneaky.is_err());
+    /// ```
+    pub fn configure(mut self, f: impl FnOnce(TrainerConfig) -> TrainerConfig) -> Self {
+        self.config = f(self.config);
+        self
+    }
     /// Train only the coordinates `mask` keeps (pruning under DP): the model's pruned
     /// weights are zeroed at build and after every update, they get no gradient and no
     /// noise, and clipped norms are over the active coordinates. A mask from released
@@ -262,8 +299,45 @@ impl<M: Model> PrivateTrainer<M> {
         TrainerBuilder {
             model,
             optimizer,
-            method,
+            method: MethodSource::Built(method),
             config,
+            loss: None,
+            sampler: None,
+            mask: None,
+        }
+    }
+
+    /// A builder for a run that spends `target`: `method` is built by the trainer at the
+    /// noise multiplier calibrated for it (no placeholder σ), with `target.batch_size` as
+    /// the one batch size of the run. [`crate::make_private`] is this followed by
+    /// [`TrainerBuilder::build`]; the builder adds [`TrainerBuilder::configure`] (seed,
+    /// accountant, ...), a loss, a sampler or a mask. σ is then calibrated as for
+    /// [`TrainerConfig::calibrate_noise_from_budget`], from the built method's releases,
+    /// and the budget guard accounts every step's releases as for any run.
+    ///
+    /// ```
+    /// use dp_optim::{Adam, Method, PrivacyTarget, PrivateTrainer};
+    /// let data = dp_data::load_bundled_mnist().unwrap();
+    /// let model = dp_core::models::mlp(&[784, 16, 10], &candle_core::Device::Cpu, 0).unwrap();
+    /// let target = PrivacyTarget { epsilon: 3.0, delta: 1e-5, epochs: 0.5, batch_size: 100.0 };
+    /// let mut t = PrivateTrainer::with_epsilon(model, Adam::new(1e-3), target, Method::adaptive_clipping(0.1))
+    ///     .configure(|c| c.with_seed(0))
+    ///     .build(&data.train)
+    ///     .unwrap();
+    /// let report = t.train(&data.train, None).unwrap();
+    /// assert!(report.epsilon <= 3.0 && report.epsilon > 2.9);
+    /// ```
+    pub fn with_epsilon(
+        model: M,
+        optimizer: impl BaseOptimizer + 'static,
+        target: PrivacyTarget,
+        method: Method,
+    ) -> TrainerBuilder<M> {
+        TrainerBuilder {
+            model,
+            optimizer: Box::new(optimizer),
+            method: MethodSource::Calibrated { method, target },
+            config: target.unchecked_config(),
             loss: None,
             sampler: None,
             mask: None,
@@ -274,13 +348,19 @@ impl<M: Model> PrivateTrainer<M> {
         let TrainerBuilder {
             model,
             optimizer,
-            mut method,
+            method,
             config,
             loss,
             sampler,
             mask,
         } = b;
         let n = train.len();
+        let mut method = match method {
+            MethodSource::Built(m) => m,
+            MethodSource::Calibrated { method, target } => {
+                resolve_method(&method, &target, &config, n)?
+            }
+        };
         if n == 0 {
             return Err(TrainError::InvalidConfig("empty training set".into()));
         }
