@@ -679,7 +679,7 @@ pub fn per_example_gradients<M: Model + ?Sized>(
 /// let y = Tensor::new(&[0u32, 1, 1, 0, 1], &dev).unwrap();
 /// let grads = named_per_example_gradients(&mut m, &x, &y, &CrossEntropy).unwrap();
 /// let names: Vec<&str> = grads.iter().map(|(n, _)| n.as_str()).collect();
-/// assert_eq!(names, ["0.weight", "0.bias", "2.weight"]);
+/// assert_eq!(names, ["0.weight", "0.bias", "1.weight"]); // the ReLU has no parameters
 /// assert_eq!(grads[0].1.dims(), &[5, 3, 4]); // [B, out, in]
 /// assert_eq!(grads[2].1.dims(), &[5, 2, 3]);
 /// ```
@@ -717,9 +717,9 @@ pub fn named_per_example_gradients<M: Model + ?Sized>(
 #[derive(Debug, Clone)]
 pub struct NamedLayerSqNorms {
     /// One name per private layer (a layer with parameters), in model order:
-    /// `"{i}.{Layer::name}"`, `i` being the layer's position in [`Model::layers`] — the
-    /// prefix of its parameters' names in [`Model::named_params`] (`"1.Conv2d(1→16, 3×3)"`
-    /// owns `"1.weight"` and `"1.bias"`).
+    /// `"{k}.{Layer::name}"`, `k` counting the layers that have parameters — the prefix of
+    /// its parameters' names in [`Model::named_params`] (`"1.Conv2d(1→16, 3×3)"` owns
+    /// `"1.weight"` and `"1.bias"`).
     pub names: Vec<String>,
     /// `[B, L]` (f32): row `i`, column `l` is `‖∂ℓ_i/∂θ_l‖²` over layer `l`'s parameters.
     pub sq_norms: Tensor,
@@ -758,7 +758,7 @@ impl NamedLayerSqNorms {
 /// let x = Tensor::randn(0f32, 1., (5, 4), &dev).unwrap();
 /// let y = Tensor::new(&[0u32, 1, 2, 0, 1], &dev).unwrap();
 /// let n = layer_sq_norms(&mut m, &x, &y, &CrossEntropy, &GradOptions::default()).unwrap();
-/// assert_eq!(n.names, ["1.Linear(4→6)", "3.Linear(6→3)"]);
+/// assert_eq!(n.names, ["0.Linear(4→6)", "1.Linear(6→3)"]); // numbered as in named_params
 /// assert_eq!(n.sq_norms.dims(), &[5, 2]);
 /// let host = n.to_layer_sq_norms().unwrap(); // what a ClipStrategy sees: [L][B]
 /// assert_eq!((host.per_layer.len(), host.batch_size()), (2, 5));
@@ -773,9 +773,9 @@ pub fn layer_sq_norms<M: Model + ?Sized>(
     let names: Vec<String> = model
         .layers()
         .into_iter()
+        .filter(|l| !l.params().is_empty())
         .enumerate()
-        .filter(|(_, l)| !l.params().is_empty())
-        .map(|(i, l)| format!("{i}.{}", l.name()))
+        .map(|(k, l)| format!("{k}.{}", l.name()))
         .collect();
     let rows = x.dim(0)?;
     let k = opts.augmentation_multiplicity.max(1);
