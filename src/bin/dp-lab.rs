@@ -290,14 +290,22 @@ fn worker(dir: &Path, id: Option<String>, index: Option<usize>, serve: bool) -> 
         }
         _ => bail!("give a run id or --index"),
     };
-    let finished = d.work_on(&id, &mut |s, t| println!("progress {s} {t}"))?;
-    if !finished {
-        if let RunState::Failed(msg) = d.state(&id) {
-            eprintln!("run {id} failed: {msg}");
-        }
+    if !work_one(&d, &id, &mut DataCache::new())? {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// Works on run `id` with progress on standard output; says on standard error why a run
+/// failed. Returns whether it finished.
+fn work_one(d: &SweepDir, id: &str, cache: &mut DataCache) -> Result<bool> {
+    let finished = d.work_on_with(id, &mut |s, t| println!("progress {s} {t}"), cache)?;
+    if !finished {
+        if let RunState::Failed(msg) = d.state(id) {
+            eprintln!("run {id} failed: {msg}");
+        }
+    }
+    Ok(finished)
 }
 
 /// The pool's worker: runs the ids it is sent, one at a time, and answers each with
@@ -313,18 +321,10 @@ fn serve_runs(d: &SweepDir) -> Result<()> {
             continue;
         }
         eprintln!("{RUN_LOG_MARKER} {id}");
-        let ok = match d.work_on_with(id, &mut |s, t| println!("progress {s} {t}"), &mut cache) {
-            Ok(finished) => finished,
-            Err(e) => {
-                eprintln!("run {id}: {e:#}");
-                false
-            }
-        };
-        if !ok {
-            if let RunState::Failed(msg) = d.state(id) {
-                eprintln!("run {id} failed: {msg}");
-            }
-        }
+        let ok = work_one(d, id, &mut cache).unwrap_or_else(|e| {
+            eprintln!("run {id}: {e:#}");
+            false
+        });
         println!("finished {id} {}", if ok { "ok" } else { "failed" });
         std::io::stdout().flush()?;
     }

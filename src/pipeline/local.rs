@@ -90,7 +90,12 @@ fn spawn_worker(
         .stderr(Stdio::piped())
         .spawn()
         .map_err(io(exe))?;
-    if let Some(out) = child.stdout.take() {
+    // The pool learns of every exit from this reader (`Closed`), so it must exist.
+    let out = child
+        .stdout
+        .take()
+        .ok_or_else(|| PipelineError::Other("a worker's standard output is not piped".into()))?;
+    {
         let tx = tx.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(|l| l.ok()) {
@@ -186,7 +191,6 @@ pub fn run_pool(dir: &SweepDir, exe: &Path, opts: &PoolOptions) -> Result<PoolSu
     let (tx, rx) = mpsc::channel::<Event>();
     let mut workers: Vec<Worker> = Vec::new();
     let mut next_key = 0usize;
-    let mut pending: Option<Event> = None;
     loop {
         // Start workers while there is work for them.
         while workers.len() < opts.jobs.max(1)
@@ -231,12 +235,10 @@ pub fn run_pool(dir: &SweepDir, exe: &Path, opts: &PoolOptions) -> Result<PoolSu
             summary.failed.len(),
             workers.iter().filter(|w| w.current.is_some()).count()
         ));
-        // Sleep until a worker reports progress, finishes or exits (the timeout only bounds
-        // how late a worker that exits without closing its output is noticed).
-        let first = match pending.take() {
-            Some(e) => Some(e),
-            None => rx.recv_timeout(Duration::from_millis(500)).ok(),
-        };
+        // Sleep until a worker reports progress, finishes or exits: its output reader sends
+        // `Closed` when the worker's standard output closes, which it does on any exit (the
+        // timeout only keeps the bars redrawn).
+        let first = rx.recv_timeout(Duration::from_millis(500)).ok();
         for event in first.into_iter().chain(rx.try_iter()) {
             match event {
                 Event::Progress(key, s, t) => {
@@ -277,28 +279,6 @@ pub fn run_pool(dir: &SweepDir, exe: &Path, opts: &PoolOptions) -> Result<PoolSu
                     }
                 }
             }
-        }
-        // A worker that exited without its readers noticing (should not happen).
-        let mut i = 0;
-        while i < workers.len() {
-            if workers[i].current.is_some() {
-                if let Some(status) = workers[i].child.try_wait().map_err(io(exe))? {
-                    let mut w = workers.swap_remove(i);
-                    if let Some((id, bar)) = w.current.take() {
-                        settle(
-                            dir,
-                            &multi,
-                            &sweep_bar,
-                            &mut summary,
-                            &id,
-                            &bar,
-                            Some(status),
-                        )?;
-                    }
-                    continue;
-                }
-            }
-            i += 1;
         }
     }
     sweep_bar.finish();

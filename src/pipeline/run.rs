@@ -182,14 +182,7 @@ fn dataset_name(d: DatasetChoice) -> (DatasetName, Normalize) {
 /// Loads the run's dataset, normalised with its per-pixel mean and std (public constants).
 pub fn load_dataset(cfg: &RunConfig) -> Result<TrainTest> {
     let data = load_normalised(cfg.dataset, cfg.data_dir.as_deref())?;
-    if data.train.len() != cfg.dataset.train_len() {
-        return Err(PipelineError::Other(format!(
-            "{} has {} training examples, expected {}",
-            cfg.dataset.label(),
-            data.train.len(),
-            cfg.dataset.train_len()
-        )));
-    }
+    check_train_len(cfg, &data)?;
     Ok(data)
 }
 
@@ -199,6 +192,19 @@ fn load_normalised(choice: DatasetChoice, dir: Option<&Path>) -> Result<TrainTes
     norm.apply_dataset(&mut data.train)?;
     norm.apply_dataset(&mut data.test)?;
     Ok(data)
+}
+
+/// Refuses a dataset whose training split is not the size the run's config is for.
+fn check_train_len(cfg: &RunConfig, data: &TrainTest) -> Result<()> {
+    if data.train.len() != cfg.dataset.train_len() {
+        return Err(PipelineError::Other(format!(
+            "{} has {} training examples, expected {}",
+            cfg.dataset.label(),
+            data.train.len(),
+            cfg.dataset.train_len()
+        )));
+    }
+    Ok(())
 }
 
 /// Datasets a worker process has loaded, kept for its next runs: a pool worker works on
@@ -218,17 +224,14 @@ impl DataCache {
 
     /// The run's dataset (what [`load_dataset`] returns), loaded once.
     pub fn dataset(&mut self, cfg: &RunConfig) -> Result<Arc<TrainTest>> {
-        let key = (cfg.dataset, cfg.data_dir.clone());
-        if let Some(d) = self.loaded.get(&key) {
-            return Ok(d.clone());
-        }
-        let d = Arc::new(load_dataset(cfg)?);
-        self.loaded.insert(key, d.clone());
-        Ok(d)
+        let data = self.load(cfg.dataset, cfg.data_dir.as_deref())?;
+        check_train_len(cfg, &data)?;
+        Ok(data)
     }
 
-    /// `choice` from `dir`, normalised (no size check: the public dataset of a run).
-    fn other(&mut self, choice: DatasetChoice, dir: Option<&Path>) -> Result<Arc<TrainTest>> {
+    /// `choice` from `dir`, normalised, loaded once (no size check: also the public
+    /// dataset of a run).
+    fn load(&mut self, choice: DatasetChoice, dir: Option<&Path>) -> Result<Arc<TrainTest>> {
         let key = (choice, dir.map(Path::to_path_buf));
         if let Some(d) = self.loaded.get(&key) {
             return Ok(d.clone());
@@ -593,7 +596,7 @@ fn train_public_model(
 ) -> Result<(Sequential, String)> {
     let choice = public_dataset(cfg);
     let public = cache
-        .other(choice, cfg.public_data_dir.as_deref())
+        .load(choice, cfg.public_data_dir.as_deref())
         .map_err(|e| {
             PipelineError::Other(format!(
                 "the public dataset of mask_source = \"public\" ({}): {e}",

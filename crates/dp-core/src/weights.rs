@@ -207,37 +207,25 @@ pub fn weights_from_tensors<M: Model + ?Sized>(
             continue;
         };
         let t = as_f32(t, &slot.file, cur.device())?;
+        // Checked in the file's layout, so the error shows the shape the file should hold.
+        let d = cur.dims();
+        let (want, layout) = if slot.conv_kernel {
+            (vec![d[0], d[3], d[1], d[2]], " (PyTorch layout)")
+        } else {
+            (d.to_vec(), "")
+        };
+        if t.dims() != want.as_slice() {
+            return Err(crate::error::shape_err(
+                &format!("{} (the model's {})", slot.file, slot.ours),
+                &format!("{want:?}{layout}"),
+                t.dims(),
+            ));
+        }
         let t = if slot.conv_kernel {
-            if t.rank() != 4 {
-                return Err(crate::error::shape_err(
-                    &slot.file,
-                    "a PyTorch kernel [C_out, C_in/g, kh, kw]",
-                    t.dims(),
-                ));
-            }
             t.permute((0, 2, 3, 1))?.contiguous()?
         } else {
             t
         };
-        if t.dims() != cur.dims() {
-            let expected = if slot.conv_kernel {
-                let d = cur.dims();
-                format!("{:?} (PyTorch layout)", [d[0], d[3], d[1], d[2]])
-            } else {
-                format!("{:?}", cur.dims())
-            };
-            let got = if slot.conv_kernel {
-                let d = t.dims();
-                vec![d[0], d[3], d[1], d[2]]
-            } else {
-                t.dims().to_vec()
-            };
-            return Err(crate::error::shape_err(
-                &format!("{} (the model's {})", slot.file, slot.ours),
-                &expected,
-                &got,
-            ));
-        }
         values.push(t);
     }
     if !missing.is_empty() {
@@ -258,14 +246,14 @@ pub fn weights_from_tensors<M: Model + ?Sized>(
 }
 
 fn as_f32(t: Tensor, name: &str, device: &Device) -> Result<Tensor> {
-    match t.dtype() {
-        DType::F32 => {}
-        DType::F64 | DType::F16 | DType::BF16 => {}
-        other => {
-            return Err(CoreError::InvalidArgument(format!(
-                "tensor {name} is {other:?}, not a floating-point parameter"
-            )))
-        }
+    if !matches!(
+        t.dtype(),
+        DType::F32 | DType::F64 | DType::F16 | DType::BF16
+    ) {
+        return Err(CoreError::InvalidArgument(format!(
+            "tensor {name} is {:?}, not a floating-point parameter",
+            t.dtype()
+        )));
     }
     Ok(t.to_dtype(DType::F32)?.to_device(device)?)
 }

@@ -49,6 +49,16 @@ fn fixture() -> (HashMap<String, Tensor>, HashMap<String, Tensor>) {
     all.into_iter().partition(|(k, _)| !k.starts_with("io."))
 }
 
+/// A tensor's values, flattened.
+fn flat(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1().unwrap()
+}
+
+/// Every parameter's values, in model order.
+fn values(m: &Sequential) -> Vec<Vec<f32>> {
+    m.param_tensors().iter().map(flat).collect()
+}
+
 fn max_rel_err(a: &[f32], b: &[f32]) -> f32 {
     let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
     a.iter()
@@ -63,8 +73,8 @@ fn pytorch_weights_reproduce_pytorch_logits_and_per_example_norms() {
     weights_from_tensors(&mut m, weights, &torch_format()).unwrap();
     let x = &io["io.x"];
     let logits = m.forward(x, false).unwrap();
-    let ours: Vec<f32> = logits.flatten_all().unwrap().to_vec1().unwrap();
-    let torch: Vec<f32> = io["io.logits"].flatten_all().unwrap().to_vec1().unwrap();
+    let ours = flat(&logits);
+    let torch = flat(&io["io.logits"]);
     let err = max_rel_err(&ours, &torch);
     assert!(
         err < 1e-5,
@@ -107,20 +117,8 @@ fn the_channels_last_flatten_would_be_wrong_and_is_refused() {
     let ours = weights_to_tensors(&ok, &WeightFormat::default()).unwrap();
     weights_from_tensors(&mut wrong, ours, &WeightFormat::default()).unwrap();
     let x = &io["io.x"];
-    let a: Vec<f32> = ok
-        .forward(x, false)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let b: Vec<f32> = wrong
-        .forward(x, false)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let a = flat(&ok.forward(x, false).unwrap());
+    let b = flat(&wrong.forward(x, false).unwrap());
     assert!(
         max_rel_err(&b, &a) > 1e-2,
         "the two flatten orders should disagree"
@@ -143,9 +141,7 @@ fn saving_in_pytorch_layout_gives_back_the_pytorch_file() {
     for (name, t) in &weights {
         let u = &back[name];
         assert_eq!(u.dims(), t.dims(), "{name}");
-        let a: Vec<f32> = u.flatten_all().unwrap().to_vec1().unwrap();
-        let b: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
-        assert_eq!(a, b, "{name}");
+        assert_eq!(flat(u), flat(t), "{name}");
     }
 }
 
@@ -169,11 +165,7 @@ fn dp_core_names_skip_parameter_free_layers() {
     save_weights(&a, &path, &WeightFormat::default()).unwrap();
     load_weights(&mut b, &path, &WeightFormat::default()).unwrap();
     std::fs::remove_file(&path).ok();
-    for (p, q) in a.param_tensors().iter().zip(b.param_tensors()) {
-        let p: Vec<f32> = p.flatten_all().unwrap().to_vec1().unwrap();
-        let q: Vec<f32> = q.flatten_all().unwrap().to_vec1().unwrap();
-        assert_eq!(p, q);
-    }
+    assert_eq!(values(&a), values(&b));
 }
 
 #[test]
@@ -181,19 +173,8 @@ fn mismatched_files_are_refused_and_change_nothing() {
     let (weights, _) = fixture();
     let fmt = torch_format();
     let mut m = model(Flatten::channels_first(), 7);
-    let before: Vec<Vec<f32>> = m
-        .param_tensors()
-        .iter()
-        .map(|t| t.flatten_all().unwrap().to_vec1().unwrap())
-        .collect();
-    let unchanged = |m: &Sequential| {
-        let now: Vec<Vec<f32>> = m
-            .param_tensors()
-            .iter()
-            .map(|t| t.flatten_all().unwrap().to_vec1().unwrap())
-            .collect();
-        assert_eq!(now, before);
-    };
+    let before = values(&m);
+    let unchanged = |m: &Sequential| assert_eq!(values(m), before);
     // A missing tensor.
     let mut w = weights.clone();
     w.remove("7.bias");

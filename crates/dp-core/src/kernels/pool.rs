@@ -227,28 +227,23 @@ mod tests {
         crate::test_util::seeded_normal(shape, shape.iter().product::<usize>() as u64)
     }
 
+    /// A 2×2 max-pool over one 2×2 image of `c` channels (`vals` channels-last): its
+    /// output and the input gradient of an all-ones output gradient.
+    fn pool_2x2_once(vals: Vec<f32>, c: usize) -> (Vec<f32>, Vec<f32>) {
+        let x = Tensor::from_vec(vals, (1, 2, 2, c), &Device::Cpu).unwrap();
+        let mut pool = MaxPool2d::new(2, 1);
+        let y = pool.forward(&x, true).unwrap();
+        let g = Tensor::ones((1, 1, 1, c), DType::F32, &Device::Cpu).unwrap();
+        let dx = pool.backward(&g, true).unwrap().unwrap();
+        let flat = |t: Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        (flat(y), flat(dx))
+    }
+
     /// Ties go to the first maximum of the window and a NaN wins over every number.
     #[test]
     fn max_pool_kernel_ties_and_nan() {
         let run = |vals: [f32; 4]| {
-            let x = Tensor::from_vec(vals.to_vec(), (1, 2, 2, 1), &Device::Cpu).unwrap();
-            let mut pool = MaxPool2d::new(2, 1);
-            let y: Vec<f32> = pool
-                .forward(&x, true)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            let g = Tensor::ones((1, 1, 1, 1), DType::F32, &Device::Cpu).unwrap();
-            let dx: Vec<f32> = pool
-                .backward(&g, true)
-                .unwrap()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
+            let (y, dx) = pool_2x2_once(vals.to_vec(), 1);
             (y[0], dx)
         };
         let (y, dx) = run([1.0, 2.0, 2.0, 0.0]);
@@ -277,24 +272,7 @@ mod tests {
                 vals[p * c + j] = windows[j % 3][p];
             }
         }
-        let x = Tensor::from_vec(vals, (1, 2, 2, c), &Device::Cpu).unwrap();
-        let mut pool = MaxPool2d::new(2, 1);
-        let y: Vec<f32> = pool
-            .forward(&x, true)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let g = Tensor::ones((1, 1, 1, c), DType::F32, &Device::Cpu).unwrap();
-        let dx: Vec<f32> = pool
-            .backward(&g, true)
-            .unwrap()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let (y, dx) = pool_2x2_once(vals, c);
         for j in 0..c {
             let w = want_y[j % 3];
             assert!(
