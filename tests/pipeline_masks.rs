@@ -117,3 +117,34 @@ fn a_released_mask_needs_a_private_run_of_whole_epochs() {
     cfg.sparsity = 0.0;
     cfg.validate("r.toml").unwrap();
 }
+
+#[test]
+fn public_lr_sets_the_public_models_learning_rate_only() {
+    let weights = |cfg: &RunConfig, name: &str| {
+        let d = tmp(name);
+        execute(cfg, name, &d, &mut |_, _| {}).unwrap();
+        let w = std::fs::read(d.join("model").join("model.safetensors")).unwrap();
+        let _ = std::fs::remove_dir_all(&d);
+        w
+    };
+    let default = small(MaskSourceChoice::Public);
+    let mut same = default.clone();
+    same.public_lr = Some(default.optimizer.lr);
+    let mut other = default.clone();
+    other.public_lr = Some(0.05);
+    let (a, b, c) = (
+        weights(&default, "plr-default"),
+        weights(&same, "plr-same"),
+        weights(&other, "plr-other"),
+    );
+    assert_eq!(a, b, "public_lr = optimizer.lr is the default");
+    assert_ne!(
+        a, c,
+        "another public learning rate, another public model and mask"
+    );
+    // It is validated like the run's own learning rate.
+    let mut bad = default;
+    bad.public_lr = Some(-1.0);
+    let e = bad.validate("r.toml").unwrap_err().to_string();
+    assert!(e.contains("public_lr") && e.contains("r.toml"), "{e}");
+}

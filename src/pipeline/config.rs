@@ -210,6 +210,11 @@ pub struct RunConfig {
     /// Directory of the public dataset of `mask_source = "public"` (default: as for
     /// `data_dir`).
     pub public_data_dir: Option<PathBuf>,
+    /// Learning rate at the start of the public model's schedule (`mask_source = "public"`:
+    /// its training is non-private, so a private run's learning rate, tuned for clipped
+    /// and noised gradients, is usually far too large for it). Default: `optimizer.lr`.
+    /// The schedule's shape is the run's.
+    pub public_lr: Option<f64>,
     /// `global` (one ranking) or `per_layer`.
     pub prune_scope: String,
     /// Seed of the model, the sampler, the noise and the metrics' probes.
@@ -245,6 +250,7 @@ impl Default for RunConfig {
             sparsity: 0.0,
             mask_source: MaskSourceChoice::Init,
             public_data_dir: None,
+            public_lr: None,
             prune_scope: "global".into(),
             seed: 0,
             metrics: vec!["per_class_accuracy".into()],
@@ -417,6 +423,11 @@ impl RunConfig {
                 "optimizer.step_factor",
                 "step_factor must be in (0, 1] and step_every ≥ 1".into(),
             );
+        }
+        if let Some(lr) = self.public_lr {
+            if !finite_pos(lr) {
+                return bad("public_lr", format!("{lr}: must be finite and > 0"));
+            }
         }
         if !(self.sparsity.is_finite() && (0.0..1.0).contains(&self.sparsity)) {
             return bad("sparsity", format!("{}: must be in [0, 1)", self.sparsity));

@@ -588,7 +588,8 @@ fn public_dataset(cfg: &RunConfig) -> DatasetChoice {
 }
 
 /// Trains the run's model non-privately on the first `train_len` examples of the public
-/// dataset, with the run's optimiser, schedule, epochs and seed; returns it and its label.
+/// dataset, with the run's optimiser, schedule, epochs and seed (the schedule scaled to
+/// start at `public_lr` when set); returns it and its label.
 fn train_public_model(
     cfg: &RunConfig,
     dev: &Device,
@@ -619,9 +620,10 @@ fn train_public_model(
         .build(&train)?;
     let per_epoch = t.steps_per_epoch();
     let epochs = cfg.whole_epochs();
+    let scale = cfg.public_lr.map_or(1.0, |lr| lr / cfg.optimizer.lr);
     for epoch in 0..epochs {
         t.optimizer_mut()
-            .set_learning_rate(cfg.optimizer.lr_at(epoch, epochs));
+            .set_learning_rate(scale * cfg.optimizer.lr_at(epoch, epochs));
         t.train_until_on(&train, None, dev, (epoch + 1) * per_epoch, &mut |_| {})?;
     }
     Ok((t.into_model(), format!("public:{}", choice.label())))
