@@ -276,7 +276,13 @@ pub(crate) fn ghost_sq_norms_split(
             with_host(a2, |a2v| {
                 with_host(g2, |g2v| -> candle_core::Result<()> {
                     norms.par_iter_mut().enumerate().try_for_each_init(
-                        || (vec![0f32; t1.max(t2) * t1.max(t2)], vec![0f32; t1.max(t2) * t1.max(t2)], vec![0f32; r]),
+                        || {
+                            (
+                                vec![0f32; t1.max(t2) * t1.max(t2)],
+                                vec![0f32; t1.max(t2) * t1.max(t2)],
+                                vec![0f32; r],
+                            )
+                        },
                         |(ga, gg, bs), (i, out)| -> candle_core::Result<()> {
                             let a1i = &a1v[i * t1 * p..(i + 1) * t1 * p];
                             let g1i = &g1v[i * t1 * r..(i + 1) * t1 * r];
@@ -335,8 +341,15 @@ pub(crate) fn ghost_sq_norms_split(
 /// and output gradients, or its per-example gradients already materialised (weight
 /// `[B, r, p]`, bias `[B, r]`) and a factor to scale them by.
 pub(crate) enum FirstHalf<'a> {
-    Record { a: &'a Tensor, g: &'a Tensor },
-    Materialized { w: &'a Tensor, b: Option<&'a Tensor>, scale: f32 },
+    Record {
+        a: &'a Tensor,
+        g: &'a Tensor,
+    },
+    Materialized {
+        w: &'a Tensor,
+        b: Option<&'a Tensor>,
+        scale: f32,
+    },
 }
 
 /// [`per_sample_with_norms`] of a record split into two halves of positions: per example
@@ -351,7 +364,7 @@ pub(crate) fn per_sample_split_with_norms(
     let (b, t2, p) = a2.dims3()?;
     let r = g2.dim(2)?;
     let (sw, sg2) = (r * p, t2 * r);
-    let mut w = vec![0f32; b * sw];
+    let mut w: Vec<f32>;
     let mut bs = vec![0f32; if bias { b * r } else { 0 }];
     let mut norms = vec![0f32; b];
     // The first half into the output buffers.
@@ -361,6 +374,7 @@ pub(crate) fn per_sample_split_with_norms(
             if b1 != b || p1 != p || g1.dims() != [b, t1, r] {
                 candle_core::bail!("per_sample_split_with_norms: inconsistent halves");
             }
+            w = vec![0f32; b * sw];
             with_host(a1, |av| {
                 with_host(g1, |gv| -> candle_core::Result<()> {
                     w.par_chunks_mut(sw.max(1))
@@ -384,18 +398,23 @@ pub(crate) fn per_sample_split_with_norms(
                 })
             })???;
         }
-        FirstHalf::Materialized { w: w1, b: b1, scale } => {
+        FirstHalf::Materialized {
+            w: w1,
+            b: b1,
+            scale,
+        } => {
             if w1.dims() != [b, r, p] || bias != b1.is_some() {
                 candle_core::bail!("per_sample_split_with_norms: inconsistent halves");
             }
-            with_host(w1, |v| {
-                w.par_iter_mut().zip(v).for_each(|(d, s)| *d = scale * s)
-            })?;
+            // Written once, without zeroing a fresh buffer first.
+            w = with_host(w1, |v| v.par_iter().map(|s| scale * s).collect())?;
             if let Some(b1) = b1 {
                 if b1.dims() != [b, r] {
                     candle_core::bail!("per_sample_split_with_norms: inconsistent bias");
                 }
-                with_host(b1, |v| bs.iter_mut().zip(v).for_each(|(d, s)| *d = scale * s))?;
+                with_host(b1, |v| {
+                    bs.iter_mut().zip(v).for_each(|(d, s)| *d = scale * s)
+                })?;
             }
         }
     }

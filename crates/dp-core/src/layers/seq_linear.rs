@@ -770,11 +770,14 @@ mod tests {
                             let hb = ((g.sum(1).unwrap() * (1.0 - alpha)).unwrap()
                                 + (g2.sum(1).unwrap() * alpha).unwrap())
                             .unwrap();
-                            let mut want_sq = hw.sqr().unwrap().flatten_from(1).unwrap().sum(1).unwrap();
+                            let mut want_sq =
+                                hw.sqr().unwrap().flatten_from(1).unwrap().sum(1).unwrap();
                             if bias {
                                 want_sq = (want_sq + hb.sqr().unwrap().sum(1).unwrap()).unwrap();
                             }
-                            let what = format!("{dtype:?} t={t} bias={bias} plain={plain_materialized} {mode:?}");
+                            let what = format!(
+                                "{dtype:?} t={t} bias={bias} plain={plain_materialized} {mode:?}"
+                            );
                             let sq = rule_sq_norms(&mut mixed, "test", mode, bias).unwrap();
                             assert_close(&sq, &want_sq, 1e-4);
                             let wts = Tensor::new(&[0.3f32, -1.0, 2.0], &candle_core::Device::Cpu)
