@@ -253,6 +253,217 @@ pub(crate) fn ghost_sq_norms(a: &Tensor, g: &Tensor, bias: bool) -> candle_core:
     host_tensor(norms, &[b])
 }
 
+/// [`ghost_sq_norms`] of a record whose positions come in two halves, `[A₁; A₂]` and
+/// `[G₁; G₂]` (BAM's mixed record), without concatenating them: per example
+/// `⟨A₁A₁ᵀ, G₁G₁ᵀ⟩ + ⟨A₂A₂ᵀ, G₂G₂ᵀ⟩ + 2⟨A₁A₂ᵀ, G₁G₂ᵀ⟩` (the blocks of the `2T×2T` Grams),
+/// plus `‖Σ_t G₁ + Σ_t G₂‖²` for the bias.
+pub(crate) fn ghost_sq_norms_split(
+    a1: &Tensor,
+    g1: &Tensor,
+    a2: &Tensor,
+    g2: &Tensor,
+    bias: bool,
+) -> candle_core::Result<Tensor> {
+    let (b, t1, p) = a1.dims3()?;
+    let r = g1.dim(2)?;
+    let (b2, t2, p2) = a2.dims3()?;
+    if b != b2 || p != p2 || g1.dims() != [b, t1, r] || g2.dims() != [b, t2, r] {
+        candle_core::bail!("ghost_sq_norms_split: inconsistent halves");
+    }
+    let mut norms = vec![0f32; b];
+    with_host(a1, |a1v| {
+        with_host(g1, |g1v| {
+            with_host(a2, |a2v| {
+                with_host(g2, |g2v| -> candle_core::Result<()> {
+                    norms.par_iter_mut().enumerate().try_for_each_init(
+                        || {
+                            (
+                                vec![0f32; t1.max(t2) * t1.max(t2)],
+                                vec![0f32; t1.max(t2) * t1.max(t2)],
+                                vec![0f32; r],
+                            )
+                        },
+                        |(ga, gg, bs), (i, out)| -> candle_core::Result<()> {
+                            let a1i = &a1v[i * t1 * p..(i + 1) * t1 * p];
+                            let g1i = &g1v[i * t1 * r..(i + 1) * t1 * r];
+                            let a2i = &a2v[i * t2 * p..(i + 1) * t2 * p];
+                            let g2i = &g2v[i * t2 * r..(i + 1) * t2 * r];
+                            let mut w = 0f32;
+                            if t1 == 1 && t2 == 1 {
+                                w += dot(a1i, a1i) * dot(g1i, g1i);
+                                w += dot(a2i, a2i) * dot(g2i, g2i);
+                                w += 2.0 * dot(a1i, a2i) * dot(g1i, g2i);
+                            } else {
+                                for (x, tx, y, ty, gx, gy, c) in [
+                                    (a1i, t1, a1i, t1, g1i, g1i, 1f32),
+                                    (a2i, t2, a2i, t2, g2i, g2i, 1.0),
+                                    (a1i, t1, a2i, t2, g1i, g2i, 2.0),
+                                ] {
+                                    let n = tx * ty;
+                                    gemm_into(
+                                        &mut ga[..n],
+                                        false,
+                                        Op::n(x, tx, p),
+                                        Op::t(y, ty, p),
+                                        1.0,
+                                        Parallelism::None,
+                                    )?;
+                                    gemm_into(
+                                        &mut gg[..n],
+                                        false,
+                                        Op::n(gx, tx, r),
+                                        Op::t(gy, ty, r),
+                                        1.0,
+                                        Parallelism::None,
+                                    )?;
+                                    w += c * dot(&ga[..n], &gg[..n]);
+                                }
+                            }
+                            if bias {
+                                column_sums(g1i, t1, r, bs);
+                                for row in g2i.chunks_exact(r.max(1)) {
+                                    bs.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+                                }
+                                w += dot(bs, bs);
+                            }
+                            *out = w;
+                            Ok(())
+                        },
+                    )
+                })
+            })
+        })
+    })?????;
+    host_tensor(norms, &[b])
+}
+
+/// The first half of a split record for [`per_sample_split_with_norms`]: its activations
+/// and output gradients, or its per-example gradients already materialised (weight
+/// `[B, r, p]`, bias `[B, r]`) and a factor to scale them by.
+pub(crate) enum FirstHalf<'a> {
+    Record {
+        a: &'a Tensor,
+        g: &'a Tensor,
+    },
+    Materialized {
+        w: &'a Tensor,
+        b: Option<&'a Tensor>,
+        scale: f32,
+    },
+}
+
+/// [`per_sample_with_norms`] of a record split into two halves of positions: per example
+/// `G₁ᵀA₁ + G₂ᵀA₂` (or `c·W₁ + G₂ᵀA₂` where the first half's gradients are materialised),
+/// accumulated in one output buffer instead of over a concatenated record.
+pub(crate) fn per_sample_split_with_norms(
+    first: FirstHalf<'_>,
+    a2: &Tensor,
+    g2: &Tensor,
+    bias: bool,
+) -> candle_core::Result<(Tensor, Option<Tensor>, Tensor)> {
+    let (b, t2, p) = a2.dims3()?;
+    let r = g2.dim(2)?;
+    let (sw, sg2) = (r * p, t2 * r);
+    let mut w: Vec<f32>;
+    let mut bs = vec![0f32; if bias { b * r } else { 0 }];
+    let mut norms = vec![0f32; b];
+    // The first half into the output buffers.
+    match first {
+        FirstHalf::Record { a: a1, g: g1 } => {
+            let (b1, t1, p1) = a1.dims3()?;
+            if b1 != b || p1 != p || g1.dims() != [b, t1, r] {
+                candle_core::bail!("per_sample_split_with_norms: inconsistent halves");
+            }
+            w = vec![0f32; b * sw];
+            with_host(a1, |av| {
+                with_host(g1, |gv| -> candle_core::Result<()> {
+                    w.par_chunks_mut(sw.max(1))
+                        .enumerate()
+                        .try_for_each(|(i, wi)| {
+                            gemm_into(
+                                wi,
+                                false,
+                                Op::t(&gv[i * t1 * r..(i + 1) * t1 * r], t1, r),
+                                Op::n(&av[i * t1 * p..(i + 1) * t1 * p], t1, p),
+                                1.0,
+                                Parallelism::None,
+                            )
+                        })?;
+                    if bias {
+                        bs.par_chunks_mut(r.max(1)).enumerate().for_each(|(i, bi)| {
+                            column_sums(&gv[i * t1 * r..(i + 1) * t1 * r], t1, r, bi)
+                        });
+                    }
+                    Ok(())
+                })
+            })???;
+        }
+        FirstHalf::Materialized {
+            w: w1,
+            b: b1,
+            scale,
+        } => {
+            if w1.dims() != [b, r, p] || bias != b1.is_some() {
+                candle_core::bail!("per_sample_split_with_norms: inconsistent halves");
+            }
+            // Written once, without zeroing a fresh buffer first.
+            w = with_host(w1, |v| v.par_iter().map(|s| scale * s).collect())?;
+            if let Some(b1) = b1 {
+                if b1.dims() != [b, r] {
+                    candle_core::bail!("per_sample_split_with_norms: inconsistent bias");
+                }
+                with_host(b1, |v| {
+                    bs.iter_mut().zip(v).for_each(|(d, s)| *d = scale * s)
+                })?;
+            }
+        }
+    }
+    with_host(a2, |av| {
+        with_host(g2, |gv| -> candle_core::Result<()> {
+            let work = |i: usize, wi: &mut [f32], bi: &mut [f32], n: &mut f32| {
+                let ai = &av[i * t2 * p..(i + 1) * t2 * p];
+                let gi = &gv[i * sg2..(i + 1) * sg2];
+                gemm_into(
+                    wi,
+                    true,
+                    Op::t(gi, t2, r),
+                    Op::n(ai, t2, p),
+                    1.0,
+                    Parallelism::None,
+                )?;
+                let mut s = dot(wi, wi);
+                if bias {
+                    for row in gi.chunks_exact(r.max(1)) {
+                        bi.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+                    }
+                    s += dot(bi, bi);
+                }
+                *n = s;
+                Ok(())
+            };
+            if bias {
+                w.par_chunks_mut(sw.max(1))
+                    .zip(bs.par_chunks_mut(r.max(1)))
+                    .zip(norms.par_iter_mut())
+                    .enumerate()
+                    .try_for_each(|(i, ((wi, bi), n))| work(i, wi, bi, n))
+            } else {
+                w.par_chunks_mut(sw.max(1))
+                    .zip(norms.par_iter_mut())
+                    .enumerate()
+                    .try_for_each(|(i, (wi, n))| work(i, wi, &mut [], n))
+            }
+        })
+    })???;
+    let wt = host_tensor(w, &[b, r, p])?;
+    let bt = if bias {
+        Some(host_tensor(bs, &[b, r])?)
+    } else {
+        None
+    };
+    Ok((wt, bt, host_tensor(norms, &[b])?))
+}
+
 /// `(X_i Y_iᵀ + c·11ᵀ) Z_i` for every example `i` (`c = 1` if `ones`, else 0), with
 /// `X [B, T, m]`, `Y [B, S, m]`, `Z [B, S, n]` → `[B, T, n]`: a position Gram matrix applied
 /// to a third operand, per example, with the `T×S` Gram in a per-thread scratch buffer.

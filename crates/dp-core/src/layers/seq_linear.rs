@@ -24,6 +24,22 @@ pub(crate) struct SeqLinearRecord {
     pub g: Option<Tensor>,
     /// Materialised per-example gradients (weight `[B, r, p]`, bias `[B, r]`) if computed.
     pub materialized: Option<(Tensor, Option<Tensor>)>,
+    /// Positions recorded before `a` and `g` (BAM's mixed record, [`AscentOffsets::mix`]):
+    /// the record is then `[first.a; a]`, `[first.g; g]`, kept in two halves so that norms
+    /// and sums need not copy them into one.
+    pub first: Option<FirstPositions>,
+}
+
+/// The first half of a split record (see [`SeqLinearRecord::first`]).
+#[derive(Debug, Clone)]
+pub(crate) struct FirstPositions {
+    /// `[B, T₁, p]`
+    pub a: Tensor,
+    /// `[B, T₁, r]`
+    pub g: Tensor,
+    /// `G₁ᵀA₁` (and `Σ_t G₁`) already materialised, unscaled, with the factor that makes them
+    /// this half's gradients: `c·W` equals `g`ᵀ`a` (the plain pass formed `W`).
+    pub materialized: Option<(Tensor, Option<Tensor>, f64)>,
 }
 
 /// Folds groups of `k` consecutive examples into one example whose positions are the
@@ -46,6 +62,7 @@ pub(crate) fn fold_examples(t: &Tensor, k: usize, scale: bool) -> Result<Tensor>
 impl SeqLinearRecord {
     /// See [`fold_examples`].
     pub fn group(&mut self, k: usize) -> Result<()> {
+        self.join()?;
         if let (Some(a), Some(g)) = (&self.a, &self.g) {
             self.a = Some(fold_examples(a, k, false)?);
             self.g = Some(fold_examples(g, k, true)?);
@@ -58,6 +75,18 @@ impl SeqLinearRecord {
         self.a = None;
         self.g = None;
         self.materialized = None;
+        self.first = None;
+    }
+
+    /// Concatenates a split record into one (for the rules without a split form).
+    fn join(&mut self) -> Result<()> {
+        if let Some(f) = self.first.take() {
+            if let (Some(a), Some(g)) = (&self.a, &self.g) {
+                self.a = Some(Tensor::cat(&[&f.a, a], 1)?);
+                self.g = Some(Tensor::cat(&[&f.g, g], 1)?);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -179,6 +208,12 @@ pub(crate) fn rule_sq_norms(
     mode: GradMode,
     bias: bool,
 ) -> Result<Tensor> {
+    if rec.first.is_some() {
+        if let Some(n) = split_sq_norms(rec, layer, mode, bias)? {
+            return Ok(n);
+        }
+        rec.join()?;
+    }
     let (a, g) = record(rec, layer)?;
     let (_, t, p) = a.dims3()?;
     let r = g.dim(2)?;
@@ -202,6 +237,53 @@ pub(crate) fn rule_sq_norms(
     }
 }
 
+/// [`rule_sq_norms`] of a split record on the host kernels, without joining its halves (the
+/// same ghost-or-materialise choice as for the joined record); `None` where they do not
+/// apply (other dtypes and devices join the record instead).
+fn split_sq_norms(
+    rec: &mut SeqLinearRecord,
+    layer: &str,
+    mode: GradMode,
+    bias: bool,
+) -> Result<Option<Tensor>> {
+    let (a2, g2) = record(rec, layer)?;
+    let Some(first) = rec.first.as_ref() else {
+        return Ok(None);
+    };
+    if !dispatch::applies(&[&first.a, &first.g, &a2, &g2]) {
+        return Ok(None);
+    }
+    let (_, t2, p) = a2.dims3()?;
+    let (t1, r) = (first.a.dim(1)?, g2.dim(2)?);
+    let ghost = match mode {
+        GradMode::Ghost => true,
+        GradMode::Materialize => false,
+        GradMode::Auto => prefer_ghost(t1 + t2, p, r),
+    };
+    if ghost {
+        rec.materialized = None;
+        return Ok(Some(host_gemm::ghost_sq_norms_split(
+            &first.a, &first.g, &a2, &g2, bias,
+        )?));
+    }
+    let half = match &first.materialized {
+        Some((w, b, c)) if bias == b.is_some() && dispatch::applies(&[w]) => {
+            host_gemm::FirstHalf::Materialized {
+                w,
+                b: b.as_ref(),
+                scale: *c as f32,
+            }
+        }
+        _ => host_gemm::FirstHalf::Record {
+            a: &first.a,
+            g: &first.g,
+        },
+    };
+    let (w, b, n) = host_gemm::per_sample_split_with_norms(half, &a2, &g2, bias)?;
+    rec.materialized = Some((w, b));
+    Ok(Some(n))
+}
+
 pub(crate) fn rule_per_sample(
     rec: &mut SeqLinearRecord,
     layer: &str,
@@ -212,6 +294,7 @@ pub(crate) fn rule_per_sample(
         v.extend(b.clone());
         return Ok(v);
     }
+    rec.join()?;
     let (a, g) = record(rec, layer)?;
     let (w, b) = per_sample(&a, &g, bias)?;
     let mut v = vec![w];
@@ -229,6 +312,7 @@ pub(crate) fn rule_masked_sq_norms(
     bias: bool,
     masks: &[Option<Tensor>],
 ) -> Result<Tensor> {
+    rec.join()?;
     let (a, g) = record(rec, layer)?;
     let (b, t, p) = a.dims3()?;
     let r = g.dim(2)?;
@@ -266,6 +350,20 @@ pub(crate) fn rule_weighted_sum(
             v.push(weighted_sum_materialized(b, weights)?);
         }
         return Ok(v);
+    }
+    if let Some(first) = &rec.first {
+        let (a2, g2) = record(rec, layer)?;
+        if dispatch::applies(&[&first.a, &first.g, &a2, &g2]) {
+            // Σ_i w_i [G₁; G₂]_iᵀ[A₁; A₂]_i = Σ_i w_i G₁ᵢᵀA₁ᵢ + Σ_i w_i G₂ᵢᵀA₂ᵢ.
+            let (dw1, db1) = host_gemm::weighted_sum(&first.a, &first.g, weights, bias)?;
+            let (dw2, db2) = host_gemm::weighted_sum(&a2, &g2, weights, bias)?;
+            let mut v = vec![(dw1 + dw2)?];
+            if let (Some(b1), Some(b2)) = (db1, db2) {
+                v.push((b1 + b2)?);
+            }
+            return Ok(v);
+        }
+        rec.join()?;
     }
     let (a, g) = record(rec, layer)?;
     let (_, t, p) = a.dims3()?;
@@ -442,6 +540,8 @@ pub(crate) struct AscentOffsets {
     bias: bool,
     /// `Δ` materialised (weight `[B, r, p]`, bias `[B, r]`), when that is cheaper.
     materialized: Option<ExampleOffsets>,
+    /// The plain per-example gradients `G_iᵀA_i`, where the plain pass's norms formed them.
+    plain: Option<(Tensor, Option<Tensor>)>,
 }
 
 impl AscentOffsets {
@@ -491,6 +591,7 @@ impl AscentOffsets {
             gs,
             bias,
             materialized,
+            plain: rec.materialized.clone(),
         })
     }
 
@@ -524,7 +625,10 @@ impl AscentOffsets {
 
     /// Replaces `rec` (the record of the pass at the ascent points) by the mixed record of
     /// `2T` positions, `[A; A′]` and `[(1−α)G; αG′]`: its per-example gradient is
-    /// `(1−α)G_iᵀA_i + αG′_iᵀA′_i`.
+    /// `(1−α)G_iᵀA_i + αG′_iᵀA′_i`. The two halves are kept apart
+    /// ([`SeqLinearRecord::first`]): the norms and sums of the mixed record are formed from
+    /// them (and from the plain `G_iᵀA_i` where the plain pass materialised it) without a
+    /// `[B, 2T, p]` copy.
     pub fn mix(self, rec: &mut SeqLinearRecord, layer: &str, alpha: f64) -> Result<()> {
         let (a2, g2) = record(rec, layer)?;
         if a2.dims() != self.a.dims() || g2.dims() != self.g.dims() {
@@ -534,13 +638,12 @@ impl AscentOffsets {
                 a2.dims(),
             ));
         }
-        let a = Tensor::cat(&[&self.a, &a2], 1)?;
-        let g = Tensor::cat(
-            &[&self.g.affine(1.0 - alpha, 0.0)?, &g2.affine(alpha, 0.0)?],
-            1,
-        )?;
-        rec.a = Some(a);
-        rec.g = Some(g);
+        rec.first = Some(FirstPositions {
+            a: self.a,
+            g: self.g.affine(1.0 - alpha, 0.0)?,
+            materialized: self.plain.map(|(w, b)| (w, b, 1.0 - alpha)),
+        });
+        rec.g = Some(g2.affine(alpha, 0.0)?);
         rec.materialized = None;
         Ok(())
     }
@@ -568,6 +671,7 @@ mod tests {
                     a: Some(a.clone()),
                     g: Some(g.clone()),
                     materialized: None,
+                    first: None,
                 };
                 // The explicit offsets and what they add.
                 let sd = s.to_dtype(dtype).unwrap();
@@ -600,6 +704,7 @@ mod tests {
                     a: Some(a2.clone()),
                     g: Some(g2.clone()),
                     materialized: None,
+                    first: None,
                 };
                 off.mix(&mut rec2, "test", 0.25).unwrap();
                 let got = rule_per_sample(&mut rec2, "test", bias).unwrap();
@@ -619,6 +724,89 @@ mod tests {
                     AscentOffsets::new(&rec, "test", &s.narrow(0, 0, 2).unwrap(), bias, None)
                         .is_err()
                 );
+            }
+        }
+    }
+
+    /// A mixed record kept in two halves gives the norms, per-example gradients and weighted
+    /// sum of `h_i = (1−α)G_iᵀA_i + αG′_iᵀA′_i` formed explicitly: in every mode, one and
+    /// several positions, with and without a bias and with and without the plain gradients
+    /// materialised by the plain pass, on the host kernels (f32) and joined on candle's ops
+    /// (f64).
+    #[test]
+    fn split_mixed_record_matches_the_explicit_mix() {
+        let (b, p, r, alpha) = (3, 5, 6, 0.25);
+        for dtype in [DType::F32, DType::F64] {
+            for t in [1, 4] {
+                for bias in [false, true] {
+                    for plain_materialized in [false, true] {
+                        for mode in [GradMode::Auto, GradMode::Ghost, GradMode::Materialize] {
+                            let a = seeded_normal(&[b, t, p], 1).to_dtype(dtype).unwrap();
+                            let g = seeded_normal(&[b, t, r], 2).to_dtype(dtype).unwrap();
+                            let a2 = seeded_normal(&[b, t, p], 3).to_dtype(dtype).unwrap();
+                            let g2 = seeded_normal(&[b, t, r], 4).to_dtype(dtype).unwrap();
+                            let s = Tensor::new(&[0.5f64, 0.0, 2.0], &candle_core::Device::Cpu)
+                                .unwrap();
+                            let rec = SeqLinearRecord {
+                                a: Some(a.clone()),
+                                g: Some(g.clone()),
+                                materialized: plain_materialized
+                                    .then(|| per_sample(&a, &g, bias).unwrap()),
+                                first: None,
+                            };
+                            let off = AscentOffsets::new(&rec, "test", &s, bias, None).unwrap();
+                            let mut mixed = SeqLinearRecord {
+                                a: Some(a2.clone()),
+                                g: Some(g2.clone()),
+                                materialized: None,
+                                first: None,
+                            };
+                            off.mix(&mut mixed, "test", alpha).unwrap();
+                            assert!(mixed.first.is_some());
+                            let hw = ((g.t().unwrap().matmul(&a).unwrap() * (1.0 - alpha))
+                                .unwrap()
+                                + (g2.t().unwrap().matmul(&a2).unwrap() * alpha).unwrap())
+                            .unwrap();
+                            let hb = ((g.sum(1).unwrap() * (1.0 - alpha)).unwrap()
+                                + (g2.sum(1).unwrap() * alpha).unwrap())
+                            .unwrap();
+                            let mut want_sq =
+                                hw.sqr().unwrap().flatten_from(1).unwrap().sum(1).unwrap();
+                            if bias {
+                                want_sq = (want_sq + hb.sqr().unwrap().sum(1).unwrap()).unwrap();
+                            }
+                            let what = format!(
+                                "{dtype:?} t={t} bias={bias} plain={plain_materialized} {mode:?}"
+                            );
+                            let sq = rule_sq_norms(&mut mixed, "test", mode, bias).unwrap();
+                            assert_close(&sq, &want_sq, 1e-4);
+                            let wts = Tensor::new(&[0.3f32, -1.0, 2.0], &candle_core::Device::Cpu)
+                                .unwrap();
+                            let sum = rule_weighted_sum(&mut mixed, "test", &wts, bias).unwrap();
+                            let wd = wts.to_dtype(dtype).unwrap();
+                            let want_w = hw
+                                .broadcast_mul(&wd.reshape((b, 1, 1)).unwrap())
+                                .unwrap()
+                                .sum(0)
+                                .unwrap();
+                            assert_close(&sum[0], &want_w, 1e-4);
+                            assert_eq!(sum.len(), 1 + usize::from(bias), "{what}");
+                            if bias {
+                                let want_b = hb
+                                    .broadcast_mul(&wd.reshape((b, 1)).unwrap())
+                                    .unwrap()
+                                    .sum(0)
+                                    .unwrap();
+                                assert_close(&sum[1], &want_b, 1e-4);
+                            }
+                            let per = rule_per_sample(&mut mixed, "test", bias).unwrap();
+                            assert_close(&per[0], &hw, 1e-4);
+                            if bias {
+                                assert_close(&per[1], &hb, 1e-4);
+                            }
+                        }
+                    }
+                }
             }
         }
     }
