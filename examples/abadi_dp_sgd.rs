@@ -79,6 +79,7 @@ struct Args {
 }
 
 fn main() -> Result<()> {
+    dp_lab::allocator::keep_freed_pages();
     // Before any tensor op: candle's element-wise pool must not spin against the GEMMs.
     dp_lab::core::configure_cpu_threads();
     let args = Args::parse();

@@ -78,6 +78,7 @@ struct RunRecord {
 }
 
 fn main() -> Result<()> {
+    dp_lab::allocator::keep_freed_pages();
     dp_lab::core::configure_cpu_threads();
     let args = Args::parse();
     let dev = Device::Cpu;

@@ -76,6 +76,7 @@ fn residual_cnn(dev: &Device, seed: u64) -> Result<GraphModel> {
 // --- end of the model ---
 
 fn main() -> Result<()> {
+    dp_lab::allocator::keep_freed_pages();
     dp_lab::core::configure_cpu_threads();
     let args = Args::parse();
     let dev = Device::Cpu;

@@ -108,6 +108,7 @@ fn rows_as_tokens(images: &Dataset) -> Result<Dataset> {
 }
 
 fn main() -> Result<()> {
+    dp_lab::allocator::keep_freed_pages();
     dp_lab::core::configure_cpu_threads();
     let args = Args::parse();
     let dev = Device::Cpu;

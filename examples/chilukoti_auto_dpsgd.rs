@@ -117,6 +117,7 @@ fn eps_json(e: f64) -> serde_json::Value {
 }
 
 fn main() -> Result<()> {
+    dp_lab::allocator::keep_freed_pages();
     dp_lab::core::configure_cpu_threads();
     let args = Args::parse();
     common::positive("--lr", args.lr)?;

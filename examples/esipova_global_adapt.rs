@@ -184,6 +184,7 @@ fn json_eps(e: f64) -> serde_json::Value {
 }
 
 fn main() -> Result<()> {
+    dp_lab::allocator::keep_freed_pages();
     dp_lab::core::configure_cpu_threads();
     let args = Args::parse();
     let dev = Device::Cpu;

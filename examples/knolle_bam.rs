@@ -92,6 +92,7 @@ fn mean(v: impl Iterator<Item = f64>) -> f64 {
 }
 
 fn main() -> Result<()> {
+    dp_lab::allocator::keep_freed_pages();
     dp_lab::core::configure_cpu_threads();
     let args = Args::parse();
     let dev = Device::Cpu;

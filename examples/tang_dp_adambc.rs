@@ -199,6 +199,7 @@ fn train(
 }
 
 fn main() -> Result<()> {
+    dp_lab::allocator::keep_freed_pages();
     dp_lab::core::configure_cpu_threads();
     let args = Args::parse();
     for (flag, v) in [

@@ -171,6 +171,7 @@ fn build(model: Model, shape: &[usize], seed: u64) -> Result<Sequential> {
 }
 
 fn main() -> Result<()> {
+    dp_lab::allocator::keep_freed_pages();
     dp_lab::core::configure_cpu_threads();
     let args = Args::parse();
     // Every numeric flag is checked before any work.

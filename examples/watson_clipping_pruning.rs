@@ -672,6 +672,7 @@ fn public_dataset(args: &Args) -> Result<Data> {
 }
 
 fn main() -> Result<()> {
+    dp_lab::allocator::keep_freed_pages();
     dp_lab::core::configure_cpu_threads();
     let args = Args::parse();
     if args.epochs < 2 {

@@ -268,6 +268,7 @@ fn run<M: Model + Send + 'static>(
 }
 
 fn main() -> Result<()> {
+    dp_lab::allocator::keep_freed_pages();
     dp_lab::core::configure_cpu_threads();
     let args = Args::parse();
     positive("--epochs", args.epochs)?;

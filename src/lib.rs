@@ -53,4 +53,6 @@ pub mod prelude {
 }
 
 #[cfg(feature = "pipeline")]
+pub mod allocator;
+#[cfg(feature = "pipeline")]
 pub mod pipeline;

@@ -332,6 +332,7 @@ fn serve_runs(d: &SweepDir) -> Result<()> {
 }
 
 fn main() {
+    dp_lab::allocator::keep_freed_pages();
     let cli = Cli::parse();
     // Keep candle's own pool on the caller unless the pool or Slurm chose the threads.
     dp_lab::core::configure_cpu_threads();
