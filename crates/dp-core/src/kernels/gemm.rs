@@ -441,27 +441,10 @@ pub(crate) fn per_sample_split_with_norms(
                 *n = s;
                 Ok(())
             };
-            if bias {
-                w.par_chunks_mut(sw.max(1))
-                    .zip(bs.par_chunks_mut(r.max(1)))
-                    .zip(norms.par_iter_mut())
-                    .enumerate()
-                    .try_for_each(|(i, ((wi, bi), n))| work(i, wi, bi, n))
-            } else {
-                w.par_chunks_mut(sw.max(1))
-                    .zip(norms.par_iter_mut())
-                    .enumerate()
-                    .try_for_each(|(i, (wi, n))| work(i, wi, &mut [], n))
-            }
+            for_each_example(&mut w, &mut bs, &mut norms, sw, r, bias, work)
         })
     })???;
-    let wt = host_tensor(w, &[b, r, p])?;
-    let bt = if bias {
-        Some(host_tensor(bs, &[b, r])?)
-    } else {
-        None
-    };
-    Ok((wt, bt, host_tensor(norms, &[b])?))
+    per_example_tensors(w, bs, norms, (b, r, p), bias)
 }
 
 /// `(X_i Y_iᵀ + c·11ᵀ) Z_i` for every example `i` (`c = 1` if `ones`, else 0), with
@@ -596,27 +579,10 @@ pub(crate) fn per_sample_with_norms(
                 *n = s;
                 Ok(())
             };
-            if bias {
-                w.par_chunks_mut(sw.max(1))
-                    .zip(bs.par_chunks_mut(r.max(1)))
-                    .zip(norms.par_iter_mut())
-                    .enumerate()
-                    .try_for_each(|(i, ((wi, bi), n))| work(i, wi, bi, n))
-            } else {
-                w.par_chunks_mut(sw.max(1))
-                    .zip(norms.par_iter_mut())
-                    .enumerate()
-                    .try_for_each(|(i, (wi, n))| work(i, wi, &mut [], n))
-            }
+            for_each_example(&mut w, &mut bs, &mut norms, sw, r, bias, work)
         })
     })???;
-    let wt = host_tensor(w, &[b, r, p])?;
-    let bt = if bias {
-        Some(host_tensor(bs, &[b, r])?)
-    } else {
-        None
-    };
-    Ok((wt, bt, host_tensor(norms, &[b])?))
+    per_example_tensors(w, bs, norms, (b, r, p), bias)
 }
 
 /// `Σ_i w_i G_iᵀA_i` (`[r, p]`) and `Σ_i w_i Σ_t G_{i,t}` (`[r]`) without per-example
@@ -757,6 +723,51 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     }
     let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
     acc.iter().sum::<f32>() + tail
+}
+
+/// Runs `work(i, w_i, b_i, norm_i)` for every example `i` in parallel, over the example's
+/// `sw` floats of `w`, `r` floats of `bs` (an empty slice without bias) and its norm.
+fn for_each_example<F>(
+    w: &mut [f32],
+    bs: &mut [f32],
+    norms: &mut [f32],
+    sw: usize,
+    r: usize,
+    bias: bool,
+    work: F,
+) -> candle_core::Result<()>
+where
+    F: Fn(usize, &mut [f32], &mut [f32], &mut f32) -> candle_core::Result<()> + Sync,
+{
+    if bias {
+        w.par_chunks_mut(sw.max(1))
+            .zip(bs.par_chunks_mut(r.max(1)))
+            .zip(norms.par_iter_mut())
+            .enumerate()
+            .try_for_each(|(i, ((wi, bi), n))| work(i, wi, bi, n))
+    } else {
+        w.par_chunks_mut(sw.max(1))
+            .zip(norms.par_iter_mut())
+            .enumerate()
+            .try_for_each(|(i, (wi, n))| work(i, wi, &mut [], n))
+    }
+}
+
+/// The per-example gradients `[B, r, p]`, bias gradients `[B, r]` (with bias) and squared
+/// norms `[B]` as tensors.
+fn per_example_tensors(
+    w: Vec<f32>,
+    bs: Vec<f32>,
+    norms: Vec<f32>,
+    (b, r, p): (usize, usize, usize),
+    bias: bool,
+) -> candle_core::Result<(Tensor, Option<Tensor>, Tensor)> {
+    let bt = if bias {
+        Some(host_tensor(bs, &[b, r])?)
+    } else {
+        None
+    };
+    Ok((host_tensor(w, &[b, r, p])?, bt, host_tensor(norms, &[b])?))
 }
 
 /// Column sums of a row-major `[rows, cols]` matrix into `out` (`cols` long).
