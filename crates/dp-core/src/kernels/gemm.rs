@@ -321,9 +321,7 @@ pub(crate) fn ghost_sq_norms_split(
                             }
                             if bias {
                                 column_sums(g1i, t1, r, bs);
-                                for row in g2i.chunks_exact(r.max(1)) {
-                                    bs.iter_mut().zip(row).for_each(|(s, v)| *s += v);
-                                }
+                                add_column_sums(g2i, t2, r, bs);
                                 w += dot(bs, bs);
                             }
                             *out = w;
@@ -433,9 +431,7 @@ pub(crate) fn per_sample_split_with_norms(
                 )?;
                 let mut s = dot(wi, wi);
                 if bias {
-                    for row in gi.chunks_exact(r.max(1)) {
-                        bi.iter_mut().zip(row).for_each(|(s, v)| *s += v);
-                    }
+                    add_column_sums(gi, t2, r, bi);
                     s += dot(bi, bi);
                 }
                 *n = s;
@@ -773,6 +769,11 @@ fn per_example_tensors(
 /// Column sums of a row-major `[rows, cols]` matrix into `out` (`cols` long).
 fn column_sums(m: &[f32], rows: usize, cols: usize, out: &mut [f32]) {
     out.fill(0.0);
+    add_column_sums(m, rows, cols, out);
+}
+
+/// Adds the column sums of the row-major `rows × cols` matrix `m` to `out`.
+fn add_column_sums(m: &[f32], rows: usize, cols: usize, out: &mut [f32]) {
     for row in m[..rows * cols].chunks_exact(cols.max(1)) {
         out.iter_mut().zip(row).for_each(|(s, v)| *s += v);
     }
