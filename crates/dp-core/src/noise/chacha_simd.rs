@@ -1,15 +1,17 @@
-//! The ChaCha20 keystream of `rand_chacha::ChaCha20Rng`, sixteen blocks at a time with
-//! AVX-512.
+//! The ChaCha20 keystream of `rand_chacha::ChaCha20Rng`, sixteen blocks per refill: one
+//! AVX-512 pass or two AVX2 passes of eight.
 //!
 //! The noise of a DP step needs one 64-bit word per coordinate (the ziggurat of
 //! `rand_distr`): 2 MB of keystream per step for a 270k-parameter model. `rand_chacha`
-//! computes four blocks at a time with AVX2 (≈1.7 cycles/byte here, 1.4 ms per MLP step);
-//! with sixteen 32-bit lanes per register and AVX-512's rotate instruction one pass of the
-//! twenty rounds yields sixteen blocks (≈3× faster). The output is the same stream, word
-//! for word — same key layout, 64-bit block counter, 64-bit stream id (tested against
-//! `rand_chacha` on every run of the test suite), so a seed gives the same noise whichever
-//! implementation a machine uses. [`KeyStream::new`] returns `None` where AVX-512F is not
-//! available; callers then use `rand_chacha` itself.
+//! computes four blocks at a time with AVX2 and hands them out through `BlockRng`, with
+//! no way to look ahead at the next eight words, which the ziggurat's eight-word first test
+//! needs. Here, lane `b` of every register holds block `b`, so one pass of the twenty rounds
+//! yields as many blocks as the register has 32-bit lanes: sixteen with AVX-512 (and its
+//! rotate instruction), eight with AVX2 (rotations by byte shuffles and shift pairs). The
+//! output is the same stream, word for word — same key layout, 64-bit block counter, 64-bit
+//! stream id (tested against `rand_chacha` on every run of the test suite), so a seed gives
+//! the same noise whichever implementation a machine uses. [`KeyStream::new`] returns `None`
+//! where neither AVX-512F nor AVX2 is available; callers then use `rand_chacha` itself.
 
 use rand::RngCore;
 
@@ -26,14 +28,30 @@ pub(crate) struct KeyStream {
     buf: [u32; BUF_WORDS],
     /// Next unread word of `buf` (`BUF_WORDS` = empty).
     idx: usize,
+    simd: Simd,
+}
+
+/// The instruction set a [`KeyStream`] computes its blocks with, detected once at
+/// construction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Simd {
+    Avx512,
+    Avx2,
 }
 
 impl KeyStream {
-    /// `None` if this CPU lacks AVX-512F.
+    /// `None` if this CPU has neither AVX-512F nor AVX2.
     pub(crate) fn new(seed: [u8; 32], stream: u64) -> Option<Self> {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx512f") {
+            let simd = if std::arch::is_x86_feature_detected!("avx512f") {
+                Some(Simd::Avx512)
+            } else if std::arch::is_x86_feature_detected!("avx2") {
+                Some(Simd::Avx2)
+            } else {
+                None
+            };
+            if let Some(simd) = simd {
                 let mut key = [0u32; 8];
                 for (k, b) in key.iter_mut().zip(seed.chunks_exact(4)) {
                     *k = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
@@ -44,6 +62,7 @@ impl KeyStream {
                     counter: 0,
                     buf: [0; BUF_WORDS],
                     idx: BUF_WORDS,
+                    simd,
                 });
             }
         }
@@ -53,9 +72,16 @@ impl KeyStream {
 
     fn refill(&mut self) {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: a `KeyStream` exists only if AVX-512F was detected at run time.
+        // SAFETY: a `KeyStream` exists only with `simd` detected at run time.
         unsafe {
-            blocks16(&self.key, self.stream, self.counter, &mut self.buf);
+            match self.simd {
+                Simd::Avx512 => blocks16(&self.key, self.stream, self.counter, &mut self.buf),
+                Simd::Avx2 => {
+                    let (first, second) = self.buf.split_at_mut(BUF_WORDS / 2);
+                    blocks8(&self.key, self.stream, self.counter, first);
+                    blocks8(&self.key, self.stream, self.counter.wrapping_add(8), second);
+                }
+            }
         }
         self.counter = self.counter.wrapping_add(16);
         self.idx = 0;
@@ -222,6 +248,113 @@ unsafe fn blocks16(key: &[u32; 8], stream: u64, counter: u64, out: &mut [u32; BU
     }
 }
 
+/// Eight consecutive ChaCha20 blocks (counters `counter..counter+8`) with AVX2, lane `b`
+/// of every register holding block `b`; written out block after block into `out`
+/// (128 words).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn blocks8(key: &[u32; 8], stream: u64, counter: u64, out: &mut [u32]) {
+    use std::arch::x86_64::*;
+    assert_eq!(out.len(), 128);
+
+    #[inline(always)]
+    unsafe fn rol<const L: i32, const R: i32>(v: __m256i) -> __m256i {
+        _mm256_or_si256(_mm256_slli_epi32::<L>(v), _mm256_srli_epi32::<R>(v))
+    }
+    // Rotations by whole bytes as byte shuffles within each 32-bit word.
+    let rot16 = _mm256_setr_epi8(
+        2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9,
+        14, 15, 12, 13,
+    );
+    let rot8 = _mm256_setr_epi8(
+        3, 0, 1, 2, 7, 4, 5, 6, 11, 8, 9, 10, 15, 12, 13, 14, 3, 0, 1, 2, 7, 4, 5, 6, 11, 8, 9, 10,
+        15, 12, 13, 14,
+    );
+    let qr = |x: &mut [__m256i; 16], a: usize, b: usize, c: usize, d: usize| {
+        x[a] = _mm256_add_epi32(x[a], x[b]);
+        x[d] = _mm256_shuffle_epi8(_mm256_xor_si256(x[d], x[a]), rot16);
+        x[c] = _mm256_add_epi32(x[c], x[d]);
+        x[b] = rol::<12, 20>(_mm256_xor_si256(x[b], x[c]));
+        x[a] = _mm256_add_epi32(x[a], x[b]);
+        x[d] = _mm256_shuffle_epi8(_mm256_xor_si256(x[d], x[a]), rot8);
+        x[c] = _mm256_add_epi32(x[c], x[d]);
+        x[b] = rol::<7, 25>(_mm256_xor_si256(x[b], x[c]));
+    };
+
+    let splat = |w: u32| _mm256_set1_epi32(w as i32);
+    let mut lo = [0u32; 8];
+    let mut hi = [0u32; 8];
+    for (b, (l, h)) in lo.iter_mut().zip(hi.iter_mut()).enumerate() {
+        let c = counter.wrapping_add(b as u64);
+        *l = c as u32;
+        *h = (c >> 32) as u32;
+    }
+    let init: [__m256i; 16] = [
+        splat(0x6170_7865),
+        splat(0x3320_646e),
+        splat(0x7962_2d32),
+        splat(0x6b20_6574),
+        splat(key[0]),
+        splat(key[1]),
+        splat(key[2]),
+        splat(key[3]),
+        splat(key[4]),
+        splat(key[5]),
+        splat(key[6]),
+        splat(key[7]),
+        _mm256_loadu_si256(lo.as_ptr() as *const _),
+        _mm256_loadu_si256(hi.as_ptr() as *const _),
+        splat(stream as u32),
+        splat((stream >> 32) as u32),
+    ];
+    let mut x = init;
+    for _ in 0..10 {
+        qr(&mut x, 0, 4, 8, 12);
+        qr(&mut x, 1, 5, 9, 13);
+        qr(&mut x, 2, 6, 10, 14);
+        qr(&mut x, 3, 7, 11, 15);
+        qr(&mut x, 0, 5, 10, 15);
+        qr(&mut x, 1, 6, 11, 12);
+        qr(&mut x, 2, 7, 8, 13);
+        qr(&mut x, 3, 4, 9, 14);
+    }
+    let dst = out.as_mut_ptr();
+    // Two 8×8 transposes (words 0..8 and 8..16 of the eight blocks): 32-bit and 64-bit
+    // interleaves leave, in 128-bit half h of u[m], words 4k..4k+3 of block 4h+m for the
+    // first and second four registers; 128-bit permutes pair the halves into blocks.
+    for half in 0..2 {
+        let r: [__m256i; 8] =
+            std::array::from_fn(|j| _mm256_add_epi32(x[8 * half + j], init[8 * half + j]));
+        let t: [__m256i; 8] = std::array::from_fn(|j| {
+            let (a, b) = (r[2 * (j / 2)], r[2 * (j / 2) + 1]);
+            if j % 2 == 0 {
+                _mm256_unpacklo_epi32(a, b)
+            } else {
+                _mm256_unpackhi_epi32(a, b)
+            }
+        });
+        let u: [__m256i; 8] = std::array::from_fn(|j| {
+            let base = 4 * (j / 4);
+            let (a, b) = match j % 4 {
+                0 | 1 => (t[base], t[base + 2]),
+                _ => (t[base + 1], t[base + 3]),
+            };
+            if j % 2 == 0 {
+                _mm256_unpacklo_epi64(a, b)
+            } else {
+                _mm256_unpackhi_epi64(a, b)
+            }
+        });
+        for m in 0..4 {
+            let low = _mm256_permute2x128_si256::<0x20>(u[m], u[4 + m]);
+            let high = _mm256_permute2x128_si256::<0x31>(u[m], u[4 + m]);
+            // SAFETY: blocks m and 4+m of 8, words 8·half..8·half+8, inside `out` (128).
+            _mm256_storeu_si256(dst.add(m * 16 + 8 * half) as *mut _, low);
+            _mm256_storeu_si256(dst.add((4 + m) * 16 + 8 * half) as *mut _, high);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,14 +369,28 @@ mod tests {
 
     #[test]
     fn same_words_as_rand_chacha() {
-        let Some(_) = KeyStream::new([0; 32], 0) else {
-            eprintln!("no AVX-512F on this CPU: the rand_chacha path is used; nothing to compare");
+        let Some(probe) = KeyStream::new([0; 32], 0) else {
+            eprintln!("neither AVX-512F nor AVX2 on this CPU: the rand_chacha path is used");
             return;
         };
+        same_words_with(probe.simd);
+        // Where the CPU has AVX-512F, the AVX2 blocks are checked as well.
+        if probe.simd == Simd::Avx512 && std::arch::is_x86_feature_detected!("avx2") {
+            same_words_with(Simd::Avx2);
+        }
+    }
+
+    fn with_simd(seed: [u8; 32], stream: u64, simd: Simd) -> KeyStream {
+        let mut k = KeyStream::new(seed, stream).unwrap();
+        k.simd = simd;
+        k
+    }
+
+    fn same_words_with(simd: Simd) {
         let mut seeds = rand_chacha::ChaCha8Rng::seed_from_u64(3);
         for stream in [0u64, 1, 7, 1 << 33, u64::MAX] {
             let seed: [u8; 32] = seeds.gen();
-            let mut fast = KeyStream::new(seed, stream).unwrap();
+            let mut fast = with_simd(seed, stream, simd);
             let mut slow = reference(seed, stream);
             // 3 refills of u32s, then u64s starting at an odd word (crossing refills).
             for i in 0..3 * BUF_WORDS + 1 {
@@ -265,15 +412,22 @@ mod tests {
 
     #[test]
     fn the_block_counter_carries_into_the_high_word() {
-        let Some(mut fast) = KeyStream::new([9; 32], 5) else {
+        let Some(probe) = KeyStream::new([9; 32], 5) else {
             return;
         };
-        let mut slow = reference([9; 32], 5);
-        let start = (u32::MAX as u64 - 3) * 16; // a few blocks before the 2^32 boundary
-        fast.counter = start / 16;
-        slow.set_word_pos(start as u128);
-        for _ in 0..BUF_WORDS * 2 {
-            assert_eq!(fast.next_u32(), slow.next_u32());
+        for simd in [probe.simd, Simd::Avx2] {
+            if simd == Simd::Avx2 && !std::arch::is_x86_feature_detected!("avx2") {
+                continue;
+            }
+            let mut fast = with_simd([9; 32], 5, simd);
+            let mut slow = reference([9; 32], 5);
+            // A few blocks before the 2^32 boundary, and (AVX2) a boundary inside a pass.
+            let start = (u32::MAX as u64 - 11) * 16;
+            fast.counter = start / 16;
+            slow.set_word_pos(start as u128);
+            for _ in 0..BUF_WORDS * 2 {
+                assert_eq!(fast.next_u32(), slow.next_u32(), "{simd:?}");
+            }
         }
     }
 }

@@ -90,8 +90,8 @@ impl std::fmt::Debug for GaussianNoise {
 /// `n` standard normals scaled by `std` from key `key`, in fixed-size chunks (chunk `k`
 /// uses ChaCha20 stream `k` of the key), filled in parallel on rayon's pool.
 ///
-/// The keystream comes from [`KeyStream`] (sixteen blocks per AVX-512 pass) where the CPU
-/// has AVX-512F and from `rand_chacha` elsewhere: the same words either way, turned into
+/// The keystream comes from [`KeyStream`] (sixteen blocks per refill, by AVX-512 or AVX2)
+/// where the CPU has either and from `rand_chacha` elsewhere: the same words either way, turned into
 /// normals by [`ziggurat::fill`] (the draws of `rand_distr::StandardNormal`, faster).
 fn fill_normals(key: [u8; 32], n: usize, std: f32) -> Vec<f32> {
     let mut out = vec![0f32; n];
