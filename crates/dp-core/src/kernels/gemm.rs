@@ -14,9 +14,11 @@
 //! products inside, or — for one large product — the `gemm` crate's own splitting.
 
 use super::dispatch::with_host;
+use super::fresh::Fresh;
 use candle_core::{Device, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 fn host_tensor(v: Vec<f32>, shape: &[usize]) -> candle_core::Result<Tensor> {
     Tensor::from_vec(v, shape, &Device::Cpu)
@@ -90,12 +92,63 @@ fn gemm_into(
     scale: f32,
     par: Parallelism,
 ) -> candle_core::Result<()> {
+    // SAFETY: `dst` is initialised, so reading it (accumulate) is sound either way.
+    unsafe {
+        gemm_raw(
+            dst.as_mut_ptr(),
+            dst.len(),
+            accumulate,
+            lhs,
+            rhs,
+            scale,
+            par,
+        )
+    }
+}
+
+/// [`gemm_into`] into unwritten slots (`dst = scale · lhs · rhs`, nothing read), for an
+/// output buffer allocated without zeroing ([`Fresh`]). On `Ok`, the first `m·n` slots
+/// are written.
+fn gemm_into_slots(
+    dst: &mut [MaybeUninit<f32>],
+    lhs: Op,
+    rhs: Op,
+    scale: f32,
+    par: Parallelism,
+) -> candle_core::Result<()> {
+    // SAFETY: without `accumulate`, `gemm_raw` only writes `dst` (the `gemm` crate's
+    // `read_dst = false` sets its α to 0 and never loads the destination), and
+    // `MaybeUninit<f32>` has the layout of `f32`.
+    unsafe {
+        gemm_raw(
+            dst.as_mut_ptr() as *mut f32,
+            dst.len(),
+            false,
+            lhs,
+            rhs,
+            scale,
+            par,
+        )
+    }
+}
+
+/// # Safety
+/// `dst` points to `dst_len` writable floats, initialised if `accumulate`.
+unsafe fn gemm_raw(
+    dst: *mut f32,
+    dst_len: usize,
+    accumulate: bool,
+    lhs: Op,
+    rhs: Op,
+    scale: f32,
+    par: Parallelism,
+) -> candle_core::Result<()> {
     let (m, k) = lhs.shape();
     let (k2, n) = rhs.shape();
     if k != k2
         || lhs.data.len() < lhs.rows * lhs.cols
         || rhs.data.len() < rhs.rows * rhs.cols
-        || dst.len() < m * n
+        || dst_len < m * n
     {
         candle_core::bail!("host gemm: inconsistent operand sizes ({m}×{k} · {k2}×{n})");
     }
@@ -104,20 +157,23 @@ fn gemm_into(
     }
     if k == 0 {
         if !accumulate {
-            dst[..m * n].fill(0.0);
+            for j in 0..m * n {
+                // SAFETY: `j < m·n ≤ dst_len`.
+                unsafe { dst.add(j).write(0.0) };
+            }
         }
         return Ok(());
     }
     let (lrs, lcs) = lhs.strides();
     let (rrs, rcs) = rhs.strides();
     // SAFETY: the bounds of all three operands were checked above against the strides
-    // `Op` reports for its stored (row-major) shape; `dst` is exclusively borrowed.
+    // `Op` reports for its stored (row-major) shape; the caller vouches for `dst`.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
             n as isize,
             accumulate,
@@ -149,35 +205,36 @@ pub(crate) fn linear_forward(
     if p != p2 {
         candle_core::bail!("linear_forward: input has {p} features, weight expects {p2}");
     }
-    let mut out = vec![0f32; n * r];
-    let mut accumulate = false;
-    if let Some(b) = bias {
-        with_host(b, |bv| {
-            if bv.len() != r {
-                candle_core::bail!(
-                    "linear_forward: bias of {} values for {r} outputs",
-                    bv.len()
-                );
-            }
-            for row in out.chunks_mut(r.max(1)) {
-                row.copy_from_slice(bv);
-            }
-            Ok(())
-        })??;
-        accumulate = true;
-    }
-    with_host(x, |xv| {
-        with_host(w, |wv| {
-            gemm_into(
-                &mut out,
-                accumulate,
-                Op::n(xv, n, p),
-                Op::t(wv, r, p),
-                1.0,
-                auto_par(n, r, p),
-            )
-        })
-    })???;
+    let par = auto_par(n, r, p);
+    let out = match bias {
+        Some(b) => {
+            let mut out = with_host(b, |bv| {
+                if bv.len() != r {
+                    candle_core::bail!(
+                        "linear_forward: bias of {} values for {r} outputs",
+                        bv.len()
+                    );
+                }
+                Ok(bv.repeat(n))
+            })??;
+            with_host(x, |xv| {
+                with_host(w, |wv| {
+                    gemm_into(&mut out, true, Op::n(xv, n, p), Op::t(wv, r, p), 1.0, par)
+                })
+            })???;
+            out
+        }
+        None => {
+            let mut out = Fresh::new(n * r);
+            with_host(x, |xv| {
+                with_host(w, |wv| {
+                    gemm_into_slots(out.slots(), Op::n(xv, n, p), Op::t(wv, r, p), 1.0, par)
+                })
+            })???;
+            // SAFETY: the product returned `Ok`, so it wrote all `n·r` slots.
+            unsafe { out.assume_init() }
+        }
+    };
     host_tensor(out, &[n, r])
 }
 
@@ -188,12 +245,11 @@ pub(crate) fn input_grad(g: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> 
     if r != r2 {
         candle_core::bail!("input_grad: gradient has {r} features, weight has {r2} rows");
     }
-    let mut out = vec![0f32; n * p];
+    let mut out = Fresh::new(n * p);
     with_host(g, |gv| {
         with_host(w, |wv| {
-            gemm_into(
-                &mut out,
-                false,
+            gemm_into_slots(
+                out.slots(),
                 Op::n(gv, n, r),
                 Op::n(wv, r, p),
                 1.0,
@@ -201,6 +257,8 @@ pub(crate) fn input_grad(g: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> 
             )
         })
     })???;
+    // SAFETY: the product returned `Ok`, so it wrote all `n·p` slots.
+    let out = unsafe { out.assume_init() };
     host_tensor(out, &[n, p])
 }
 

@@ -6,8 +6,10 @@
 //! candle path (`PatchIndex` on f64).
 
 use super::dispatch::f32_slice;
+use super::fresh::{zeroed, Fresh};
 use super::parallel::par_rows;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 /// im2col: `[B, H·W·C]` image rows → `[B, L·k, C]` patch rows, `idx` giving the source
@@ -26,26 +28,38 @@ impl CustomOp1 for Unfold {
         let x = f32_slice(s, l, "dp-unfold")?;
         let (c, hw, n) = (self.c, self.hw, self.idx.len());
         let b = x.len() / (hw * c);
-        let mut out = vec![0f32; b * n * c];
-        par_rows(&mut out, b, b * n * c, |i, o| {
+        let mut out = Fresh::new(b * n * c);
+        par_rows(out.slots(), b, b * n * c, |i, o| {
             let img = &x[i * hw * c..(i + 1) * hw * c];
             if c == 1 {
                 for (y, &p) in o.iter_mut().zip(self.idx.iter()) {
-                    if (p as usize) < hw {
-                        *y = img[p as usize];
-                    }
+                    y.write(img.get(p as usize).copied().unwrap_or(0.0));
                 }
             } else {
                 for (row, &p) in o.chunks_mut(c).zip(self.idx.iter()) {
                     let p = p as usize;
                     if p < hw {
-                        row.copy_from_slice(&img[p * c..(p + 1) * c]);
+                        copy_row(row, &img[p * c..(p + 1) * c]);
+                    } else {
+                        zeroed(row);
                     }
                 }
             }
         });
+        // SAFETY: `idx` has `n` entries, so the `n` rows of `c` slots of every example were
+        // each written above, by a copy or (padding) zeros.
+        let out = unsafe { out.assume_init() };
         Ok((CpuStorage::F32(out), Shape::from((b, n, c))))
     }
+}
+
+/// Copies `src` into the slots `dst` (as `copy_from_slice` would).
+#[inline]
+fn copy_row(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
+    assert_eq!(dst.len(), src.len());
+    // SAFETY: equal lengths (checked), `MaybeUninit<f32>` has the layout of `f32`, and a
+    // shared source cannot overlap an exclusively borrowed destination.
+    unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_mut_ptr() as *mut f32, src.len()) };
 }
 
 /// col2im, the adjoint of [`Unfold`]: `[B, L·k, C]` → `[B, H·W, C]`, summing overlaps.
@@ -63,8 +77,9 @@ impl CustomOp1 for Fold {
         let cols = f32_slice(s, l, "dp-fold")?;
         let (c, hw, n) = (self.c, self.hw, self.idx.len());
         let b = cols.len() / (n * c);
-        let mut out = vec![0f32; b * hw * c];
-        par_rows(&mut out, b, b * n * c, |i, img| {
+        let mut out = Fresh::new(b * hw * c);
+        par_rows(out.slots(), b, b * n * c, |i, img| {
+            let img = zeroed(img);
             let src = &cols[i * n * c..(i + 1) * n * c];
             for (row, &p) in src.chunks(c).zip(self.idx.iter()) {
                 let p = p as usize;
@@ -75,6 +90,8 @@ impl CustomOp1 for Fold {
                 }
             }
         });
+        // SAFETY: every example's image was zeroed (then accumulated into) above.
+        let out = unsafe { out.assume_init() };
         Ok((CpuStorage::F32(out), Shape::from((b, hw, c))))
     }
 }

@@ -17,9 +17,10 @@ pub(crate) fn threads_for(work: usize) -> usize {
 
 /// Runs `f(chunk_index, chunk)` over `out` split into `rows` equal rows, in parallel on
 /// rayon's pool (the one the matrix products use, so the two never oversubscribe the cores).
-pub(crate) fn par_rows<F>(out: &mut [f32], rows: usize, work: usize, f: F)
+/// The rows may be `f32` or the unwritten slots of a [`super::fresh::Fresh`] buffer.
+pub(crate) fn par_rows<T: Send, F>(out: &mut [T], rows: usize, work: usize, f: F)
 where
-    F: Fn(usize, &mut [f32]) + Sync,
+    F: Fn(usize, &mut [T]) + Sync,
 {
     if rows == 0 || out.is_empty() {
         return;

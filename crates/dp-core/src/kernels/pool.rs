@@ -6,6 +6,7 @@
 //! path (the layers on f64).
 
 use super::dispatch::f32_slice;
+use super::fresh::{zeroed, Fresh};
 use super::parallel::{par_rows, threads_for};
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 use rayon::prelude::*;
@@ -138,14 +139,17 @@ impl CustomOp1 for MaxPoolBwd {
             candle_core::bail!("dp-maxpool-bwd: gradient does not match the forward pass");
         }
         let per_ex = g.len() / batch;
-        let mut out = vec![0f32; batch * hw * c];
-        par_rows(&mut out, batch, g.len(), |i, img| {
+        let mut out = Fresh::new(batch * hw * c);
+        par_rows(out.slots(), batch, g.len(), |i, img| {
+            let img = zeroed(img);
             let gs = &g[i * per_ex..(i + 1) * per_ex];
             let ar = &self.arg[i * per_ex..(i + 1) * per_ex];
             for (j, (&v, &p)) in gs.iter().zip(ar).enumerate() {
                 img[p as usize * c + j % c] += v;
             }
         });
+        // SAFETY: every example's image was zeroed (then accumulated into) above.
+        let out = unsafe { out.assume_init() };
         Ok((CpuStorage::F32(out), Shape::from((batch, hw, c))))
     }
 }
@@ -182,8 +186,9 @@ impl CustomOp1 for AvgPool {
         };
         if self.backward {
             let b = src.len() / (positions * c).max(1);
-            let mut out = vec![0f32; b * hw * c];
-            par_rows(&mut out, b, src.len() * k, |i, img| {
+            let mut out = Fresh::new(b * hw * c);
+            par_rows(out.slots(), b, src.len() * k, |i, img| {
+                let img = zeroed(img);
                 let gs = &src[i * positions * c..(i + 1) * positions * c];
                 for (pos, grow) in gs.chunks(c).enumerate() {
                     for p in windows(pos) {
@@ -193,11 +198,14 @@ impl CustomOp1 for AvgPool {
                     }
                 }
             });
+            // SAFETY: every example's image was zeroed (then accumulated into) above.
+            let out = unsafe { out.assume_init() };
             Ok((CpuStorage::F32(out), Shape::from((b, hw, c))))
         } else {
             let b = src.len() / (hw * c);
-            let mut out = vec![0f32; b * positions * c];
-            par_rows(&mut out, b, b * positions * c * k, |i, o| {
+            let mut out = Fresh::new(b * positions * c);
+            par_rows(out.slots(), b, b * positions * c * k, |i, o| {
+                let o = zeroed(o);
                 let img = &src[i * hw * c..(i + 1) * hw * c];
                 for (pos, orow) in o.chunks_mut(c).enumerate() {
                     for p in windows(pos) {
@@ -210,6 +218,8 @@ impl CustomOp1 for AvgPool {
                     }
                 }
             });
+            // SAFETY: every example's output row was zeroed (then accumulated into) above.
+            let out = unsafe { out.assume_init() };
             Ok((CpuStorage::F32(out), Shape::from((b, positions, c))))
         }
     }
