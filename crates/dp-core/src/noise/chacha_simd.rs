@@ -153,6 +153,18 @@ impl super::ziggurat::WordSource for KeyStream {
     }
 }
 
+/// The ChaCha20 input words for (key, stream): constants, key, block counter (words 12
+/// and 13, left 0 here: each SIMD lane sets its own), stream id.
+#[cfg(target_arch = "x86_64")]
+fn state_words(key: &[u32; 8], stream: u64) -> [u32; 16] {
+    let mut w = [0u32; 16];
+    w[..4].copy_from_slice(&[0x6170_7865, 0x3320_646e, 0x7962_2d32, 0x6b20_6574]);
+    w[4..12].copy_from_slice(key);
+    w[14] = stream as u32;
+    w[15] = (stream >> 32) as u32;
+    w
+}
+
 /// Sixteen consecutive ChaCha20 blocks (counters `counter..counter+16`), lane `b` of
 /// every register holding block `b`; written out block after block.
 #[cfg(target_arch = "x86_64")]
@@ -180,24 +192,12 @@ unsafe fn blocks16(key: &[u32; 8], stream: u64, counter: u64, out: &mut [u32; BU
         *l = c as u32;
         *h = (c >> 32) as u32;
     }
-    let init: [__m512i; 16] = [
-        splat(0x6170_7865),
-        splat(0x3320_646e),
-        splat(0x7962_2d32),
-        splat(0x6b20_6574),
-        splat(key[0]),
-        splat(key[1]),
-        splat(key[2]),
-        splat(key[3]),
-        splat(key[4]),
-        splat(key[5]),
-        splat(key[6]),
-        splat(key[7]),
-        _mm512_loadu_si512(lo.as_ptr() as *const _),
-        _mm512_loadu_si512(hi.as_ptr() as *const _),
-        splat(stream as u32),
-        splat((stream >> 32) as u32),
-    ];
+    let words = state_words(key, stream);
+    let init: [__m512i; 16] = std::array::from_fn(|j| match j {
+        12 => _mm512_loadu_si512(lo.as_ptr() as *const _),
+        13 => _mm512_loadu_si512(hi.as_ptr() as *const _),
+        _ => splat(words[j]),
+    });
     let mut x = init;
     for _ in 0..10 {
         qr(&mut x, 0, 4, 8, 12);
@@ -289,24 +289,12 @@ unsafe fn blocks8(key: &[u32; 8], stream: u64, counter: u64, out: &mut [u32]) {
         *l = c as u32;
         *h = (c >> 32) as u32;
     }
-    let init: [__m256i; 16] = [
-        splat(0x6170_7865),
-        splat(0x3320_646e),
-        splat(0x7962_2d32),
-        splat(0x6b20_6574),
-        splat(key[0]),
-        splat(key[1]),
-        splat(key[2]),
-        splat(key[3]),
-        splat(key[4]),
-        splat(key[5]),
-        splat(key[6]),
-        splat(key[7]),
-        _mm256_loadu_si256(lo.as_ptr() as *const _),
-        _mm256_loadu_si256(hi.as_ptr() as *const _),
-        splat(stream as u32),
-        splat((stream >> 32) as u32),
-    ];
+    let words = state_words(key, stream);
+    let init: [__m256i; 16] = std::array::from_fn(|j| match j {
+        12 => _mm256_loadu_si256(lo.as_ptr() as *const _),
+        13 => _mm256_loadu_si256(hi.as_ptr() as *const _),
+        _ => splat(words[j]),
+    });
     let mut x = init;
     for _ in 0..10 {
         qr(&mut x, 0, 4, 8, 12);
