@@ -165,6 +165,34 @@ fn state_words(key: &[u32; 8], stream: u64) -> [u32; 16] {
     w
 }
 
+/// The low and high words of the block counters `counter..counter+N`, one per lane.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn lane_counters<const N: usize>(counter: u64) -> ([u32; N], [u32; N]) {
+    let c = |b: usize| counter.wrapping_add(b as u64);
+    (
+        std::array::from_fn(|b| c(b) as u32),
+        std::array::from_fn(|b| (c(b) >> 32) as u32),
+    )
+}
+
+/// ChaCha20's ten double rounds (column then diagonal quarter rounds) over the sixteen
+/// state registers, with the backend's quarter round.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn twenty_rounds<T>(x: &mut [T; 16], qr: impl Fn(&mut [T; 16], usize, usize, usize, usize)) {
+    for _ in 0..10 {
+        qr(x, 0, 4, 8, 12);
+        qr(x, 1, 5, 9, 13);
+        qr(x, 2, 6, 10, 14);
+        qr(x, 3, 7, 11, 15);
+        qr(x, 0, 5, 10, 15);
+        qr(x, 1, 6, 11, 12);
+        qr(x, 2, 7, 8, 13);
+        qr(x, 3, 4, 9, 14);
+    }
+}
+
 /// Sixteen consecutive ChaCha20 blocks (counters `counter..counter+16`), lane `b` of
 /// every register holding block `b`; written out block after block.
 #[cfg(target_arch = "x86_64")]
@@ -185,13 +213,7 @@ unsafe fn blocks16(key: &[u32; 8], stream: u64, counter: u64, out: &mut [u32; BU
     }
 
     let splat = |w: u32| _mm512_set1_epi32(w as i32);
-    let mut lo = [0u32; 16];
-    let mut hi = [0u32; 16];
-    for (b, (l, h)) in lo.iter_mut().zip(hi.iter_mut()).enumerate() {
-        let c = counter.wrapping_add(b as u64);
-        *l = c as u32;
-        *h = (c >> 32) as u32;
-    }
+    let (lo, hi) = lane_counters::<16>(counter);
     let words = state_words(key, stream);
     let init: [__m512i; 16] = std::array::from_fn(|j| match j {
         12 => _mm512_loadu_si512(lo.as_ptr() as *const _),
@@ -199,16 +221,7 @@ unsafe fn blocks16(key: &[u32; 8], stream: u64, counter: u64, out: &mut [u32; BU
         _ => splat(words[j]),
     });
     let mut x = init;
-    for _ in 0..10 {
-        qr(&mut x, 0, 4, 8, 12);
-        qr(&mut x, 1, 5, 9, 13);
-        qr(&mut x, 2, 6, 10, 14);
-        qr(&mut x, 3, 7, 11, 15);
-        qr(&mut x, 0, 5, 10, 15);
-        qr(&mut x, 1, 6, 11, 12);
-        qr(&mut x, 2, 7, 8, 13);
-        qr(&mut x, 3, 4, 9, 14);
-    }
+    twenty_rounds(&mut x, |x, a, b, c, d| qr(x, a, b, c, d));
     let mut r = [_mm512_setzero_si512(); 16];
     for j in 0..16 {
         r[j] = _mm512_add_epi32(x[j], init[j]);
@@ -282,13 +295,7 @@ unsafe fn blocks8(key: &[u32; 8], stream: u64, counter: u64, out: &mut [u32]) {
     };
 
     let splat = |w: u32| _mm256_set1_epi32(w as i32);
-    let mut lo = [0u32; 8];
-    let mut hi = [0u32; 8];
-    for (b, (l, h)) in lo.iter_mut().zip(hi.iter_mut()).enumerate() {
-        let c = counter.wrapping_add(b as u64);
-        *l = c as u32;
-        *h = (c >> 32) as u32;
-    }
+    let (lo, hi) = lane_counters::<8>(counter);
     let words = state_words(key, stream);
     let init: [__m256i; 16] = std::array::from_fn(|j| match j {
         12 => _mm256_loadu_si256(lo.as_ptr() as *const _),
@@ -296,16 +303,7 @@ unsafe fn blocks8(key: &[u32; 8], stream: u64, counter: u64, out: &mut [u32]) {
         _ => splat(words[j]),
     });
     let mut x = init;
-    for _ in 0..10 {
-        qr(&mut x, 0, 4, 8, 12);
-        qr(&mut x, 1, 5, 9, 13);
-        qr(&mut x, 2, 6, 10, 14);
-        qr(&mut x, 3, 7, 11, 15);
-        qr(&mut x, 0, 5, 10, 15);
-        qr(&mut x, 1, 6, 11, 12);
-        qr(&mut x, 2, 7, 8, 13);
-        qr(&mut x, 3, 4, 9, 14);
-    }
+    twenty_rounds(&mut x, qr);
     let dst = out.as_mut_ptr();
     // Two 8×8 transposes (words 0..8 and 8..16 of the eight blocks): 32-bit and 64-bit
     // interleaves leave, in 128-bit half h of u[m], words 4k..4k+3 of block 4h+m for the
