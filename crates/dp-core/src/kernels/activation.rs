@@ -76,6 +76,12 @@ pub(crate) fn map1(x: &Tensor, f: impl Fn(f32) -> f32 + Sync) -> candle_core::Re
     with_host(x, |xv| {
         let run = |o: &mut [MaybeUninit<f32>], i: &[f32]| write_map(o, i, &f);
         let o = out.slots();
+        // The parallel zip below would stop at the shorter side: the lengths must agree.
+        assert_eq!(
+            xv.len(),
+            o.len(),
+            "map1: host data and element count differ"
+        );
         if xv.len() < 1 << 16 {
             run(o, xv);
         } else {
@@ -104,6 +110,11 @@ pub(crate) fn map2(
         with_host(b, |bv| {
             let run = |o: &mut [MaybeUninit<f32>], x: &[f32], y: &[f32]| write_map2(o, x, y, &f);
             let o = out.slots();
+            // The parallel zip below would stop at the shortest side: the lengths must agree.
+            assert!(
+                av.len() == o.len() && bv.len() == o.len(),
+                "map2: host data and element count differ"
+            );
             if av.len() < 1 << 16 {
                 run(o, av, bv);
             } else {
