@@ -479,20 +479,7 @@ pub(crate) fn per_sample_split_with_norms(
             let work = |i: usize, wi: &mut [f32], bi: &mut [f32], n: &mut f32| {
                 let ai = &av[i * t2 * p..(i + 1) * t2 * p];
                 let gi = &gv[i * sg2..(i + 1) * sg2];
-                gemm_into(
-                    wi,
-                    true,
-                    Op::t(gi, t2, r),
-                    Op::n(ai, t2, p),
-                    1.0,
-                    Parallelism::None,
-                )?;
-                let mut s = dot(wi, wi);
-                if bias {
-                    add_column_sums(gi, t2, r, bi);
-                    s += dot(bi, bi);
-                }
-                *n = s;
+                *n = example_gradient(wi, bi, ai, gi, (t2, r, p), bias, true)?;
                 Ok(())
             };
             for_each_example(&mut w, &mut bs, &mut norms, sw, r, bias, work)
@@ -617,20 +604,7 @@ pub(crate) fn per_sample_with_norms(
             let work = |i: usize, wi: &mut [f32], bi: &mut [f32], n: &mut f32| {
                 let ai = &av[i * sa..(i + 1) * sa];
                 let gi = &gv[i * sg..(i + 1) * sg];
-                gemm_into(
-                    wi,
-                    false,
-                    Op::t(gi, t, r),
-                    Op::n(ai, t, p),
-                    1.0,
-                    Parallelism::None,
-                )?;
-                let mut s = dot(wi, wi);
-                if bias {
-                    column_sums(gi, t, r, bi);
-                    s += dot(bi, bi);
-                }
-                *n = s;
+                *n = example_gradient(wi, bi, ai, gi, (t, r, p), bias, false)?;
                 Ok(())
             };
             for_each_example(&mut w, &mut bs, &mut norms, sw, r, bias, work)
@@ -805,6 +779,38 @@ where
             .enumerate()
             .try_for_each(|(i, (wi, n))| work(i, wi, &mut [], n))
     }
+}
+
+/// One example's weight gradient `G_iᵀA_i` (`a_i [t, p]`, `g_i [t, r]`) into `wi` and, with
+/// `bias`, its bias gradient (the column sums of `G_i`) into `bi` — written, or with
+/// `accumulate` added to what they hold — and the squared norm of the result.
+fn example_gradient(
+    wi: &mut [f32],
+    bi: &mut [f32],
+    ai: &[f32],
+    gi: &[f32],
+    (t, r, p): (usize, usize, usize),
+    bias: bool,
+    accumulate: bool,
+) -> candle_core::Result<f32> {
+    gemm_into(
+        wi,
+        accumulate,
+        Op::t(gi, t, r),
+        Op::n(ai, t, p),
+        1.0,
+        Parallelism::None,
+    )?;
+    let mut s = dot(wi, wi);
+    if bias {
+        if accumulate {
+            add_column_sums(gi, t, r, bi);
+        } else {
+            column_sums(gi, t, r, bi);
+        }
+        s += dot(bi, bi);
+    }
+    Ok(s)
 }
 
 /// The per-example gradients `[B, r, p]`, bias gradients `[B, r]` (with bias) and squared
